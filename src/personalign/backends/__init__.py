@@ -1,0 +1,1 @@
+"""Small interfaces and their implementations: embedders, memory stores, language models."""

@@ -1,0 +1,150 @@
+"""Records shared by every layer.
+
+Times are timezone-aware UTC datetimes. Ids are opaque strings. A search score is documented
+on :class:`SearchHit`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from personalign.errors import ValidationError
+
+Kind = Literal["explicit", "implicit", "episode"]
+"""``explicit``: the user said it. ``implicit``: inferred from choices, persona, feedback.
+``episode``: a raw turn the user wrote, kept so that nothing said is lost (episodic memory)."""
+
+PREFERENCE_KINDS: tuple[Kind, ...] = ("explicit", "implicit")
+MAX_TEXT_CHARS = 4000
+_USER_RE = re.compile(r"^[A-Za-z0-9_.@:+-]{1,128}$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_user(user: str) -> str:
+    """Return ``user`` if it is a valid user id, else raise :class:`ValidationError`."""
+    if not isinstance(user, str) or not _USER_RE.match(user):
+        raise ValidationError(
+            f"invalid user id {user!r}: use 1-128 characters from letters, digits and _.@:+-"
+        )
+    return user
+
+
+def check_text(text: str, *, what: str = "text", max_chars: int = MAX_TEXT_CHARS) -> str:
+    """Strip ``text`` and reject empty or oversized input with a clear message."""
+    if not isinstance(text, str):
+        raise ValidationError(f"{what} must be a string, got {type(text).__name__}")
+    stripped = text.strip()
+    if not stripped:
+        raise ValidationError(f"{what} is empty")
+    if len(stripped) > max_chars:
+        raise ValidationError(f"{what} is {len(stripped)} characters; the limit is {max_chars}")
+    return stripped
+
+
+class PreferenceIn(BaseModel):
+    """What a caller supplies to store a memory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    kind: Kind = "explicit"
+    topic: str | None = None
+    dimension: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    strength: float = Field(default=1.0, ge=0.0, le=1.0)
+    source: str | None = None
+    source_turn_ids: list[str] = Field(default_factory=list)
+    valid_from: datetime | None = None
+    flags: list[str] = Field(default_factory=list)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class Preference(BaseModel):
+    """One stored memory version.
+
+    ``valid_from``/``valid_to`` are world time (when the preference held for the user);
+    ``recorded_at``/``superseded_at`` are system time (when we learned it, when a newer version
+    replaced it). A record is *active* when it is neither superseded nor forgotten.
+    ``root_id`` is shared by all versions of one preference; ``previous_id`` links versions.
+    """
+
+    id: str
+    user_id: str
+    text: str
+    kind: Kind
+    topic: str | None = None
+    dimension: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    strength: float = 1.0
+    source: str | None = None
+    source_turn_ids: list[str] = Field(default_factory=list)
+    valid_from: datetime
+    valid_to: datetime | None = None
+    recorded_at: datetime
+    superseded_at: datetime | None = None
+    superseded_by: str | None = None
+    root_id: str
+    previous_id: str | None = None
+    flags: list[str] = Field(default_factory=list)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.superseded_at is None and self.valid_to is None
+
+
+class SearchHit(BaseModel):
+    """A search result.
+
+    ``score`` is the fused score: higher is better, comparable only within one result list.
+    ``signals`` holds each signal's raw value: ``dense`` is cosine similarity in [-1, 1],
+    ``bm25`` is SQLite FTS5's BM25 relevance negated so that higher is better (>= 0),
+    ``recency`` is exp(-age / half-life * ln 2) in (0, 1]. ``matched`` lists the signals that
+    ranked this record among their own candidates.
+    """
+
+    record: Preference
+    score: float
+    signals: dict[str, float] = Field(default_factory=dict)
+    matched: list[str] = Field(default_factory=list)
+
+    @property
+    def source_turn_ids(self) -> list[str]:
+        return self.record.source_turn_ids
+
+
+class Event(BaseModel):
+    """One entry of the append-only event log: who did what to which record, when and why."""
+
+    id: int
+    user_id: str
+    at: datetime
+    action: str
+    record_id: str | None = None
+    actor: str = "user"
+    reason: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+Role = Literal["system", "user", "assistant"]
+
+
+class Message(BaseModel):
+    """A chat turn. ``id`` links extracted preferences back to the turn they came from."""
+
+    role: Role
+    content: str
+    id: str | None = None
+    at: datetime | None = None
