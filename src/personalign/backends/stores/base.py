@@ -1,0 +1,132 @@
+"""The ``MemoryStore`` interface: every verb is scoped by a keyword-only ``user``.
+
+Stores keep every version of every memory (nothing is overwritten), an append-only event log
+of every change, and answer hybrid searches. Contract tests in ``tests/test_store_contract.py``
+run against every implementation.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from personalign.config import RetrievalConfig
+from personalign.types import Event, Kind, Preference, PreferenceIn, SearchHit
+
+Records = list[Preference]
+Hits = list[SearchHit]
+
+
+class MemoryStore(abc.ABC):
+    """Preference and episodic memory for many users.
+
+    Errors: :class:`~personalign.errors.ValidationError` for bad input,
+    :class:`~personalign.errors.NotFoundError` for an id that does not exist *for that user*
+    (another user's id is indistinguishable from a missing one),
+    :class:`~personalign.errors.ConflictError` when updating or forgetting an inactive version.
+    """
+
+    @abc.abstractmethod
+    def add_many(
+        self,
+        items: Sequence[PreferenceIn | str],
+        *,
+        user: str,
+        actor: str = "user",
+        reason: str | None = None,
+    ) -> Records:
+        """Store new memories (embedded in one batch) and return them, in input order."""
+
+    def add(
+        self,
+        item: PreferenceIn | str,
+        *,
+        user: str,
+        actor: str = "user",
+        reason: str | None = None,
+    ) -> Preference:
+        """Store one new memory."""
+        return self.add_many([item], user=user, actor=actor, reason=reason)[0]
+
+    @abc.abstractmethod
+    def get(self, record_id: str, *, user: str) -> Preference:
+        """Return one version by id."""
+
+    @abc.abstractmethod
+    def list(
+        self,
+        *,
+        user: str,
+        include_history: bool = False,
+        kinds: Sequence[Kind] | None = None,
+        limit: int | None = None,
+    ) -> Records:
+        """Active memories (all versions with ``include_history``), newest first."""
+
+    @abc.abstractmethod
+    def search(
+        self,
+        query: str,
+        *,
+        user: str,
+        k: int = 10,
+        kinds: Sequence[Kind] | None = None,
+        config: RetrievalConfig | None = None,
+        as_of: datetime | None = None,
+    ) -> Hits:
+        """Hybrid search over the user's memories active at ``as_of`` (default: now).
+
+        Signals: dense cosine, FTS BM25, recency; fused as ``config.fusion`` says. Results are
+        sorted by fused score, best first (see :class:`~personalign.types.SearchHit`).
+        """
+
+    @abc.abstractmethod
+    def update(
+        self,
+        record_id: str,
+        new: PreferenceIn | str,
+        *,
+        user: str,
+        actor: str = "user",
+        reason: str | None = None,
+    ) -> Preference:
+        """Write a new version that supersedes ``record_id`` (which must be active).
+
+        The old version keeps its text; it gets ``superseded_at``/``superseded_by`` and its
+        world-time validity ends where the new version's begins.
+        """
+
+    @abc.abstractmethod
+    def forget(
+        self, record_id: str, *, user: str, actor: str = "user", reason: str | None = None
+    ) -> Preference:
+        """End the validity of an active memory now; it stays in history."""
+
+    @abc.abstractmethod
+    def history(self, record_id: str, *, user: str) -> Records:
+        """Every version of the memory ``record_id`` belongs to, oldest first."""
+
+    @abc.abstractmethod
+    def events(self, *, user: str, limit: int | None = None) -> list[Event]:
+        """The user's event log, oldest first."""
+
+    @abc.abstractmethod
+    def export(self, *, user: str) -> dict[str, Any]:
+        """All of the user's data as a JSON-serializable dict."""
+
+    @abc.abstractmethod
+    def erase_user(self, *, user: str) -> int:
+        """Hard-delete everything of the user (history and logs too). Returns rows deleted."""
+
+    @abc.abstractmethod
+    def has_user(self, *, user: str) -> bool:
+        """Whether the user has any data."""
+
+    @abc.abstractmethod
+    def users(self) -> list[str]:
+        """Every user with data, sorted."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

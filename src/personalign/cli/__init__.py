@@ -1,0 +1,1 @@
+"""The ``personalign`` command line: one small module per command group."""

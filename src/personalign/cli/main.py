@@ -1,0 +1,55 @@
+"""Root of the ``personalign`` command. Heavy libraries load only inside the commands that
+need them, so ``personalign --help`` and the memory commands never import torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from personalign import __version__
+from personalign.cli import memory
+from personalign.cli._common import state
+
+app = typer.Typer(
+    name="personalign",
+    help="Make any LLM personal to each of its users, inside universal values.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(memory.app, name="memory", help="Store, search, supersede and erase preferences.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"personalign {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    home: Annotated[
+        Path | None,
+        typer.Option("--home", help="Data directory (default: $PERSONALIGN_HOME or "
+                     "~/.local/share/personalign)."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML config file.")
+    ] = None,
+    embedder: Annotated[
+        str | None,
+        typer.Option("--embedder", help="'minilm' (default), 'hashing', or a model directory."),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """Global options."""
+    state.home, state.config, state.embedder = home, config, embedder
+    state._settings = None
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,187 @@
+"""``personalign memory ...``: the preference memory from the command line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.table import Table
+
+from personalign.cli._common import errors, out, print_json, state
+from personalign.memory import Memory, open_memory
+from personalign.types import Preference, PreferenceIn
+
+app = typer.Typer(no_args_is_help=True)
+
+User = Annotated[str, typer.Option("--user", "-u", help="Whose memory.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+KindOpt = Literal["explicit", "implicit"]
+
+
+@contextmanager
+def _memory(user: str | None = None, *, must_exist: bool = True) -> Iterator[Memory]:
+    with errors():
+        mem = open_memory(state.settings())
+        try:
+            if user is not None and must_exist:
+                mem.require_user(user=user)
+            yield mem
+        finally:
+            mem.close()
+
+
+def _table(records: list[Preference], *, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("id", style="dim", no_wrap=True)
+    table.add_column("kind")
+    table.add_column("text", overflow="fold", min_width=24, ratio=1)
+    table.add_column("recorded", overflow="fold")
+    table.add_column("status", overflow="fold")
+    for r in records:
+        status = "active" if r.active else ("superseded" if r.superseded_at else "forgotten")
+        cells = [r.id, r.kind, r.text, r.recorded_at.strftime("%Y-%m-%d %H:%M"), status]
+        table.add_row(*cells)
+    return table
+
+
+@app.command()
+def add(
+    text: Annotated[str, typer.Argument(help="The preference, in the user's words.")],
+    user: User,
+    kind: Annotated[str, typer.Option(help="explicit or implicit.")] = "explicit",
+    topic: Annotated[str | None, typer.Option(help="Topic tag.")] = None,
+    json_out: Json = False,
+) -> None:
+    """Store a preference."""
+    with _memory(user, must_exist=False) as mem, errors():
+        if kind not in ("explicit", "implicit"):
+            from personalign.errors import ValidationError
+
+            raise ValidationError(f"--kind must be explicit or implicit, got {kind!r}")
+        rec = mem.add(PreferenceIn(text=text, kind=kind, topic=topic), user=user)  # type: ignore[arg-type]
+    if json_out:
+        print_json(rec.model_dump(mode="json"))
+    else:
+        out.print(f"stored [bold]{rec.id}[/] for {user}: {rec.text}", highlight=False)
+
+
+@app.command("list")
+def list_(
+    user: User,
+    history: Annotated[bool, typer.Option("--history", help="Include old versions.")] = False,
+    episodes: Annotated[bool, typer.Option("--episodes", help="Include raw turns.")] = False,
+    json_out: Json = False,
+) -> None:
+    """List a user's preferences (active ones unless --history)."""
+    kinds = None if episodes else ["explicit", "implicit"]
+    with _memory(user) as mem:
+        recs = mem.list(user=user, include_history=history, kinds=kinds)  # type: ignore[arg-type]
+    if json_out:
+        print_json([r.model_dump(mode="json") for r in recs])
+    else:
+        out.print(_table(recs, title=f"memories of {user} ({len(recs)})"))
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    user: User,
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="How many results.")] = 5,
+    json_out: Json = False,
+) -> None:
+    """Hybrid search (dense + full text + recency) over a user's active memories."""
+    with _memory(user) as mem, errors():
+        hits = mem.search(query, user=user, k=k)
+    if json_out:
+        print_json([h.model_dump(mode="json") for h in hits])
+        return
+    table = Table(title=f"search {query!r} for {user}", title_justify="left")
+    table.add_column("id", style="dim", no_wrap=True)
+    table.add_column("text", overflow="fold", min_width=20, ratio=1)
+    table.add_column("score", justify="right")
+    table.add_column("signals", overflow="fold")
+    for h in hits:
+        signals = " ".join(f"{n}={h.signals[n]:.2f}" for n in ("dense", "bm25") if n in h.matched)
+        table.add_row(h.record.id, h.record.text, f"{h.score:.4f}", signals)
+    out.print(table)
+
+
+@app.command()
+def update(
+    record_id: Annotated[str, typer.Argument(metavar="ID")],
+    text: Annotated[str, typer.Argument(help="The new text.")],
+    user: User,
+    reason: Annotated[str | None, typer.Option(help="Why (kept in the log).")] = None,
+    json_out: Json = False,
+) -> None:
+    """Write a new version that supersedes ID (the old one stays in history)."""
+    with _memory(user) as mem, errors():
+        rec = mem.update(record_id, text, user=user, reason=reason)
+    if json_out:
+        print_json(rec.model_dump(mode="json"))
+    else:
+        out.print(f"{record_id} superseded by [bold]{rec.id}[/]: {rec.text}", highlight=False)
+
+
+@app.command()
+def forget(
+    record_id: Annotated[str, typer.Argument(metavar="ID")],
+    user: User,
+    reason: Annotated[str | None, typer.Option(help="Why (kept in the log).")] = None,
+    json_out: Json = False,
+) -> None:
+    """End a preference's validity now; it stays in history."""
+    with _memory(user) as mem, errors():
+        rec = mem.forget(record_id, user=user, reason=reason)
+    if json_out:
+        print_json(rec.model_dump(mode="json"))
+    else:
+        out.print(f"forgot {rec.id}: {rec.text}", highlight=False)
+
+
+@app.command()
+def history(
+    record_id: Annotated[str, typer.Argument(metavar="ID")], user: User, json_out: Json = False
+) -> None:
+    """Every version of a preference, oldest first."""
+    with _memory(user) as mem, errors():
+        recs = mem.history(record_id, user=user)
+    if json_out:
+        print_json([r.model_dump(mode="json") for r in recs])
+    else:
+        out.print(_table(recs, title=f"history of {record_id}"))
+
+
+@app.command()
+def export(
+    user: User,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
+    ] = None,
+) -> None:
+    """All of a user's data as JSON."""
+    with _memory(user) as mem:
+        data = mem.export(user=user)
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    if output:
+        output.write_text(text + "\n")
+        out.print(f"wrote {len(data['memories'])} memories to {output}")
+    else:
+        print(text)
+
+
+@app.command()
+def erase(
+    user: User,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete everything of a user, history and logs included. Cannot be undone."""
+    with _memory(user) as mem:
+        if not yes and not typer.confirm(f"Erase every record of {user!r}?"):
+            raise typer.Exit(1)
+        n = mem.erase_user(user=user)
+    out.print(f"erased {user}: {n} rows deleted")

@@ -1,0 +1,56 @@
+"""``Memory``: the user-facing memory API, composed of a store and an embedder.
+
+It exposes the store's verbs unchanged (same keyword-only ``user`` on every verb) and is the
+place where extraction, reconciliation and the safety boundary plug in.
+"""
+
+from __future__ import annotations
+
+from personalign.backends.embedders import Embedder
+from personalign.backends.stores import MemoryStore, open_store
+from personalign.config import Settings, load_settings
+from personalign.errors import UnknownUserError
+from personalign.types import SearchHit
+
+
+class Memory:
+    """Preference memory for many users. ``store`` does the persistence."""
+
+    def __init__(self, store: MemoryStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        # the store's verbs, unchanged
+        self.add = store.add
+        self.add_many = store.add_many
+        self.get = store.get
+        self.list = store.list
+        self.update = store.update
+        self.forget = store.forget
+        self.history = store.history
+        self.events = store.events
+        self.export = store.export
+        self.erase_user = store.erase_user
+        self.has_user = store.has_user
+        self.users = store.users
+
+    def search(self, query: str, *, user: str, k: int = 10) -> list[SearchHit]:
+        """Hybrid search with the configured retrieval settings."""
+        return self.store.search(query, user=user, k=k, config=self.settings.retrieval)
+
+    def require_user(self, *, user: str) -> None:
+        """Raise :class:`UnknownUserError` unless ``user`` has data."""
+        if not self.store.has_user(user=user):
+            raise UnknownUserError(f"unknown user {user!r}: no memories stored for this user")
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_memory(settings: Settings | None = None, embedder: Embedder | None = None) -> Memory:
+    """Open the memory that ``settings`` (default: :func:`load_settings`) points to."""
+    settings = settings or load_settings()
+    if embedder is None:
+        from personalign.backends.embedders import load_embedder
+
+        embedder = load_embedder(settings.embedder, settings.cache_dir)
+    return Memory(open_store(settings, embedder), settings)
