@@ -10,6 +10,7 @@ import typer
 
 from personalign import __version__
 from personalign.cli import memory
+from personalign.cli.eval import eval_command
 from personalign.cli._common import state
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(memory.app, name="memory", help="Store, search, supersede and erase preferences.")
+app.command("eval")(eval_command)
 
 
 def _version(value: bool) -> None:

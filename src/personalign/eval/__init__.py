@@ -1,0 +1,1 @@
+"""Benchmark suites, metrics and reports (Markdown + PNG plots)."""

@@ -1,0 +1,52 @@
+"""Conventions shared by every script in ``benchmarks/``.
+
+``--data DIR`` (default ``../shared/data`` beside the repository), ``--json`` (the last line
+printed is one flat JSON object of all figures, snake_case keys with the unit in the name),
+a readable table otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the ``--data`` and ``--json`` conventions."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="evaluation data folder")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of figures")
+    return p
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) by linear interpolation; NaN for no values."""
+    if not values:
+        return math.nan
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def emit(figures: Mapping[str, float | int | str], *, title: str, as_json: bool) -> None:
+    """Print the figures as a table, or as the final JSON line with ``--json``."""
+    if as_json:
+        sys.stdout.write(json.dumps(dict(figures)) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for k, v in figures.items():
+        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    Console().print(table)
