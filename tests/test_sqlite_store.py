@@ -26,6 +26,14 @@ def test_erased_user_text_is_gone_from_the_file(tmp_path, embedder):
     secrets = [f"zanzibarquokka secret number {i} of alice" for i in range(50)]
     recs = store.add_many(secrets, user="alice-zq")
     store.update(recs[0].id, "xylophonewombat newer secret", user="alice-zq")
+    from personalign.types import Exchange, Message, new_id, utcnow
+
+    store.log_exchange(
+        Exchange(id=new_id(), user_id="alice-zq", at=utcnow(),
+                 messages=[Message(role="user", content="quagmirepelican question")],
+                 response="ok", model="fake", method="plain", latency_ms=1.0),
+        user="alice-zq",
+    )
     store.add_many([f"bob ordinary preference {i}" for i in range(50)], user="bob")
     raw = _bytes_on_disk(db)
     assert b"zanzibarquokka" in raw  # the check below can fail
@@ -33,6 +41,7 @@ def test_erased_user_text_is_gone_from_the_file(tmp_path, embedder):
     raw = _bytes_on_disk(db)
     assert b"zanzibarquokka" not in raw
     assert b"xylophonewombat" not in raw
+    assert b"quagmirepelican" not in raw
     assert b"alice-zq" not in raw
     assert b"bob ordinary preference" in raw
     assert len(store.search("ordinary preference", user="bob")) > 0

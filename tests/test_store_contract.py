@@ -202,3 +202,33 @@ def test_reopen_keeps_data(store_factory):
     s2 = store_factory()
     assert s2.get(rec.id, user="alice").text == "persisted"
     s2.close()
+
+
+def _exchange(user: str, text: str):
+    from personalign.types import Exchange, Message, UsedPreference, new_id, utcnow
+
+    return Exchange(
+        id=new_id(), user_id=user, at=utcnow(),
+        messages=[Message(role="user", content=text)], response=f"reply to {text}",
+        model="fake", method="prompt", options={"max_new_tokens": 8},
+        preferences=[UsedPreference(id="a" * 32, text="likes tea", kind="explicit", score=0.5)],
+        latency_ms=12.5, retrieval_ms=1.5,
+    )
+
+
+def test_exchange_log(store):
+    xs = [_exchange("alice", f"question {i}") for i in range(3)]
+    for x in xs:
+        store.log_exchange(x, user="alice")
+    store.log_exchange(_exchange("bob", "bob's question"), user="bob")
+    assert store.exchanges(user="alice") == xs
+    assert store.exchanges(user="alice", limit=2) == xs[1:]
+    assert store.get_exchange(xs[0].id, user="alice") == xs[0]
+    with pytest.raises(NotFoundError):
+        store.get_exchange(xs[0].id, user="bob")
+    with pytest.raises(ValidationError):
+        store.log_exchange(_exchange("alice", "x"), user="bob")
+    assert len(store.export(user="alice")["exchanges"]) == 3
+    store.erase_user(user="alice")
+    assert store.exchanges(user="alice") == []
+    assert len(store.exchanges(user="bob")) == 1

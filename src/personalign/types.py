@@ -148,3 +148,33 @@ class Message(BaseModel):
     content: str
     id: str | None = None
     at: datetime | None = None
+
+
+class UsedPreference(BaseModel):
+    """A memory that was put in front of the model for a reply, and why."""
+
+    id: str
+    text: str
+    kind: Kind
+    score: float
+    matched: list[str] = Field(default_factory=list)
+    source_turn_ids: list[str] = Field(default_factory=list)
+
+
+class Exchange(BaseModel):
+    """One logged request/reply: what the model saw, what it said, and what shaped it."""
+
+    id: str
+    user_id: str
+    at: datetime
+    messages: list[Message]
+    """The full prompt sent to the model (system prompt and memory block included)."""
+    response: str
+    model: str
+    method: str
+    """How the reply was personalized: ``plain``, ``prompt``, or a decoding method name."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    preferences: list[UsedPreference] = Field(default_factory=list)
+    latency_ms: float
+    retrieval_ms: float = 0.0
+    meta: dict[str, Any] = Field(default_factory=dict)

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from personalign.config import RetrievalConfig
-from personalign.types import Event, Kind, Preference, PreferenceIn, SearchHit
+from personalign.types import Event, Exchange, Kind, Preference, PreferenceIn, SearchHit
 
 Records = list[Preference]
 Hits = list[SearchHit]
@@ -127,6 +127,18 @@ class MemoryStore(abc.ABC):
     @abc.abstractmethod
     def users(self) -> list[str]:
         """Every user with data, sorted."""
+
+    @abc.abstractmethod
+    def log_exchange(self, exchange: Exchange, *, user: str) -> None:
+        """Append one request/reply to the user's exchange log."""
+
+    @abc.abstractmethod
+    def exchanges(self, *, user: str, limit: int | None = None) -> list[Exchange]:
+        """The user's logged exchanges, oldest first (the newest ``limit`` if given)."""
+
+    @abc.abstractmethod
+    def get_exchange(self, exchange_id: str, *, user: str) -> Exchange:
+        """One logged exchange by id."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -40,6 +40,7 @@ from personalign.errors import (
 )
 from personalign.types import (
     Event,
+    Exchange,
     Kind,
     Preference,
     PreferenceIn,
@@ -62,6 +63,8 @@ _ACTIVE_AT = (
     "AND recorded_at <= :t AND (superseded_at IS NULL OR superseded_at > :t)"
 )
 _ACTIVE_NOW = "superseded_at IS NULL AND valid_to IS NULL"
+USER_TABLES = ("memories", "events", "exchanges", "users")
+"""Every table holding a user's data; ``erase_user`` deletes from each (users last)."""
 
 
 def _ts(dt: datetime) -> str:
@@ -537,6 +540,7 @@ class SQLiteStore(MemoryStore):
                 m.model_dump(mode="json") for m in self.list(user=user, include_history=True)
             ],
             "events": [e.model_dump(mode="json") for e in self.events(user=user)],
+            "exchanges": [x.model_dump(mode="json") for x in self.exchanges(user=user)],
         }
 
     def erase_user(self, *, user: str) -> int:
@@ -544,7 +548,7 @@ class SQLiteStore(MemoryStore):
         with self._write() as conn:
             conn.execute("INSERT OR IGNORE INTO erasing (user_id) VALUES (?)", (user,))
             deleted = 0
-            for table in ("memories", "events", "users"):
+            for table in USER_TABLES:
                 deleted += conn.execute(f"DELETE FROM {table} WHERE user_id = ?", (user,)).rowcount
             conn.execute("DELETE FROM erasing WHERE user_id = ?", (user,))
         conn = self._conn()
@@ -553,6 +557,49 @@ class SQLiteStore(MemoryStore):
         conn.execute("VACUUM")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
+
+    def log_exchange(self, exchange: Exchange, *, user: str) -> None:
+        check_user(user)
+        if exchange.user_id != user:
+            raise ValidationError(f"exchange belongs to {exchange.user_id!r}, not {user!r}")
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO users (user_id, created_at) VALUES (?, ?)",
+                (user, _ts(exchange.at)),
+            )
+            conn.execute(
+                "INSERT INTO exchanges (id, user_id, at, model, method, latency_ms, "
+                "retrieval_ms, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    exchange.id,
+                    user,
+                    _ts(exchange.at),
+                    exchange.model,
+                    exchange.method,
+                    exchange.latency_ms,
+                    exchange.retrieval_ms,
+                    exchange.model_dump_json(),
+                ),
+            )
+
+    def exchanges(self, *, user: str, limit: int | None = None) -> list[Exchange]:
+        check_user(user)
+        sql = "SELECT body, rowid FROM exchanges WHERE user_id = ? ORDER BY rowid"
+        args: list[Any] = [user]
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql} DESC LIMIT ?) ORDER BY rowid"
+            args.append(int(limit))
+        return [Exchange.model_validate_json(r[0]) for r in self._conn().execute(sql, args)]
+
+    def get_exchange(self, exchange_id: str, *, user: str) -> Exchange:
+        check_user(user)
+        _check_id(exchange_id)
+        row = self._conn().execute(
+            "SELECT body FROM exchanges WHERE id = ? AND user_id = ?", (exchange_id, user)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no exchange {exchange_id} for user {user!r}")
+        return Exchange.model_validate_json(row[0])
 
     def has_user(self, *, user: str) -> bool:
         check_user(user)

@@ -87,4 +87,21 @@ MIGRATIONS: list[tuple[str, str]] = [
         END;
         """,
     ),
+    (
+        "0004_exchanges",
+        """
+        CREATE TABLE exchanges (
+            rowid        INTEGER PRIMARY KEY,
+            id           TEXT NOT NULL UNIQUE,
+            user_id      TEXT NOT NULL,
+            at           TEXT NOT NULL,
+            model        TEXT NOT NULL,
+            method       TEXT NOT NULL,
+            latency_ms   REAL NOT NULL,
+            retrieval_ms REAL NOT NULL,
+            body         TEXT NOT NULL
+        );
+        CREATE INDEX exchanges_user ON exchanges (user_id, rowid);
+        """,
+    ),
 ]
