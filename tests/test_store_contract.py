@@ -232,3 +232,21 @@ def test_exchange_log(store):
     store.erase_user(user="alice")
     assert store.exchanges(user="alice") == []
     assert len(store.exchanges(user="bob")) == 1
+
+
+def test_profile_weights_have_history(store):
+    assert store.get_profile(user="alice") is None
+    first = store.set_profile({"conciseness": 0.8, "warmth": 0.2}, user="alice")
+    second = store.set_profile({"conciseness": 0.3, "warmth": 0.9}, user="alice",
+                               source="feedback", uncertainty={"warmth": 0.1}, reason="estimated")
+    assert store.get_profile(user="alice").weights == {"conciseness": 0.3, "warmth": 0.9}
+    hist = store.profile_history(user="alice")
+    assert [p.weights for p in hist] == [first.weights, second.weights]
+    assert hist[1].source == "feedback" and hist[1].uncertainty == {"warmth": 0.1}
+    assert store.get_profile(user="bob") is None
+    assert store.export(user="alice")["profile"][0]["weights"]["conciseness"] == 0.8
+    for bad in ({}, {"warmth": 1.5}, {"Bad Name": 0.5}, {"warmth": float("nan")}):
+        with pytest.raises(ValidationError):
+            store.set_profile(bad, user="alice")
+    store.erase_user(user="alice")
+    assert store.profile_history(user="alice") == []

@@ -53,6 +53,20 @@ def check_text(text: str, *, what: str = "text", max_chars: int = MAX_TEXT_CHARS
     return stripped
 
 
+def check_weights(weights: dict[str, float]) -> dict[str, float]:
+    """Validate dimension weights: names like identifiers, values finite and in [0, 1]."""
+    if not isinstance(weights, dict) or not weights:
+        raise ValidationError("weights must be a non-empty mapping of dimension -> weight")
+    out: dict[str, float] = {}
+    for name, w in weights.items():
+        if not isinstance(name, str) or not re.match(r"^[a-z][a-z0-9_]{0,63}$", name):
+            raise ValidationError(f"bad dimension name {name!r}: use lower-case identifiers")
+        if isinstance(w, bool) or not isinstance(w, int | float) or not 0.0 <= float(w) <= 1.0:
+            raise ValidationError(f"weight of {name!r} must be a number in [0, 1], got {w!r}")
+        out[name] = float(w)
+    return out
+
+
 class PreferenceIn(BaseModel):
     """What a caller supplies to store a memory."""
 
@@ -178,3 +192,20 @@ class Exchange(BaseModel):
     latency_ms: float
     retrieval_ms: float = 0.0
     meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class Profile(BaseModel):
+    """One version of a user's weights over preference dimensions (newest is current).
+
+    ``weights`` maps a dimension name to a weight in [0, 1]; ``uncertainty`` (optional) maps a
+    dimension to the posterior standard deviation when the weights were estimated from feedback.
+    ``source``: ``user`` (set by hand), ``feedback`` (estimated), or ``default``.
+    """
+
+    id: int
+    user_id: str
+    at: datetime
+    weights: dict[str, float]
+    uncertainty: dict[str, float] = Field(default_factory=dict)
+    source: str = "user"
+    reason: str | None = None

@@ -13,7 +13,15 @@ from datetime import datetime
 from typing import Any
 
 from personalign.config import RetrievalConfig
-from personalign.types import Event, Exchange, Kind, Preference, PreferenceIn, SearchHit
+from personalign.types import (
+    Event,
+    Exchange,
+    Kind,
+    Preference,
+    PreferenceIn,
+    Profile,
+    SearchHit,
+)
 
 Records = list[Preference]
 Hits = list[SearchHit]
@@ -139,6 +147,27 @@ class MemoryStore(abc.ABC):
     @abc.abstractmethod
     def get_exchange(self, exchange_id: str, *, user: str) -> Exchange:
         """One logged exchange by id."""
+
+    @abc.abstractmethod
+    def set_profile(
+        self,
+        weights: dict[str, float],
+        *,
+        user: str,
+        uncertainty: dict[str, float] | None = None,
+        source: str = "user",
+        reason: str | None = None,
+    ) -> Profile:
+        """Append a new version of the user's dimension weights (each in [0, 1])."""
+
+    @abc.abstractmethod
+    def profile_history(self, *, user: str) -> list[Profile]:
+        """Every version of the user's weights, oldest first."""
+
+    def get_profile(self, *, user: str) -> Profile | None:
+        """The user's current weights, or None if never set."""
+        history = self.profile_history(user=user)
+        return history[-1] if history else None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -44,9 +44,11 @@ from personalign.types import (
     Kind,
     Preference,
     PreferenceIn,
+    Profile,
     SearchHit,
     check_text,
     check_user,
+    check_weights,
     new_id,
     utcnow,
 )
@@ -63,7 +65,7 @@ _ACTIVE_AT = (
     "AND recorded_at <= :t AND (superseded_at IS NULL OR superseded_at > :t)"
 )
 _ACTIVE_NOW = "superseded_at IS NULL AND valid_to IS NULL"
-USER_TABLES = ("memories", "events", "exchanges", "users")
+USER_TABLES = ("memories", "events", "exchanges", "profiles", "users")
 """Every table holding a user's data; ``erase_user`` deletes from each (users last)."""
 
 
@@ -541,6 +543,7 @@ class SQLiteStore(MemoryStore):
             ],
             "events": [e.model_dump(mode="json") for e in self.events(user=user)],
             "exchanges": [x.model_dump(mode="json") for x in self.exchanges(user=user)],
+            "profile": [p.model_dump(mode="json") for p in self.profile_history(user=user)],
         }
 
     def erase_user(self, *, user: str) -> int:
@@ -600,6 +603,66 @@ class SQLiteStore(MemoryStore):
         if row is None:
             raise NotFoundError(f"no exchange {exchange_id} for user {user!r}")
         return Exchange.model_validate_json(row[0])
+
+    def set_profile(
+        self,
+        weights: dict[str, float],
+        *,
+        user: str,
+        uncertainty: dict[str, float] | None = None,
+        source: str = "user",
+        reason: str | None = None,
+    ) -> Profile:
+        check_user(user)
+        clean = check_weights(weights)
+        now = utcnow()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO users (user_id, created_at) VALUES (?, ?)", (user, _ts(now))
+            )
+            cur = conn.execute(
+                "INSERT INTO profiles (user_id, at, weights, uncertainty, source, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (user, _ts(now), json.dumps(clean), json.dumps(uncertainty or {}), source, reason),
+            )
+            self._event(
+                conn,
+                user=user,
+                action="set_profile",
+                record_id=None,
+                actor=source,
+                reason=reason,
+                payload={"weights": clean},
+                at=now,
+            )
+            pid = cur.lastrowid
+        return Profile(
+            id=int(pid or 0),
+            user_id=user,
+            at=now,
+            weights=clean,
+            uncertainty=uncertainty or {},
+            source=source,
+            reason=reason,
+        )
+
+    def profile_history(self, *, user: str) -> list[Profile]:
+        check_user(user)
+        rows = self._conn().execute(
+            "SELECT * FROM profiles WHERE user_id = ? ORDER BY id", (user,)
+        )
+        return [
+            Profile(
+                id=r["id"],
+                user_id=r["user_id"],
+                at=datetime.fromisoformat(r["at"]),
+                weights=json.loads(r["weights"]),
+                uncertainty=json.loads(r["uncertainty"]),
+                source=r["source"],
+                reason=r["reason"],
+            )
+            for r in rows
+        ]
 
     def has_user(self, *, user: str) -> bool:
         check_user(user)

@@ -104,4 +104,22 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX exchanges_user ON exchanges (user_id, rowid);
         """,
     ),
+    (
+        "0005_profiles",
+        """
+        CREATE TABLE profiles (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id     TEXT NOT NULL,
+            at          TEXT NOT NULL,
+            weights     TEXT NOT NULL,
+            uncertainty TEXT NOT NULL DEFAULT '{}',
+            source      TEXT NOT NULL,
+            reason      TEXT
+        );
+        CREATE INDEX profiles_user ON profiles (user_id, id);
+        CREATE TRIGGER profiles_no_update BEFORE UPDATE ON profiles BEGIN
+            SELECT RAISE(ABORT, 'profile versions are append-only');
+        END;
+        """,
+    ),
 ]
