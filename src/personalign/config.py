@@ -32,6 +32,14 @@ def default_home() -> Path:
     return base / "personalign"
 
 
+def default_cache() -> Path:
+    env = os.environ.get("PERSONALIGN_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "personalign"
+
+
 class RetrievalConfig(BaseModel):
     """How :meth:`MemoryStore.search` fuses its signals (see ``memory.fusion``)."""
 
@@ -52,6 +60,8 @@ class Settings(BaseSettings):
     )
 
     home: Path = Field(default_factory=default_home)
+    cache_dir: Path = Field(default_factory=default_cache)
+    """Converted models and exported embedders: shared by every data folder on the machine."""
     database_url: str | None = None
     """``None``: the embedded SQLite file ``<home>/memory.db``. ``postgresql://...``: PostgreSQL."""
     embedder: Literal["minilm", "hashing"] = "minilm"
@@ -61,7 +71,7 @@ class Settings(BaseSettings):
     openai_api_key: str | None = None
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
 
-    @field_validator("home", mode="before")
+    @field_validator("home", "cache_dir", mode="before")
     @classmethod
     def _expand(cls, v: Any) -> Any:
         return Path(v).expanduser() if isinstance(v, str | Path) else v
@@ -69,10 +79,6 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.home / "memory.db"
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.home / "cache"
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

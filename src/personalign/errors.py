@@ -9,6 +9,8 @@ PersonalignError
 ├── NotFoundError        a record or user that does not exist (for this user)
 │   └── UnknownUserError the user has no data at all
 ├── ConflictError        the operation does not apply to the record's state (already superseded)
+├── AuthError            no valid API key (HTTP 401)
+│   └── PermissionDeniedError  a valid key acting outside its scope (HTTP 403)
 ├── BackendError         a backend failed: model load, database, remote server
 │   └── ModelNotAvailableError  a model or embedder cannot be loaded offline
 └── RefusedError         the safety boundary refused the input; ``verdict`` says why
@@ -44,6 +46,14 @@ class UnknownUserError(NotFoundError):
 
 class ConflictError(PersonalignError):
     """The operation does not apply to the record's current state."""
+
+
+class AuthError(PersonalignError):
+    """No valid credentials."""
+
+
+class PermissionDeniedError(AuthError):
+    """Valid credentials, but the action is outside their scope."""
 
 
 class BackendError(PersonalignError):

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from personalign import __version__
-from personalign.cli import memory
+from personalign.cli import chat, memory, service
 from personalign.cli.eval import eval_command
 from personalign.cli._common import state
 
@@ -22,6 +22,11 @@ app = typer.Typer(
 )
 app.add_typer(memory.app, name="memory", help="Store, search, supersede and erase preferences.")
 app.command("eval")(eval_command)
+app.command()(chat.chat)
+app.command()(chat.ask)
+app.command()(chat.logs)
+app.command()(service.serve)
+app.add_typer(service.keys_app, name="keys")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,217 @@
+"""``personalign chat``, ``ask`` and ``logs``: personalized conversation from the terminal."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from personalign.cli._common import err, errors, out, print_json, state
+from personalign.types import Message
+
+if TYPE_CHECKING:
+    from personalign.pipeline import Personalizer, PersonalizeOptions, Reply
+
+User = Annotated[str, typer.Option("--user", "-u", help="Who is talking.")]
+MethodOpt = Annotated[
+    str, typer.Option("--method", help="plain (no memory) or prompt (memory in the prompt).")
+]
+MaxTokens = Annotated[int, typer.Option("--max-tokens", min=1, max=4096, help="Reply length cap.")]
+
+HELP = (
+    "/memory  list your stored preferences\n"
+    "/forget ID  forget one of them\n"
+    "/why     which stored preferences shaped the last answer, and how\n"
+    "/quit    leave (Ctrl-D too)"
+)
+
+
+@contextmanager
+def _personalizer() -> Iterator[Personalizer]:
+    with errors():
+        from personalign.pipeline import Personalizer
+
+        p = Personalizer.open(state.settings())
+    try:
+        yield p
+    finally:
+        with errors():
+            p.close()
+
+
+def _options(method: str, max_tokens: int) -> PersonalizeOptions:
+    from personalign.backends.models.base import GenerationOptions
+    from personalign.pipeline import PersonalizeOptions
+
+    return PersonalizeOptions(
+        method=method,  # type: ignore[arg-type]
+        generation=GenerationOptions(max_new_tokens=max_tokens),
+    )
+
+
+def why_table(reply: Reply) -> Table:
+    """The preferences behind a reply, with their fused scores and matching signals."""
+    x = reply.exchange
+    table = Table(
+        title=f"method={x.method} model={x.model} latency={x.latency_ms:.0f} ms "
+        f"(retrieval {x.retrieval_ms:.1f} ms)",
+        title_justify="left",
+    )
+    table.add_column("id", style="dim", no_wrap=True)
+    table.add_column("kind")
+    table.add_column("preference", overflow="fold", ratio=1)
+    table.add_column("score", justify="right")
+    table.add_column("matched")
+    for p in x.preferences:
+        table.add_row(p.id, p.kind, p.text, f"{p.score:.4f}", ",".join(p.matched))
+    if not x.preferences:
+        table.caption = "no stored preference was relevant: the answer is not personalized"
+    return table
+
+
+def ask(
+    message: Annotated[str, typer.Argument(help="The message.")],
+    user: User,
+    method: MethodOpt = "prompt",
+    max_tokens: MaxTokens = 256,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Ask one question and print the personalized answer."""
+    with _personalizer() as p, errors():
+        reply = p.respond(message, user=user, options=_options(method, max_tokens))
+    if json_out:
+        x = reply.exchange
+        print_json(
+            {
+                "answer": reply.text,
+                "preferences": [pr.model_dump(mode="json") for pr in x.preferences],
+                "method": x.method,
+                "model": x.model,
+                "latency_ms": x.latency_ms,
+                "retrieval_ms": x.retrieval_ms,
+                "exchange_id": x.id,
+            }
+        )
+    else:
+        out.print(reply.text, highlight=False, markup=False)
+        if reply.preferences:
+            err.print(
+                f"[dim]personalized with {len(reply.preferences)} preference(s); "
+                "see `personalign logs`[/]"
+            )
+
+
+def chat(
+    user: User,
+    method: MethodOpt = "prompt",
+    max_tokens: MaxTokens = 256,
+    turns: Annotated[int, typer.Option(help="Earlier turns kept in context.")] = 6,
+) -> None:
+    """Interactive personalized chat with streaming replies. Type /help for commands."""
+    with _personalizer() as p:
+        with errors():
+            options = _options(method, max_tokens)
+        out.print(f"[bold]personalign chat[/] as {user} (model {p.model.name}). /help for commands.")
+        history: list[Message] = []
+        last: list[Reply] = []
+        while True:
+            try:
+                line = input("you> ").strip() if sys.stdin.isatty() else _read_line()
+            except (EOFError, KeyboardInterrupt):
+                out.print()
+                break
+            if not line:
+                continue
+            if line.startswith("/"):
+                if not _command(p, line, user=user, last=last):
+                    break
+                continue
+            history.append(Message(role="user", content=line))
+            out.print("assistant> ", end="")
+            parts: list[str] = []
+            with errors():
+                for delta in p.stream(
+                    history[-(2 * turns + 1) :], user=user, options=options, on_done=last.append
+                ):
+                    parts.append(delta)
+                    out.print(delta, end="", highlight=False, markup=False)
+            out.print()
+            history.append(Message(role="assistant", content="".join(parts)))
+
+
+def _read_line() -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    out.print(f"you> {line.rstrip()}", highlight=False, markup=False)
+    return line.strip()
+
+
+def _command(p: Personalizer, line: str, *, user: str, last: list[Reply]) -> bool:
+    """Run a slash command; False means leave the chat."""
+    cmd, _, arg = line.partition(" ")
+    if cmd in ("/quit", "/exit"):
+        return False
+    if cmd == "/help":
+        out.print(HELP)
+    elif cmd == "/memory":
+        from personalign.cli.memory import _table
+
+        recs = p.memory.list(user=user) if p.memory.has_user(user=user) else []
+        out.print(_table(recs, title=f"memories of {user} ({len(recs)})"))
+    elif cmd == "/forget":
+        try:
+            rec = p.memory.forget(arg.strip(), user=user, reason="/forget in chat")
+            out.print(f"forgot {rec.id}: {rec.text}", highlight=False)
+        except Exception as e:  # noqa: BLE001 - a chat command error must not end the chat
+            err.print(f"[bold red]error:[/] {e}")
+    elif cmd == "/why":
+        if not last:
+            out.print("no answer yet")
+        else:
+            out.print(why_table(last[-1]))
+    else:
+        err.print(f"[bold red]error:[/] unknown command {cmd}; /help lists them")
+    return True
+
+
+def logs(
+    user: User,
+    limit: Annotated[int, typer.Option(min=1, help="Newest N exchanges.")] = 20,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The user's logged exchanges: prompt, answer, model, method, preferences, latency."""
+    from personalign.memory import open_memory
+
+    with errors():
+        mem = open_memory(state.settings())
+        try:
+            mem.require_user(user=user)
+            xs = mem.store.exchanges(user=user, limit=limit)
+        finally:
+            mem.close()
+    if json_out:
+        print_json([x.model_dump(mode="json") for x in xs])
+        return
+    table = Table(title=f"exchanges of {user} ({len(xs)})", title_justify="left")
+    table.add_column("when", no_wrap=True)
+    table.add_column("message", overflow="fold", ratio=1)
+    table.add_column("answer", overflow="fold", ratio=2)
+    table.add_column("method")
+    table.add_column("prefs", justify="right")
+    table.add_column("ms", justify="right")
+    for x in xs:
+        question = next((m.content for m in reversed(x.messages) if m.role == "user"), "")
+        table.add_row(
+            x.at.strftime("%m-%d %H:%M:%S"),
+            question,
+            x.response,
+            x.method,
+            str(len(x.preferences)),
+            f"{x.latency_ms:.0f}",
+        )
+    out.print(table)

@@ -1,0 +1,121 @@
+"""The main job (``make demo``): one scripted user, several sessions, a changed preference,
+and questions where the preferences matter. For each question it prints the plain and the
+personalized answer side by side with the preferences used, then the memory as the user sees
+it. Runs offline on embedded defaults (SmolLM2-135M-Instruct, all-MiniLM-L6-v2, SQLite).
+
+    python -m personalign.demo [--home DIR] [--max-tokens N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from personalign.types import Message
+
+USER = "sam"
+
+# Each session: what the user said, in order. Preferences sit among unrelated turns.
+SESSIONS: list[list[str]] = [
+    [
+        "Hi! Can you explain what a hash map is?",
+        "By the way, I'm vegetarian: I don't eat meat or fish.",
+        "What's the capital of Australia?",
+        "How do I convert Celsius to Fahrenheit?",
+    ],
+    [
+        "Write a haiku about autumn leaves.",
+        "I prefer short answers, please keep replies brief and to the point.",
+        "What is the difference between TCP and UDP?",
+        "Summarize the plot of Hamlet in two sentences.",
+    ],
+    [
+        "What causes the seasons on Earth?",
+        "I love hiking in the mountains, I'd rather be outdoors than in a museum.",
+        "How many bones are in the human body?",
+        "Give me a synonym for 'happy'.",
+    ],
+    [
+        "Can you recommend a good book about history?",
+        "Actually, I'm not vegetarian anymore: I started eating fish again, "
+        "so I'm pescatarian now.",
+        "What's a good way to learn touch typing?",
+    ],
+]
+
+QUESTIONS = [
+    "Can you suggest a dinner recipe for tonight?",
+    "What should I do this weekend in Switzerland?",
+    "How does a rainbow form?",
+]
+
+
+def _session_messages(texts: list[str], session: int) -> list[Message]:
+    return [
+        Message(role="user", content=t, id=f"s{session}:t{i}") for i, t in enumerate(texts)
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--home", type=Path, default=None, help="data folder (default: temporary)")
+    ap.add_argument("--max-tokens", type=int, default=120)
+    args = ap.parse_args(argv)
+
+    from personalign.backends.models.base import GenerationOptions
+    from personalign.config import load_settings
+    from personalign.pipeline import Personalizer, PersonalizeOptions
+
+    console = Console()
+    home = args.home or Path(tempfile.mkdtemp(prefix="personalign-demo-"))
+    settings = load_settings(home=home)
+    console.rule("[bold]personalign demo")
+    console.print(f"data folder: {home}   model cache: {settings.cache_dir}")
+    t_start = time.perf_counter()
+    p = Personalizer.open(settings)
+    try:
+        for i, texts in enumerate(SESSIONS, start=1):
+            result = p.memory.add_messages(_session_messages(texts, i), user=USER)
+            console.print(Panel("\n".join(f"[dim]{USER}>[/] {t}" for t in texts),
+                                title=f"session {i}", title_align="left"))
+            for d in result.decisions:
+                console.print(f"  [green]{d.action}[/] {d.record.text!r}  [dim]({d.reason})[/]",
+                              highlight=False)
+        gen = GenerationOptions(max_new_tokens=args.max_tokens)
+        for q in QUESTIONS:
+            plain = p.respond(q, user=USER,
+                              options=PersonalizeOptions(method="plain", ingest=False,
+                                                         generation=gen))
+            personal = p.respond(q, user=USER,
+                                 options=PersonalizeOptions(method="prompt", ingest=False,
+                                                            generation=gen))
+            table = Table(title=f"{USER}> {q}", title_justify="left", expand=True)
+            table.add_column("plain", ratio=1, overflow="fold")
+            table.add_column("personalized", ratio=1, overflow="fold")
+            table.add_row(plain.text.strip(), personal.text.strip())
+            console.print(table)
+            used = personal.preferences
+            console.print(
+                "  preferences used: "
+                + ("; ".join(f"{u.text!r} ({u.score:.3f})" for u in used) if used else "none"),
+                highlight=False,
+            )
+        console.rule(f"memory of {USER}, as the user sees it")
+        from personalign.cli.memory import _table
+
+        console.print(_table(p.memory.list(user=USER), title="active preferences"))
+        hist = [r for r in p.memory.list(user=USER, include_history=True) if not r.active]
+        console.print(_table(hist, title="history (superseded or forgotten)"))
+    finally:
+        p.close()
+    console.print(f"done in {time.perf_counter() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Personalized generation: prompt building, logit mixing, the decoding loop, adapters."""

@@ -1,0 +1,268 @@
+"""``Personalizer``: the one place that composes memory, safety and generation for a request.
+
+For a user's message: retrieve the relevant memories -> render them as a delimited, quoted
+data block -> generate -> log the exchange -> ingest the user's turn into memory in the
+background, after the reply, without delaying it. ``close()`` waits for pending ingestion, so
+nothing a user said is lost when the process ends normally.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from personalign.backends.models.base import GenerationOptions, LanguageModel
+from personalign.config import Settings, load_settings
+from personalign.errors import ValidationError
+from personalign.generation.prompt import build_messages
+from personalign.memory import Memory, open_memory
+from personalign.types import (
+    Exchange,
+    Message,
+    SearchHit,
+    UsedPreference,
+    check_text,
+    check_user,
+    new_id,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from personalign.backends.embedders import Embedder
+
+log = logging.getLogger(__name__)
+
+Method = Literal["plain", "prompt"]
+METHODS: tuple[Method, ...] = ("plain", "prompt")
+
+
+@dataclass(frozen=True)
+class PersonalizeOptions:
+    """Per-request personalization settings.
+
+    ``method``: ``plain`` (no memory) or ``prompt`` (memory block in the system prompt).
+    ``k``: how many memories to retrieve. ``min_score``: drop hits whose cosine similarity to
+    the message is below it (``dense`` signal; -1 keeps all). ``ingest``: store the user's turn.
+    """
+
+    method: Method = "prompt"
+    k: int = 5
+    min_score: float = 0.2
+    ingest: bool = True
+    generation: GenerationOptions = field(default_factory=GenerationOptions)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValidationError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not 1 <= self.k <= 50:
+            raise ValidationError(f"k must be in 1..50, got {self.k}")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A personalized reply and everything that shaped it (see :class:`Exchange`)."""
+
+    text: str
+    exchange: Exchange
+
+    @property
+    def preferences(self) -> list[UsedPreference]:
+        return self.exchange.preferences
+
+
+def _used(hits: Sequence[SearchHit]) -> list[UsedPreference]:
+    return [
+        UsedPreference(
+            id=h.record.id,
+            text=h.record.text,
+            kind=h.record.kind,
+            score=h.score,
+            matched=h.matched,
+            source_turn_ids=h.record.source_turn_ids,
+        )
+        for h in hits
+    ]
+
+
+class Personalizer:
+    """Personalized chat for many users over one memory and one language model."""
+
+    def __init__(self, memory: Memory, model: LanguageModel) -> None:
+        self.memory = memory
+        self.model = model
+        self._ingest = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
+        self._pending: set[Future[object]] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings | None = None,
+        *,
+        model: LanguageModel | None = None,
+        embedder: Embedder | None = None,
+    ) -> Personalizer:
+        """Open memory and model as ``settings`` (default: :func:`load_settings`) say."""
+        settings = settings or load_settings()
+        memory = open_memory(settings, embedder)
+        if model is None:
+            from personalign.backends.models import load_model
+
+            model = load_model(settings)
+        return cls(memory, model)
+
+    # -- the request path ----------------------------------------------------------------
+
+    def retrieve(self, text: str, *, user: str, options: PersonalizeOptions) -> list[SearchHit]:
+        """The memories to show the model for ``text``: preferences first, then raw turns."""
+        if options.method == "plain" or not self.memory.has_user(user=user):
+            return []
+        hits = self.memory.search(text, user=user, k=options.k)
+        kept = [h for h in hits if h.signals.get("dense", 1.0) >= options.min_score]
+        return sorted(kept, key=lambda h: h.record.kind == "episode")
+
+    def prepare(
+        self, history: Sequence[Message], *, user: str, options: PersonalizeOptions
+    ) -> tuple[list[Message], list[SearchHit], float]:
+        """Build the model's messages for ``history`` (ending with the user's turn)."""
+        check_user(user)
+        turns = list(history)
+        if not turns or turns[-1].role != "user":
+            raise ValidationError("the conversation must end with a user message")
+        check_text(turns[-1].content, what="message")
+        t0 = time.perf_counter()
+        hits = self.retrieve(turns[-1].content, user=user, options=options)
+        block = _render([h.record for h in hits]) if hits else None
+        messages = build_messages(turns, block)
+        return messages, hits, (time.perf_counter() - t0) * 1000
+
+    def respond(
+        self,
+        message: str | Sequence[Message],
+        *,
+        user: str,
+        options: PersonalizeOptions | None = None,
+    ) -> Reply:
+        """Answer the user's latest message, personalized by their memory."""
+        options = options or PersonalizeOptions()
+        history = _as_history(message)
+        t0 = time.perf_counter()
+        messages, hits, retrieval_ms = self.prepare(history, user=user, options=options)
+        gen = self.model.generate(messages, options=options.generation)
+        return self._finish(history, messages, hits, gen.text, user, options, t0, retrieval_ms)
+
+    def stream(
+        self,
+        message: str | Sequence[Message],
+        *,
+        user: str,
+        options: PersonalizeOptions | None = None,
+        on_done: Callable[[Reply], None] | None = None,
+    ) -> Iterator[str]:
+        """Like :meth:`respond`, yielding text deltas; ``on_done`` gets the final :class:`Reply`."""
+        options = options or PersonalizeOptions()
+        history = _as_history(message)
+        t0 = time.perf_counter()
+        messages, hits, retrieval_ms = self.prepare(history, user=user, options=options)
+        parts: list[str] = []
+        for delta in self.model.stream(messages, options=options.generation):
+            parts.append(delta)
+            yield delta
+        reply = self._finish(
+            history, messages, hits, "".join(parts), user, options, t0, retrieval_ms
+        )
+        if on_done is not None:
+            on_done(reply)
+
+    def _finish(
+        self,
+        history: list[Message],
+        messages: list[Message],
+        hits: list[SearchHit],
+        text: str,
+        user: str,
+        options: PersonalizeOptions,
+        t0: float,
+        retrieval_ms: float,
+    ) -> Reply:
+        exchange = Exchange(
+            id=new_id(),
+            user_id=user,
+            at=utcnow(),
+            messages=messages,
+            response=text,
+            model=self.model.name,
+            method=options.method,
+            options={"k": options.k, "min_score": options.min_score,
+                     **_gen_dict(options.generation)},
+            preferences=_used(hits),
+            latency_ms=(time.perf_counter() - t0) * 1000,
+            retrieval_ms=retrieval_ms,
+        )
+        self.memory.store.log_exchange(exchange, user=user)
+        if options.ingest:
+            self._ingest_later(history[-1], user=user)
+        return Reply(text=text, exchange=exchange)
+
+    # -- background ingestion ------------------------------------------------------------
+
+    def _ingest_later(self, turn: Message, *, user: str) -> None:
+        turn = turn if turn.id else turn.model_copy(update={"id": f"msg:{new_id()}"})
+        fut: Future[object] = self._ingest.submit(self.memory.add_messages, [turn], user=user)
+        with self._lock:
+            self._pending.add(fut)
+        fut.add_done_callback(self._done)
+
+    def _done(self, fut: Future[object]) -> None:
+        with self._lock:
+            self._pending.discard(fut)
+        if fut.exception() is not None:
+            log.error("ingesting a turn failed: %s", fut.exception())
+
+    def flush(self) -> None:
+        """Wait until every queued turn is ingested; re-raise the first failure."""
+        with self._lock:
+            pending = list(self._pending)
+        for fut in pending:
+            fut.result()
+
+    def close(self) -> None:
+        """Finish pending ingestion, then release the memory and the model."""
+        try:
+            self.flush()
+        finally:
+            self._ingest.shutdown(wait=True)
+            self.memory.close()
+            self.model.close()
+
+    def __enter__(self) -> Personalizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _as_history(message: str | Sequence[Message]) -> list[Message]:
+    if isinstance(message, str):
+        return [Message(role="user", content=check_text(message, what="message"))]
+    return list(message)
+
+
+def _gen_dict(g: GenerationOptions) -> dict[str, object]:
+    return {
+        "max_new_tokens": g.max_new_tokens,
+        "temperature": g.temperature,
+        "top_p": g.top_p,
+        "seed": g.seed,
+    }
+
+
+def _render(records: Sequence[object]) -> str:
+    from personalign.safety.render import render_memories_block
+
+    return render_memories_block(records)  # type: ignore[arg-type]

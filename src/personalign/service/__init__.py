@@ -1,0 +1,1 @@
+"""The HTTP service: an OpenAI-compatible chat endpoint, REST for memories, the dashboard."""

@@ -1,0 +1,380 @@
+"""FastAPI app factory: OpenAI-compatible chat, REST for memories and profiles, dashboard.
+
+Every route authenticates with an API key (``Authorization: Bearer pal_...``) and reaches the
+memory only through a :class:`~personalign.backends.stores.scoped.ScopedStore` for the caller's
+principal. Errors are JSON ``{"error": {"message", "type", "code"}}`` with a 4xx status for
+bad requests and 5xx only for backend failures.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from personalign import __version__
+from personalign.backends.models.base import GenerationOptions
+from personalign.backends.stores.scoped import Principal, ScopedStore
+from personalign.errors import (
+    AuthError,
+    BackendError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    PersonalignError,
+    RefusedError,
+    ValidationError,
+)
+from personalign.pipeline import Personalizer, PersonalizeOptions, Reply
+from personalign.service.keys import KeyStore
+from personalign.service.schemas import (
+    ChatCompletionRequest,
+    MemoryIn,
+    MemoryUpdate,
+    ProfileIn,
+    SearchIn,
+)
+from personalign.types import Message as ChatMessage
+from personalign.types import PreferenceIn
+
+MAX_BODY_BYTES = 1_000_000
+
+_STATUS: list[tuple[type[PersonalignError], int, str]] = [
+    (PermissionDeniedError, 403, "permission_denied"),
+    (AuthError, 401, "invalid_api_key"),
+    (NotFoundError, 404, "not_found"),
+    (ConflictError, 409, "conflict"),
+    (RefusedError, 422, "refused_by_boundary"),
+    (ValidationError, 400, "invalid_request"),
+    (BackendError, 502, "backend_error"),
+]
+
+
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": code, "code": code}}, status_code=status
+    )
+
+
+class BodyLimit:
+    """Reject request bodies over ``limit`` bytes with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_big = _error(413, f"request body over {self.limit} bytes", "payload_too_large")
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await too_big(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await too_big(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class Service:
+    """What the routes share: the personalizer, the key store, a model lock."""
+
+    def __init__(self, personalizer: Personalizer, keys: KeyStore) -> None:
+        self.personalizer = personalizer
+        self.keys = keys
+        self.model_lock = threading.Lock()  # one generation at a time on a local model
+
+    def principal(self, request: Request) -> Principal:
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        key = key or request.headers.get("x-api-key") or request.cookies.get("pal_key")
+        return self.keys.verify(key)
+
+    def store(self, principal: Principal) -> ScopedStore:
+        return ScopedStore(self.personalizer.memory.store, principal)
+
+    def model_names(self) -> list[str]:
+        return [self.personalizer.model.name, "personalign"]
+
+
+def _principal(request: Request) -> Principal:
+    service: Service = request.app.state.service
+    return service.principal(request)
+
+
+Auth = Annotated[Principal, Depends(_principal)]
+
+
+def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = True) -> FastAPI:
+    """The HTTP app over one personalizer (memory + model) and one key store."""
+    svc = Service(personalizer, keys)
+    app = FastAPI(
+        title="personalign",
+        version=__version__,
+        description="Personalized, bounded LLM responses: OpenAI-compatible chat and memory.",
+    )
+    app.state.service = svc
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+
+    @app.exception_handler(PersonalignError)
+    async def _personalign_error(request: Request, exc: PersonalignError) -> JSONResponse:
+        for cls, status, code in _STATUS:
+            if isinstance(exc, cls):
+                return _error(status, str(exc), code)
+        return _error(500, str(exc), "internal_error")
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors()[:5]:
+            loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+        return _error(422, "invalid request: " + "; ".join(parts), "invalid_request")
+
+    @app.get("/healthz", tags=["meta"])
+    def healthz() -> dict[str, str]:
+        """Liveness probe (no key needed)."""
+        return {"status": "ok", "version": __version__}
+
+    # -- OpenAI-compatible ---------------------------------------------------------------
+
+    @app.get("/v1/models", tags=["openai"])
+    def models(p: Auth) -> dict[str, Any]:
+        """The models this server answers as (OpenAI format)."""
+        return {
+            "object": "list",
+            "data": [
+                {"id": n, "object": "model", "created": 0, "owned_by": "personalign"}
+                for n in svc.model_names()
+            ],
+        }
+
+    @app.post("/v1/chat/completions", tags=["openai"], response_model=None)
+    def chat_completions(body: ChatCompletionRequest, p: Auth) -> Any:
+        """OpenAI-compatible chat; ``user`` selects whose preferences apply."""
+        if body.model not in svc.model_names():
+            raise NotFoundError(
+                f"model {body.model!r} not found; available: {', '.join(svc.model_names())}"
+            )
+        user = body.user or (p.user if p.scope == "user" else None)
+        if not user:
+            raise ValidationError("set the 'user' field: it selects whose preferences apply")
+        stored_user = p.resolve(user)
+        history = [ChatMessage(role=m.role, content=m.content) for m in body.messages]
+        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        options = PersonalizeOptions(
+            method=body.personalization.method,  # type: ignore[arg-type]
+            k=body.personalization.k,
+            ingest=body.personalization.ingest,
+            generation=GenerationOptions(
+                max_new_tokens=body.max_completion_tokens or body.max_tokens or 256,
+                temperature=body.temperature,
+                top_p=body.top_p,
+                seed=body.seed,
+                stop=stop,
+            ),
+        )
+        created = int(time.time())
+        if not body.stream:
+            with svc.model_lock:
+                reply = personalizer.respond(history, user=stored_user, options=options)
+            return _completion(reply, body.model, created)
+        # validate before the stream starts, so errors are plain 4xx responses
+        personalizer.prepare(history, user=stored_user, options=options)
+        return StreamingResponse(
+            _sse(personalizer, svc, history, stored_user, options, body.model, created),
+            media_type="text/event-stream",
+        )
+
+    # -- memories ------------------------------------------------------------------------
+
+    @app.get("/v1/users", tags=["users"])
+    def list_users(p: Auth) -> dict[str, list[str]]:
+        """The users this key can see (stored ids)."""
+        return {"users": svc.store(p).users()}
+
+    @app.get("/v1/users/{user}/memories", tags=["memories"])
+    def list_memories(
+        user: str,
+        p: Auth,
+        history: bool = False,
+        episodes: bool = False,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    ) -> list[dict[str, Any]]:
+        """Active preferences (all versions with ``history``; raw turns with ``episodes``)."""
+        kinds = None if episodes else ["explicit", "implicit"]
+        recs = svc.store(p).list(user=user, include_history=history, kinds=kinds, limit=limit)  # type: ignore[arg-type]
+        return [r.model_dump(mode="json") for r in recs]
+
+    @app.post("/v1/users/{user}/memories", tags=["memories"], status_code=201)
+    def add_memory(user: str, body: MemoryIn, p: Auth) -> dict[str, Any]:
+        """Store a preference."""
+        pin = PreferenceIn(text=body.text, kind=body.kind, topic=body.topic, tags=body.tags)
+        rec = svc.store(p).add(pin, user=user, actor="api", reason=body.reason)
+        return rec.model_dump(mode="json")
+
+    @app.get("/v1/users/{user}/memories/{memory_id}", tags=["memories"])
+    def get_memory(user: str, memory_id: str, p: Auth) -> dict[str, Any]:
+        return svc.store(p).get(memory_id, user=user).model_dump(mode="json")
+
+    @app.put("/v1/users/{user}/memories/{memory_id}", tags=["memories"])
+    def update_memory(user: str, memory_id: str, body: MemoryUpdate, p: Auth) -> dict[str, Any]:
+        """Write a new version superseding this one (the old one stays in history)."""
+        rec = svc.store(p).update(memory_id, body.text, user=user, actor="api", reason=body.reason)
+        return rec.model_dump(mode="json")
+
+    @app.delete("/v1/users/{user}/memories/{memory_id}", tags=["memories"])
+    def forget_memory(
+        user: str, memory_id: str, p: Auth, reason: str | None = None
+    ) -> dict[str, Any]:
+        """Forget: end the preference's validity now; it stays in history."""
+        rec = svc.store(p).forget(memory_id, user=user, actor="api", reason=reason)
+        return rec.model_dump(mode="json")
+
+    @app.get("/v1/users/{user}/memories/{memory_id}/history", tags=["memories"])
+    def memory_history(user: str, memory_id: str, p: Auth) -> list[dict[str, Any]]:
+        return [r.model_dump(mode="json") for r in svc.store(p).history(memory_id, user=user)]
+
+    @app.post("/v1/users/{user}/search", tags=["memories"])
+    def search(user: str, body: SearchIn, p: Auth) -> list[dict[str, Any]]:
+        """Hybrid search; each hit has its score, matched signals and source turn ids."""
+        hits = svc.store(p).search(
+            body.query,
+            user=user,
+            k=body.k,
+            kinds=body.kinds,
+            config=personalizer.memory.settings.retrieval,
+        )
+        return [h.model_dump(mode="json") for h in hits]
+
+    @app.get("/v1/users/{user}/profile", tags=["profile"])
+    def get_profile(user: str, p: Auth) -> dict[str, Any]:
+        """Current dimension weights and their history."""
+        hist = svc.store(p).profile_history(user=user)
+        return {
+            "current": hist[-1].model_dump(mode="json") if hist else None,
+            "history": [h.model_dump(mode="json") for h in hist],
+        }
+
+    @app.put("/v1/users/{user}/profile", tags=["profile"])
+    def set_profile(user: str, body: ProfileIn, p: Auth) -> dict[str, Any]:
+        """Set the user's dimension weights (a new version; older ones stay)."""
+        prof = svc.store(p).set_profile(body.weights, user=user, source="user", reason=body.reason)
+        return prof.model_dump(mode="json")
+
+    @app.get("/v1/users/{user}/exchanges", tags=["users"])
+    def exchanges(
+        user: str, p: Auth, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    ) -> list[dict[str, Any]]:
+        """Logged exchanges: prompt, answer, model, method, preferences used, latency."""
+        return [x.model_dump(mode="json") for x in svc.store(p).exchanges(user=user, limit=limit)]
+
+    @app.get("/v1/users/{user}/export", tags=["users"])
+    def export(user: str, p: Auth) -> dict[str, Any]:
+        """All of the user's data as JSON."""
+        return svc.store(p).export(user=user)
+
+    @app.delete("/v1/users/{user}", tags=["users"])
+    def erase(user: str, p: Auth) -> dict[str, Any]:
+        """Hard-delete everything of the user (history and logs too)."""
+        return {"erased": user, "rows": svc.store(p).erase_user(user=user)}
+
+    if dashboard:
+        from personalign.service.dashboard import mount_dashboard
+
+        mount_dashboard(app, svc)
+
+    @app.middleware("http")
+    async def _no_store(
+        request: Request, call_next: Callable[[Request], Awaitable[Any]]
+    ) -> Any:
+        response = await call_next(request)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return app
+
+
+def _completion(reply: Reply, model: str, created: int) -> dict[str, Any]:
+    x = reply.exchange
+    return {
+        "id": f"chatcmpl-{x.id}",
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply.text},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "personalization": _why(reply),
+    }
+
+
+def _why(reply: Reply) -> dict[str, Any]:
+    x = reply.exchange
+    return {
+        "exchange_id": x.id,
+        "method": x.method,
+        "preferences": [p.model_dump(mode="json") for p in x.preferences],
+        "latency_ms": x.latency_ms,
+        "retrieval_ms": x.retrieval_ms,
+    }
+
+
+def _sse(
+    personalizer: Personalizer,
+    svc: Service,
+    history: list[ChatMessage],
+    user: str,
+    options: PersonalizeOptions,
+    model: str,
+    created: int,
+) -> Iterator[str]:
+    done: list[Reply] = []
+    cid = f"chatcmpl-{int(time.time() * 1000)}"
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        body = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+        return f"data: {json.dumps(body)}\n\n"
+
+    with svc.model_lock:
+        yield chunk({"role": "assistant", "content": ""})
+        for delta in personalizer.stream(history, user=user, options=options, on_done=done.append):
+            yield chunk({"content": delta})
+    yield chunk({}, "stop", personalization=_why(done[0]) if done else None)
+    yield "data: [DONE]\n\n"

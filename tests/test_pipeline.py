@@ -1,0 +1,108 @@
+"""The Personalizer: retrieve -> render as data -> generate -> log -> ingest after the reply."""
+
+from __future__ import annotations
+
+import pytest
+
+from personalign.backends.models.base import GenerationOptions
+from personalign.config import load_settings
+from personalign.errors import ValidationError
+from personalign.memory import open_memory
+from personalign.pipeline import Personalizer, PersonalizeOptions
+from personalign.testing import FakeLM, HashingEmbedder
+from personalign.types import Message
+
+
+@pytest.fixture
+def p(tmp_path):
+    settings = load_settings(home=tmp_path, embedder="hashing")
+    memory = open_memory(settings, HashingEmbedder())
+    pz = Personalizer(memory, FakeLM(name="fake"))
+    yield pz
+    pz.close()
+
+
+def system_text(lm: FakeLM) -> str:
+    return lm.calls[-1][0].content
+
+
+def test_prompt_method_puts_relevant_memories_in_a_data_block(p):
+    veg = p.memory.add("I am vegetarian and never eat meat", user="sam")
+    p.memory.add("My favourite football team is Arsenal", user="sam")
+    reply = p.respond("Suggest a vegetarian dinner without meat", user="sam")
+    assert reply.text.startswith("echo: ")
+    sent = p.model.calls[-1]
+    assert sent[0].role == "system" and sent[-1].content.startswith("Suggest")
+    assert "I am vegetarian and never eat meat" in system_text(p.model)
+    assert "Arsenal" not in system_text(p.model)  # unrelated: below the cosine floor
+    assert [u.id for u in reply.preferences] == [veg.id]
+    logged = p.memory.store.exchanges(user="sam")
+    assert [x.id for x in logged] == [reply.exchange.id]
+    assert logged[0].messages == sent and logged[0].method == "prompt"
+    assert logged[0].preferences[0].text == veg.text
+
+
+def test_plain_method_uses_no_memory(p):
+    p.memory.add("I am vegetarian", user="sam")
+    reply = p.respond("vegetarian dinner?", user="sam",
+                      options=PersonalizeOptions(method="plain"))
+    assert reply.preferences == []
+    assert "vegetarian" not in system_text(p.model).split("\n")[0] or len(p.model.calls[-1]) == 2
+    assert "I am vegetarian" not in system_text(p.model)
+
+
+def test_users_do_not_see_each_others_memories(p):
+    p.memory.add("alice secretly loves opera music", user="alice")
+    reply = p.respond("Which opera music should I listen to?", user="bob")
+    assert reply.preferences == []
+    assert "alice" not in system_text(p.model)
+
+
+def test_turn_is_ingested_after_the_reply(p):
+    p.respond("I prefer tea over coffee. What's a good breakfast?", user="sam")
+    p.flush()
+    stored = p.memory.list(user="sam", kinds=["episode"])
+    assert [r.text for r in stored] == ["I prefer tea over coffee. What's a good breakfast?"]
+    assert stored[0].source_turn_ids and stored[0].source_turn_ids[0].startswith("msg:")
+
+
+def test_no_ingest_option(p):
+    p.respond("I prefer tea", user="sam", options=PersonalizeOptions(ingest=False))
+    p.flush()
+    assert not p.memory.has_user(user="sam") or p.memory.list(user="sam", kinds=["episode"]) == []
+
+
+def test_stream_matches_and_reports(p):
+    p.memory.add("I like short answers", user="sam")
+    done = []
+    parts = list(p.stream("short answers please about tea", user="sam", on_done=done.append))
+    assert "".join(parts) == done[0].text
+    assert done[0].preferences and done[0].exchange.response == done[0].text
+
+
+def test_history_is_kept_in_order(p):
+    history = [
+        Message(role="user", content="hello"),
+        Message(role="assistant", content="hi!"),
+        Message(role="user", content="what about tea?"),
+    ]
+    p.respond(history, user="sam")
+    assert [m.role for m in p.model.calls[-1]] == ["system", "user", "assistant", "user"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "   ", [Message(role="user", content="hi"), Message(role="assistant", content="x")]],
+)
+def test_bad_requests_are_rejected(p, bad):
+    with pytest.raises(ValidationError):
+        p.respond(bad, user="sam")
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(ValidationError):
+        PersonalizeOptions(method="telepathy")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        PersonalizeOptions(k=0)
+    with pytest.raises(ValidationError):
+        GenerationOptions(max_new_tokens=0)
