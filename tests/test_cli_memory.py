@@ -17,9 +17,9 @@ runner = CliRunner()
 
 @pytest.fixture
 def cli(tmp_path):
-    def run(*args: str, input: str | None = None):
+    def run(*args: str, stdin: str | None = None):
         return runner.invoke(
-            app, ["--home", str(tmp_path), "--embedder", "hashing", *args], input=input
+            app, ["--home", str(tmp_path), "--embedder", "hashing", *args], input=stdin
         )
 
     return run
@@ -35,7 +35,9 @@ def test_add_list_search_update_forget_history_export_erase(cli, tmp_path):
 
     r = cli("memory", "list", "--user", "alice", "--json")
     assert {m["text"] for m in json.loads(r.stdout)} == {
-        "I am vegetarian", "I like window seats on planes"}
+        "I am vegetarian",
+        "I like window seats on planes",
+    }
     r = cli("memory", "list", "--user", "alice")
     assert r.exit_code == 0 and "vegetarian" in r.stdout and "memories of alice" in r.stdout
 
@@ -89,7 +91,7 @@ def test_bad_input_gives_one_line_error(cli, args, message):
 
 def test_erase_asks_for_confirmation(cli):
     cli("memory", "add", "keep me", "--user", "alice")
-    r = cli("memory", "erase", "--user", "alice", input="n\n")
+    r = cli("memory", "erase", "--user", "alice", stdin="n\n")
     assert r.exit_code == 1
     assert cli("memory", "list", "--user", "alice").exit_code == 0
 

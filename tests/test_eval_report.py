@@ -35,12 +35,14 @@ def test_report_has_figures_and_png_plots(tmp_path, tiny_suite):
     assert pngs == ["tiny_latency_ms.png", "tiny_rates.png"]
     assert all((out / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert json.loads((out / "figures.json").read_text()) == {
-        "tiny": {"recall_at5": 0.5, "search_p95_ms": 3.0}}
+        "tiny": {"recall_at5": 0.5, "search_p95_ms": 3.0}
+    }
 
 
 def test_eval_command(tmp_path, tiny_suite):
-    r = CliRunner().invoke(app, ["eval", tiny_suite, "--out", str(tmp_path / "r"),
-                                 "--data", str(tmp_path)])
+    r = CliRunner().invoke(
+        app, ["eval", tiny_suite, "--out", str(tmp_path / "r"), "--data", str(tmp_path)]
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "r" / "report.md").exists()
     r = CliRunner().invoke(app, ["eval", "nope"])

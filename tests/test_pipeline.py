@@ -8,7 +8,7 @@ from personalign.backends.models.base import GenerationOptions
 from personalign.config import load_settings
 from personalign.errors import ValidationError
 from personalign.memory import open_memory
-from personalign.pipeline import Personalizer, PersonalizeOptions
+from personalign.pipeline import PersonalizeOptions, Personalizer
 from personalign.testing import FakeLM, HashingEmbedder
 from personalign.types import Message
 
@@ -44,8 +44,7 @@ def test_prompt_method_puts_relevant_memories_in_a_data_block(p):
 
 def test_plain_method_uses_no_memory(p):
     p.memory.add("I am vegetarian", user="sam")
-    reply = p.respond("vegetarian dinner?", user="sam",
-                      options=PersonalizeOptions(method="plain"))
+    reply = p.respond("vegetarian dinner?", user="sam", options=PersonalizeOptions(method="plain"))
     assert reply.preferences == []
     assert "vegetarian" not in system_text(p.model).split("\n")[0] or len(p.model.calls[-1]) == 2
     assert "I am vegetarian" not in system_text(p.model)

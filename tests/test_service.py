@@ -43,8 +43,10 @@ def test_openai_client_non_streaming_is_personalized(server):
 def test_openai_client_streaming(server):
     oc = openai.OpenAI(base_url=server.url + "/v1", api_key=server.admin_key)
     stream = oc.chat.completions.create(
-        model="fake-lm", messages=[{"role": "user", "content": "hello there friend"}],
-        user="ana", stream=True,
+        model="fake-lm",
+        messages=[{"role": "user", "content": "hello there friend"}],
+        user="ana",
+        stream=True,
     )
     text = "".join(ch.choices[0].delta.content or "" for ch in stream)
     assert text == "echo: hello there friend"
@@ -53,15 +55,19 @@ def test_openai_client_streaming(server):
 def test_unknown_model_and_missing_user(server):
     oc = openai.OpenAI(base_url=server.url + "/v1", api_key=server.admin_key)
     with pytest.raises(openai.NotFoundError, match="not found"):
-        oc.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}],
-                                   user="ana")
+        oc.chat.completions.create(
+            model="gpt-9", messages=[{"role": "user", "content": "x"}], user="ana"
+        )
     with pytest.raises(openai.BadRequestError, match="user"):
         oc.chat.completions.create(model="fake-lm", messages=[{"role": "user", "content": "x"}])
 
 
 def test_requests_without_a_valid_key_get_401(server):
-    for headers in ({}, {"Authorization": "Bearer nope"},
-                    {"Authorization": "Bearer pal_000000000000_" + "x" * 43}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": "Bearer pal_000000000000_" + "x" * 43},
+    ):
         r = httpx.get(server.url + "/v1/users/ana/memories", headers=headers)
         assert r.status_code == 401
         assert "API key" in r.json()["error"]["message"]
@@ -95,8 +101,7 @@ def test_app_keys_and_user_tokens_are_isolated(server):
     _, acme = server.keys.create(scope="app", app="acme")
     _, globex = server.keys.create(scope="app", app="globex")
     _, alice_tok = server.keys.create(scope="user", app="acme", user="alice")
-    with client(server, acme) as a, client(server, globex) as g, \
-            client(server, alice_tok) as t:
+    with client(server, acme) as a, client(server, globex) as g, client(server, alice_tok) as t:
         rec = a.post("/v1/users/alice/memories", json={"text": "acme alice likes tea"}).json()
         assert rec["user_id"] == "acme:alice"
         # another app's key cannot see acme's alice, even by id
@@ -105,7 +110,8 @@ def test_app_keys_and_user_tokens_are_isolated(server):
         assert "acme:alice" not in g.get("/v1/users").json()["users"]
         # the user token sees alice only
         assert [m["text"] for m in t.get("/v1/users/alice/memories").json()] == [
-            "acme alice likes tea"]
+            "acme alice likes tea"
+        ]
         r = t.get("/v1/users/bob/memories")
         assert r.status_code == 403
         # revoked keys stop working
@@ -131,8 +137,11 @@ def test_app_keys_and_user_tokens_are_isolated(server):
 def test_bad_requests_get_clear_4xx(server, method, path, kwargs, status):
     with client(server) as c:
         headers = {"content-type": "application/json"} if "content" in kwargs else {}
-        r = getattr(c, method)(path, headers=headers, **kwargs) if headers else \
-            getattr(c, method)(path, **kwargs)
+        r = (
+            getattr(c, method)(path, headers=headers, **kwargs)
+            if headers
+            else getattr(c, method)(path, **kwargs)
+        )
     assert r.status_code == status, r.text
     assert r.json()["error"]["message"]
 
@@ -140,7 +149,13 @@ def test_bad_requests_get_clear_4xx(server, method, path, kwargs, status):
 def test_openapi_schema(server):
     schema = httpx.get(server.url + "/openapi.json").json()
     paths = schema["paths"]
-    for p in ("/v1/chat/completions", "/v1/models", "/v1/users/{user}/memories",
-              "/v1/users/{user}/search", "/v1/users/{user}/profile", "/v1/users/{user}"):
+    for p in (
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/users/{user}/memories",
+        "/v1/users/{user}/search",
+        "/v1/users/{user}/profile",
+        "/v1/users/{user}",
+    ):
         assert p in paths, p
     assert "/ui" not in paths

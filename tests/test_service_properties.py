@@ -45,7 +45,9 @@ op = st.tuples(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(ops=st.lists(op, min_size=1, max_size=12))
 def test_no_sequence_of_calls_leaks_another_users_data(env, ops):
     c, tokens, _, _ = env
@@ -89,7 +91,7 @@ def test_no_sequence_of_calls_leaks_another_users_data(env, ops):
 
 
 def test_app_key_sees_only_its_namespace(env):
-    c, tokens, app_key, admin = env
+    c, _tokens, app_key, admin = env
     c.post("/v1/users/zed/memories", json={"text": "admin-space zed"}, headers=_h(admin))
     r = c.get("/v1/users", headers=_h(app_key))
     assert all(u.startswith("app:") for u in r.json()["users"])
@@ -104,20 +106,20 @@ def test_schemathesis_finds_no_server_errors(env):
     failures = []
     calls = []
     for op_ in schema.get_all_operations():
-        operation = op_.ok()
-        strategy = operation.as_strategy()
-
-        @settings(max_examples=15, deadline=None,
-                  suppress_health_check=list(HealthCheck))
-        @given(case=strategy)
-        def run(case):  # type: ignore[no-untyped-def]
-            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {admin}"}
-            response = case.call()
-            calls.append(response.status_code)
-            if response.status_code >= 500:
-                failures.append((operation.label, response.status_code, response.text[:200]))
-
-        run()
+        _fuzz(op_.ok(), admin, failures, calls)
     assert failures == []
     assert len(calls) > 100  # the fuzzer really ran
     assert any(code < 300 for code in calls)
+
+
+def _fuzz(operation, admin: str, failures: list, calls: list) -> None:  # type: ignore[no-untyped-def]
+    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy())
+    def run(case):  # type: ignore[no-untyped-def]
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {admin}"}
+        response = case.call()
+        calls.append(response.status_code)
+        if response.status_code >= 500:
+            failures.append((operation.label, response.status_code, response.text[:200]))
+
+    run()

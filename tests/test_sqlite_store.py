@@ -29,9 +29,16 @@ def test_erased_user_text_is_gone_from_the_file(tmp_path, embedder):
     from personalign.types import Exchange, Message, new_id, utcnow
 
     store.log_exchange(
-        Exchange(id=new_id(), user_id="alice-zq", at=utcnow(),
-                 messages=[Message(role="user", content="quagmirepelican question")],
-                 response="ok", model="fake", method="plain", latency_ms=1.0),
+        Exchange(
+            id=new_id(),
+            user_id="alice-zq",
+            at=utcnow(),
+            messages=[Message(role="user", content="quagmirepelican question")],
+            response="ok",
+            model="fake",
+            method="plain",
+            latency_ms=1.0,
+        ),
         user="alice-zq",
     )
     store.add_many([f"bob ordinary preference {i}" for i in range(50)], user="bob")

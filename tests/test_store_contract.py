@@ -14,8 +14,15 @@ from personalign.types import PreferenceIn
 
 def test_add_get_roundtrip(store):
     rec = store.add(
-        PreferenceIn(text="  I am vegetarian ", kind="explicit", topic="diet", tags=["food"],
-                     strength=0.8, source="msg:1", source_turn_ids=["t1"]),
+        PreferenceIn(
+            text="  I am vegetarian ",
+            kind="explicit",
+            topic="diet",
+            tags=["food"],
+            strength=0.8,
+            source="msg:1",
+            source_turn_ids=["t1"],
+        ),
         user="alice",
     )
     assert rec.text == "I am vegetarian"
@@ -75,8 +82,9 @@ def test_users_are_isolated(store):
 
 def test_update_supersedes_and_keeps_history(store):
     old = store.add("I am vegetarian", user="alice", reason="said in chat")
-    new = store.update(old.id, "I stopped being vegetarian; I eat fish now", user="alice",
-                       reason="changed mind")
+    new = store.update(
+        old.id, "I stopped being vegetarian; I eat fish now", user="alice", reason="changed mind"
+    )
     old_now = store.get(old.id, user="alice")
     assert old_now.text == "I am vegetarian"  # nothing overwritten
     assert not old_now.active and old_now.superseded_by == new.id
@@ -93,8 +101,9 @@ def test_update_supersedes_and_keeps_history(store):
 
 
 def test_update_keeps_fields_when_given_text(store):
-    old = store.add(PreferenceIn(text="short answers", kind="implicit", topic="style"),
-                    user="alice")
+    old = store.add(
+        PreferenceIn(text="short answers", kind="implicit", topic="style"), user="alice"
+    )
     new = store.update(old.id, "very short answers", user="alice")
     assert (new.kind, new.topic) == ("implicit", "style")
 
@@ -139,12 +148,17 @@ def test_event_log_records_every_change(store):
 @pytest.mark.parametrize("fusion", ["rrf", "linear"])
 def test_search_ranks_relevant_first_with_signals(store, fusion):
     store.add_many(
-        ["I prefer window seats when I fly", "I am allergic to peanuts",
-         "I like jazz and blues music", "My favourite colour is green"],
+        [
+            "I prefer window seats when I fly",
+            "I am allergic to peanuts",
+            "I like jazz and blues music",
+            "My favourite colour is green",
+        ],
         user="alice",
     )
-    hits = store.search("peanuts allergy in food", user="alice", k=2,
-                        config=RetrievalConfig(fusion=fusion))
+    hits = store.search(
+        "peanuts allergy in food", user="alice", k=2, config=RetrievalConfig(fusion=fusion)
+    )
     assert hits[0].record.text == "I am allergic to peanuts"
     assert len(hits) == 2
     assert hits[0].score >= hits[1].score
@@ -208,11 +222,17 @@ def _exchange(user: str, text: str):
     from personalign.types import Exchange, Message, UsedPreference, new_id, utcnow
 
     return Exchange(
-        id=new_id(), user_id=user, at=utcnow(),
-        messages=[Message(role="user", content=text)], response=f"reply to {text}",
-        model="fake", method="prompt", options={"max_new_tokens": 8},
+        id=new_id(),
+        user_id=user,
+        at=utcnow(),
+        messages=[Message(role="user", content=text)],
+        response=f"reply to {text}",
+        model="fake",
+        method="prompt",
+        options={"max_new_tokens": 8},
         preferences=[UsedPreference(id="a" * 32, text="likes tea", kind="explicit", score=0.5)],
-        latency_ms=12.5, retrieval_ms=1.5,
+        latency_ms=12.5,
+        retrieval_ms=1.5,
     )
 
 
@@ -237,8 +257,13 @@ def test_exchange_log(store):
 def test_profile_weights_have_history(store):
     assert store.get_profile(user="alice") is None
     first = store.set_profile({"conciseness": 0.8, "warmth": 0.2}, user="alice")
-    second = store.set_profile({"conciseness": 0.3, "warmth": 0.9}, user="alice",
-                               source="feedback", uncertainty={"warmth": 0.1}, reason="estimated")
+    second = store.set_profile(
+        {"conciseness": 0.3, "warmth": 0.9},
+        user="alice",
+        source="feedback",
+        uncertainty={"warmth": 0.1},
+        reason="estimated",
+    )
     assert store.get_profile(user="alice").weights == {"conciseness": 0.3, "warmth": 0.9}
     hist = store.profile_history(user="alice")
     assert [p.weights for p in hist] == [first.weights, second.weights]

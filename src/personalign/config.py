@@ -95,7 +95,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             file_values = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
-    env_keys = {k[len("PERSONALIGN_") :].lower() for k in os.environ if k.startswith("PERSONALIGN_")}
+    env_keys = {
+        k[len("PERSONALIGN_") :].lower() for k in os.environ if k.startswith("PERSONALIGN_")
+    }
     merged = {k: v for k, v in file_values.items() if k not in env_keys}
     merged.update(overrides)
     try:

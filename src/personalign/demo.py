@@ -57,9 +57,7 @@ QUESTIONS = [
 
 
 def _session_messages(texts: list[str], session: int) -> list[Message]:
-    return [
-        Message(role="user", content=t, id=f"s{session}:t{i}") for i, t in enumerate(texts)
-    ]
+    return [Message(role="user", content=t, id=f"s{session}:t{i}") for i, t in enumerate(texts)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from personalign.backends.models.base import GenerationOptions
     from personalign.config import load_settings
-    from personalign.pipeline import Personalizer, PersonalizeOptions
+    from personalign.pipeline import PersonalizeOptions, Personalizer
 
     console = Console()
     home = args.home or Path(tempfile.mkdtemp(prefix="personalign-demo-"))
@@ -82,19 +80,30 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for i, texts in enumerate(SESSIONS, start=1):
             result = p.memory.add_messages(_session_messages(texts, i), user=USER)
-            console.print(Panel("\n".join(f"[dim]{USER}>[/] {t}" for t in texts),
-                                title=f"session {i}", title_align="left"))
+            console.print(
+                Panel(
+                    "\n".join(f"[dim]{USER}>[/] {t}" for t in texts),
+                    title=f"session {i}",
+                    title_align="left",
+                )
+            )
             for d in result.decisions:
-                console.print(f"  [green]{d.action}[/] {d.record.text!r}  [dim]({d.reason})[/]",
-                              highlight=False)
+                console.print(
+                    f"  [green]{d.action}[/] {d.record.text!r}  [dim]({d.reason})[/]",
+                    highlight=False,
+                )
         gen = GenerationOptions(max_new_tokens=args.max_tokens)
         for q in QUESTIONS:
-            plain = p.respond(q, user=USER,
-                              options=PersonalizeOptions(method="plain", ingest=False,
-                                                         generation=gen))
-            personal = p.respond(q, user=USER,
-                                 options=PersonalizeOptions(method="prompt", ingest=False,
-                                                            generation=gen))
+            plain = p.respond(
+                q,
+                user=USER,
+                options=PersonalizeOptions(method="plain", ingest=False, generation=gen),
+            )
+            personal = p.respond(
+                q,
+                user=USER,
+                options=PersonalizeOptions(method="prompt", ingest=False, generation=gen),
+            )
             table = Table(title=f"{USER}> {q}", title_justify="left", expand=True)
             table.add_column("plain", ratio=1, overflow="fold")
             table.add_column("personalized", ratio=1, overflow="fold")

@@ -198,8 +198,11 @@ class Personalizer:
             response=text,
             model=self.model.name,
             method=options.method,
-            options={"k": options.k, "min_score": options.min_score,
-                     **_gen_dict(options.generation)},
+            options={
+                "k": options.k,
+                "min_score": options.min_score,
+                **_gen_dict(options.generation),
+            },
             preferences=_used(hits),
             latency_ms=(time.perf_counter() - t0) * 1000,
             retrieval_ms=retrieval_ms,

@@ -14,7 +14,7 @@ from personalign.cli._common import err, errors, out, print_json, state
 from personalign.types import Message
 
 if TYPE_CHECKING:
-    from personalign.pipeline import Personalizer, PersonalizeOptions, Reply
+    from personalign.pipeline import PersonalizeOptions, Personalizer, Reply
 
 User = Annotated[str, typer.Option("--user", "-u", help="Who is talking.")]
 MethodOpt = Annotated[
@@ -115,7 +115,9 @@ def chat(
     with _personalizer() as p:
         with errors():
             options = _options(method, max_tokens)
-        out.print(f"[bold]personalign chat[/] as {user} (model {p.model.name}). /help for commands.")
+        out.print(
+            f"[bold]personalign chat[/] as {user} (model {p.model.name}). /help for commands."
+        )
         history: list[Message] = []
         last: list[Reply] = []
         while True:
@@ -167,7 +169,7 @@ def _command(p: Personalizer, line: str, *, user: str, last: list[Reply]) -> boo
         try:
             rec = p.memory.forget(arg.strip(), user=user, reason="/forget in chat")
             out.print(f"forgot {rec.id}: {rec.text}", highlight=False)
-        except Exception as e:  # noqa: BLE001 - a chat command error must not end the chat
+        except Exception as e:
             err.print(f"[bold red]error:[/] {e}")
     elif cmd == "/why":
         if not last:

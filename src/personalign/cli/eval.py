@@ -12,7 +12,7 @@ from personalign.cli._common import errors, out
 
 
 def eval_command(
-    suites: Annotated[list[str], typer.Argument(help="Suite names (see --list).")] = None,  # type: ignore[assignment]
+    suites: Annotated[list[str] | None, typer.Argument(help="Suite names (see --list).")] = None,
     data: Annotated[Path | None, typer.Option(help="Evaluation data folder.")] = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Results folder (default results/<time>).")

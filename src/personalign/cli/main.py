@@ -10,8 +10,8 @@ import typer
 
 from personalign import __version__
 from personalign.cli import chat, memory, service
-from personalign.cli.eval import eval_command
 from personalign.cli._common import state
+from personalign.cli.eval import eval_command
 
 app = typer.Typer(
     name="personalign",
@@ -39,12 +39,12 @@ def _version(value: bool) -> None:
 def root(
     home: Annotated[
         Path | None,
-        typer.Option("--home", help="Data directory (default: $PERSONALIGN_HOME or "
-                     "~/.local/share/personalign)."),
+        typer.Option(
+            "--home",
+            help="Data directory (default: $PERSONALIGN_HOME or ~/.local/share/personalign).",
+        ),
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="TOML config file.")
-    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
     embedder: Annotated[
         str | None,
         typer.Option("--embedder", help="'minilm' (default), 'hashing', or a model directory."),

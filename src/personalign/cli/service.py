@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from personalign.cli._common import errors, fail, out, print_json, state
 
+if TYPE_CHECKING:
+    from personalign.service.keys import KeyStore
+
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
 
 
-def _keys():  # type: ignore[no-untyped-def]
+def _keys() -> KeyStore:
     from personalign.service.keys import KeyStore
 
     return KeyStore(state.settings().home / "keys.db")
@@ -30,8 +33,9 @@ def keys_create(
     with errors():
         info, key = _keys().create(scope=scope, app=app, user=for_user, name=name)  # type: ignore[arg-type]
     if json_out:
-        print_json({"id": info.id, "key": key, "scope": info.scope, "app": info.app,
-                    "user": info.user})
+        print_json(
+            {"id": info.id, "key": key, "scope": info.scope, "app": info.app, "user": info.user}
+        )
     else:
         out.print(f"key {info.id} ({info.scope}) created; it is shown only now:")
         print(key)
@@ -43,17 +47,30 @@ def keys_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None
     with errors():
         infos = _keys().list()
     if json_out:
-        print_json([{**i.__dict__, "created_at": i.created_at.isoformat(),
-                     "revoked_at": i.revoked_at.isoformat() if i.revoked_at else None}
-                    for i in infos])
+        print_json(
+            [
+                {
+                    **i.__dict__,
+                    "created_at": i.created_at.isoformat(),
+                    "revoked_at": i.revoked_at.isoformat() if i.revoked_at else None,
+                }
+                for i in infos
+            ]
+        )
         return
     table = Table(title="API keys", title_justify="left")
     for col in ("id", "scope", "app", "user", "name", "created", "revoked"):
         table.add_column(col)
     for i in infos:
-        table.add_row(i.id, i.scope, i.app or "", i.user or "", i.name,
-                      i.created_at.strftime("%Y-%m-%d %H:%M"),
-                      i.revoked_at.strftime("%Y-%m-%d %H:%M") if i.revoked_at else "")
+        table.add_row(
+            i.id,
+            i.scope,
+            i.app or "",
+            i.user or "",
+            i.name,
+            i.created_at.strftime("%Y-%m-%d %H:%M"),
+            i.revoked_at.strftime("%Y-%m-%d %H:%M") if i.revoked_at else "",
+        )
     out.print(table)
 
 

@@ -46,9 +46,7 @@ def default_plots(suite: str, figures: Mapping[str, float], out_dir: Path) -> li
     ]
 
 
-def run_suites(
-    names: Sequence[str], *, data_dir: Path, out_dir: Path, quick: bool = False
-) -> Path:
+def run_suites(names: Sequence[str], *, data_dir: Path, out_dir: Path, quick: bool = False) -> Path:
     """Run each suite, write ``report.md``, ``figures.json`` and PNGs; return the report path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     modules = {n: load_suite(n) for n in names}  # fail on a bad name before running anything

@@ -32,7 +32,7 @@ from personalign.errors import (
     RefusedError,
     ValidationError,
 )
-from personalign.pipeline import Personalizer, PersonalizeOptions, Reply
+from personalign.pipeline import PersonalizeOptions, Personalizer, Reply
 from personalign.service.keys import KeyStore
 from personalign.service.schemas import (
     ChatCompletionRequest,
@@ -309,9 +309,7 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
         mount_dashboard(app, svc)
 
     @app.middleware("http")
-    async def _no_store(
-        request: Request, call_next: Callable[[Request], Awaitable[Any]]
-    ) -> Any:
+    async def _no_store(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
         response = await call_next(request)
         response.headers.setdefault("Cache-Control", "no-store")
         return response

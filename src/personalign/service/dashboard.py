@@ -59,8 +59,12 @@ def mount_dashboard(app: FastAPI, svc: Service) -> None:
         known = store.has_user(user=user)
         active = store.list(user=user, kinds=["explicit", "implicit"]) if known else []
         history = [
-            r for r in (store.list(user=user, include_history=True,
-                                   kinds=["explicit", "implicit"]) if known else [])
+            r
+            for r in (
+                store.list(user=user, include_history=True, kinds=["explicit", "implicit"])
+                if known
+                else []
+            )
             if not r.active
         ]
         profile = store.get_profile(user=user) if known else None
@@ -128,8 +132,9 @@ def mount_dashboard(app: FastAPI, svc: Service) -> None:
         return page(request)
 
     @app.post("/ui/memories", include_in_schema=False)
-    def add(request: Request, csrf: Annotated[str, Form()], text: Annotated[str, Form()]
-            ) -> Response:
+    def add(
+        request: Request, csrf: Annotated[str, Form()], text: Annotated[str, Form()]
+    ) -> Response:
         return act(request, csrf, lambda s, u: s.add(text, user=u, actor="dashboard"), "saved")
 
     @app.post("/ui/memories/{memory_id}/edit", include_in_schema=False)
@@ -142,8 +147,9 @@ def mount_dashboard(app: FastAPI, svc: Service) -> None:
         return act(
             request,
             csrf,
-            lambda s, u: s.update(memory_id, text, user=u, actor="dashboard",
-                                  reason="edited in the dashboard"),
+            lambda s, u: s.update(
+                memory_id, text, user=u, actor="dashboard", reason="edited in the dashboard"
+            ),
             "updated (the old version is in history)",
         )
 
@@ -152,8 +158,9 @@ def mount_dashboard(app: FastAPI, svc: Service) -> None:
         return act(
             request,
             csrf,
-            lambda s, u: s.forget(memory_id, user=u, actor="dashboard",
-                                  reason="deleted in the dashboard"),
+            lambda s, u: s.forget(
+                memory_id, user=u, actor="dashboard", reason="deleted in the dashboard"
+            ),
             "forgotten (kept in history)",
         )
 

@@ -101,7 +101,9 @@ class KeyStore:
         return _info(row)
 
     def list(self) -> list[KeyInfo]:
-        return [_info(r) for r in self._conn().execute("SELECT * FROM api_keys ORDER BY created_at")]
+        return [
+            _info(r) for r in self._conn().execute("SELECT * FROM api_keys ORDER BY created_at")
+        ]
 
     def revoke(self, key_id: str) -> KeyInfo:
         with self._conn() as conn:

@@ -23,8 +23,13 @@ from personalign.types import (
     SearchHit,
 )
 
+# Aliases for result types: inside the store classes the name ``list`` is the ``list`` verb.
 Records = list[Preference]
 Hits = list[SearchHit]
+Events = list[Event]
+Exchanges = list[Exchange]
+Profiles = list[Profile]
+Names = list[str]
 
 
 class MemoryStore(abc.ABC):
@@ -117,7 +122,7 @@ class MemoryStore(abc.ABC):
         """Every version of the memory ``record_id`` belongs to, oldest first."""
 
     @abc.abstractmethod
-    def events(self, *, user: str, limit: int | None = None) -> list[Event]:
+    def events(self, *, user: str, limit: int | None = None) -> Events:
         """The user's event log, oldest first."""
 
     @abc.abstractmethod
@@ -133,7 +138,7 @@ class MemoryStore(abc.ABC):
         """Whether the user has any data."""
 
     @abc.abstractmethod
-    def users(self) -> list[str]:
+    def users(self) -> Names:
         """Every user with data, sorted."""
 
     @abc.abstractmethod
@@ -141,7 +146,7 @@ class MemoryStore(abc.ABC):
         """Append one request/reply to the user's exchange log."""
 
     @abc.abstractmethod
-    def exchanges(self, *, user: str, limit: int | None = None) -> list[Exchange]:
+    def exchanges(self, *, user: str, limit: int | None = None) -> Exchanges:
         """The user's logged exchanges, oldest first (the newest ``limit`` if given)."""
 
     @abc.abstractmethod
@@ -161,7 +166,7 @@ class MemoryStore(abc.ABC):
         """Append a new version of the user's dimension weights (each in [0, 1])."""
 
     @abc.abstractmethod
-    def profile_history(self, *, user: str) -> list[Profile]:
+    def profile_history(self, *, user: str) -> Profiles:
         """Every version of the user's weights, oldest first."""
 
     def get_profile(self, *, user: str) -> Profile | None:

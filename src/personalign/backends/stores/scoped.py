@@ -13,10 +13,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from personalign.backends.stores.base import Hits, MemoryStore, Records
+from personalign.backends.stores.base import (
+    Events,
+    Exchanges,
+    Hits,
+    MemoryStore,
+    Names,
+    Profiles,
+    Records,
+)
 from personalign.config import RetrievalConfig
 from personalign.errors import PermissionDeniedError
-from personalign.types import Event, Exchange, Kind, Preference, PreferenceIn, Profile, check_user
+from personalign.types import Exchange, Kind, Preference, PreferenceIn, Profile, check_user
 
 Scope = Literal["admin", "app", "user"]
 
@@ -118,7 +126,7 @@ class ScopedStore(MemoryStore):
     def history(self, record_id: str, *, user: str) -> Records:
         return self.inner.history(record_id, user=self._u(user))
 
-    def events(self, *, user: str, limit: int | None = None) -> list[Event]:
+    def events(self, *, user: str, limit: int | None = None) -> Events:
         return self.inner.events(user=self._u(user), limit=limit)
 
     def export(self, *, user: str) -> dict[str, Any]:
@@ -130,13 +138,13 @@ class ScopedStore(MemoryStore):
     def has_user(self, *, user: str) -> bool:
         return self.inner.has_user(user=self._u(user))
 
-    def users(self) -> list[str]:
+    def users(self) -> Names:
         return [u for u in self.inner.users() if self.principal.owns(u)]
 
     def log_exchange(self, exchange: Exchange, *, user: str) -> None:
         self.inner.log_exchange(exchange, user=self._u(user))
 
-    def exchanges(self, *, user: str, limit: int | None = None) -> list[Exchange]:
+    def exchanges(self, *, user: str, limit: int | None = None) -> Exchanges:
         return self.inner.exchanges(user=self._u(user), limit=limit)
 
     def get_exchange(self, exchange_id: str, *, user: str) -> Exchange:
@@ -155,5 +163,5 @@ class ScopedStore(MemoryStore):
             weights, user=self._u(user), uncertainty=uncertainty, source=source, reason=reason
         )
 
-    def profile_history(self, *, user: str) -> list[Profile]:
+    def profile_history(self, *, user: str) -> Profiles:
         return self.inner.profile_history(user=self._u(user))

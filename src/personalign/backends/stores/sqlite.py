@@ -13,6 +13,7 @@ in the thousands this is sub-millisecond and needs no extension.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -28,7 +29,15 @@ from typing import Any
 import numpy as np
 
 from personalign.backends.embedders import Embedder
-from personalign.backends.stores.base import Hits, MemoryStore, Records
+from personalign.backends.stores.base import (
+    Events,
+    Exchanges,
+    Hits,
+    MemoryStore,
+    Names,
+    Profiles,
+    Records,
+)
 from personalign.backends.stores.fusion import FUSIONS
 from personalign.backends.stores.sqlite_migrations import MIGRATIONS
 from personalign.config import RetrievalConfig
@@ -183,10 +192,8 @@ class SQLiteStore(MemoryStore):
     def close(self) -> None:
         with self._lock:
             for conn in self._all_conns:
-                try:
+                with contextlib.suppress(sqlite3.ProgrammingError):  # closed in its thread
                     conn.close()
-                except sqlite3.ProgrammingError:  # closed from its own thread already
-                    pass
             self._all_conns.clear()
         self._local = threading.local()
 
@@ -512,7 +519,7 @@ class SQLiteStore(MemoryStore):
         )
         return [_row_to_pref(r) for r in rows]
 
-    def events(self, *, user: str, limit: int | None = None) -> list[Event]:
+    def events(self, *, user: str, limit: int | None = None) -> Events:
         check_user(user)
         sql = "SELECT * FROM events WHERE user_id = ? ORDER BY id"
         args: list[Any] = [user]
@@ -585,7 +592,7 @@ class SQLiteStore(MemoryStore):
                 ),
             )
 
-    def exchanges(self, *, user: str, limit: int | None = None) -> list[Exchange]:
+    def exchanges(self, *, user: str, limit: int | None = None) -> Exchanges:
         check_user(user)
         sql = "SELECT body, rowid FROM exchanges WHERE user_id = ? ORDER BY rowid"
         args: list[Any] = [user]
@@ -597,9 +604,11 @@ class SQLiteStore(MemoryStore):
     def get_exchange(self, exchange_id: str, *, user: str) -> Exchange:
         check_user(user)
         _check_id(exchange_id)
-        row = self._conn().execute(
-            "SELECT body FROM exchanges WHERE id = ? AND user_id = ?", (exchange_id, user)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT body FROM exchanges WHERE id = ? AND user_id = ?", (exchange_id, user))
+            .fetchone()
+        )
         if row is None:
             raise NotFoundError(f"no exchange {exchange_id} for user {user!r}")
         return Exchange.model_validate_json(row[0])
@@ -646,11 +655,9 @@ class SQLiteStore(MemoryStore):
             reason=reason,
         )
 
-    def profile_history(self, *, user: str) -> list[Profile]:
+    def profile_history(self, *, user: str) -> Profiles:
         check_user(user)
-        rows = self._conn().execute(
-            "SELECT * FROM profiles WHERE user_id = ? ORDER BY id", (user,)
-        )
+        rows = self._conn().execute("SELECT * FROM profiles WHERE user_id = ? ORDER BY id", (user,))
         return [
             Profile(
                 id=r["id"],
@@ -669,11 +676,11 @@ class SQLiteStore(MemoryStore):
         row = self._conn().execute("SELECT 1 FROM users WHERE user_id = ?", (user,)).fetchone()
         return row is not None
 
-    def users(self) -> list[str]:
+    def users(self) -> Names:
         return [r[0] for r in self._conn().execute("SELECT user_id FROM users ORDER BY user_id")]
 
 
-def _split_sql(script: str) -> list[str]:
+def _split_sql(script: str) -> Names:
     """Split a migration into statements, keeping trigger bodies (BEGIN ... END;) whole."""
     out: list[str] = []
     buf: list[str] = []

@@ -1,0 +1,111 @@
+"""The dashboard, driven end to end in headless Chromium (Debian's, through Playwright)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service_helpers import live_server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(
+    os.environ.get(
+        "PERSONALIGN_SCREENSHOTS", Path(__file__).resolve().parents[1] / "results" / "screenshots"
+    )
+)
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make env installs it)"
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield b
+        b.close()
+
+
+def test_user_manages_preferences_weights_and_chat(browser, tmp_path):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with live_server(tmp_path) as server:
+        _, token = server.keys.create(scope="user", app="web", user="ana")
+        _, other = server.keys.create(scope="user", app="web", user="bob")
+        server.personalizer.memory.add("bob's private preference", user="web:bob")
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(server.url + "/ui")
+        assert page.url.endswith("/ui/login")
+        page.fill("#key", "pal_wrong")
+        page.click("button[type=submit]")
+        assert "malformed" in page.inner_text("[role=alert]")
+        page.fill("#key", token)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/ui")
+        assert "personalign · ana" in page.inner_text("header")
+
+        # add two preferences
+        for text in ("I am vegetarian", "I prefer short answers"):
+            page.fill("#add-pref input[name=text]", text)
+            page.click("#add-pref button")
+        prefs = page.locator("#preferences li .text").all_inner_texts()
+        assert sorted(prefs) == ["I am vegetarian", "I prefer short answers"]
+        assert "bob" not in page.content()
+
+        # edit one: a new version, the old one goes to history
+        item = page.locator("#preferences li", has_text="I am vegetarian")
+        item.locator("summary").click()
+        item.locator("input[name=text]").fill("I eat fish now (pescatarian)")
+        item.locator("button", has_text="Save new version").click()
+        assert "pescatarian" in page.inner_text("#preferences")
+        assert "I am vegetarian" in page.inner_text("#history")
+        assert "superseded" in page.inner_text("#history")
+
+        # forget one
+        page.locator("#preferences li", has_text="short answers").locator(
+            "button", has_text="Forget"
+        ).click()
+        assert "short answers" not in page.inner_text("#preferences")
+        assert "forgotten" in page.inner_text("#history")
+
+        # move a slider and save
+        page.locator("#w-warmth").fill("0.9")
+        page.click("#weights button")
+        assert page.locator("#w-warmth").input_value() == "0.9"
+        stored = server.personalizer.memory.store.get_profile(user="web:ana")
+        assert stored is not None and stored.weights["warmth"] == pytest.approx(0.9)
+
+        # chat: the answer shows which preferences shaped it
+        page.fill("textarea[name=message]", "Suggest a fish dinner for a pescatarian")
+        page.click("#chat button")
+        answer = page.inner_text("#chat .exchange .answer")
+        assert answer.startswith("echo: Suggest a fish dinner")
+        assert "pescatarian" in page.inner_text("#chat .used")
+        page.screenshot(path=str(SHOTS / "dashboard.png"), full_page=True)
+
+        # a user token cannot be used for someone else's data, and sign-out works
+        page.click("header button")
+        page.wait_for_url("**/ui/login")
+        page.fill("#key", other)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/ui")
+        assert "pescatarian" not in page.content()
+        assert "bob's private preference" in page.inner_text("#preferences")
+        page.screenshot(path=str(SHOTS / "dashboard_bob.png"), full_page=True)
+        page.close()
