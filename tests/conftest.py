@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,13 +60,11 @@ def pg_conninfo() -> Iterator[str]:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def _postgres_factory(
-    conninfo: str, embedder: object, opened: list[object]
-) -> Callable[[], object]:
+def _postgres_factory(conninfo: str, embedder: Any, opened: list[Any]) -> Callable[[], object]:
     from personalign.backends.stores.postgres import PostgresStore
 
     def make() -> object:
-        store = PostgresStore(conninfo, embedder, pool_size=4)  # type: ignore[arg-type]
+        store = PostgresStore(conninfo, embedder, pool_size=4)
         opened.append(store)
         return store
 
@@ -78,10 +77,10 @@ def store_factory(request, tmp_path, embedder):  # type: ignore[no-untyped-def]
     if request.param == "sqlite":
         yield _sqlite_factory(tmp_path, embedder)
     elif request.param == "postgres":
-        opened: list[object] = []
+        opened: list[Any] = []
         yield _postgres_factory(request.getfixturevalue("pg_conninfo"), embedder, opened)
         for s in opened:
-            s.close()  # type: ignore[attr-defined]
+            s.close()
     else:
         raise AssertionError(request.param)
 

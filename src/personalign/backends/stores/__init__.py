@@ -23,5 +23,12 @@ def open_store(settings: Settings, embedder: Embedder) -> MemoryStore:
         path = url.removeprefix("sqlite:///") if url else settings.db_path
         return SQLiteStore(path, embedder)
     if url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("the PostgreSQL backend is not available in this version")
+        try:
+            from personalign.backends.stores.postgres import PostgresStore
+        except ImportError as e:
+            raise ConfigError(
+                f"setting 'database_url': PostgreSQL needs {e.name!r}: "
+                "pip install 'personalign[postgres]'"
+            ) from e
+        return PostgresStore(url, embedder)
     raise ConfigError(f"setting 'database_url': unsupported URL {url!r}")
