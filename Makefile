@@ -34,11 +34,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 	$(VENV)/bin/mypy
 
+# the tests start (and stop) a real PostgreSQL + pgvector on 127.0.0.1
 test: lint
-	$(VENV)/bin/pytest -q
+	scripts/run_tests.sh -q
 
 test-fast: lint
-	$(VENV)/bin/pytest -q -m "not slow"
+	scripts/run_tests.sh -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
