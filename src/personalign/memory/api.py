@@ -6,19 +6,31 @@ place where extraction, reconciliation and the safety boundary plug in.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from personalign.backends.embedders import Embedder
 from personalign.backends.stores import MemoryStore, open_store
 from personalign.config import Settings, load_settings
-from personalign.errors import UnknownUserError
-from personalign.types import SearchHit
+from personalign.errors import ConfigError, UnknownUserError
+from personalign.types import Message, SearchHit
+
+if TYPE_CHECKING:
+    from personalign.memory.extract import Extractor
+    from personalign.memory.ingest import IngestResult
 
 
 class Memory:
     """Preference memory for many users. ``store`` does the persistence."""
 
-    def __init__(self, store: MemoryStore, settings: Settings) -> None:
+    def __init__(
+        self, store: MemoryStore, settings: Settings, extractor: Extractor | None = None
+    ) -> None:
+        """``extractor`` defaults to the offline :class:`EmbeddedExtractor` over the store's
+        embedder, built at the first :meth:`add_messages`."""
         self.store = store
         self.settings = settings
+        self.extractor = extractor
         # the store's verbs, unchanged
         self.add = store.add
         self.add_many = store.add_many
@@ -36,6 +48,22 @@ class Memory:
     def search(self, query: str, *, user: str, k: int = 10) -> list[SearchHit]:
         """Hybrid search with the configured retrieval settings."""
         return self.store.search(query, user=user, k=k, config=self.settings.retrieval)
+
+    def add_messages(self, messages: Sequence[Message], *, user: str) -> IngestResult:
+        """Extract and reconcile the preferences in a conversation; keep every user turn as an
+        episode (see :func:`personalign.memory.ingest.add_messages`)."""
+        from personalign.memory.ingest import add_messages
+
+        if self.extractor is None:
+            from personalign.memory.extract import EmbeddedExtractor
+
+            embedder = getattr(self.store, "embedder", None)
+            if embedder is None:
+                raise ConfigError(
+                    "Memory.add_messages: the store has no embedder; pass extractor=... to Memory"
+                )
+            self.extractor = EmbeddedExtractor(embedder)
+        return add_messages(self, messages, user=user, extractor=self.extractor)
 
     def require_user(self, *, user: str) -> None:
         """Raise :class:`UnknownUserError` unless ``user`` has data."""

@@ -1,0 +1,165 @@
+"""Reconciliation: what to do with an extracted candidate given the user's active preferences.
+
+For each :class:`~personalign.memory.extract.Candidate`, :func:`decide` searches the user's
+active preferences (``explicit``/``implicit``, not episodes) and returns one
+:class:`Decision`:
+
+* ``merge`` — a near duplicate is already active (cosine >= ``duplicate_cosine`` with the same
+  polarity, or the same normalized text). **No row is written**: the stored preference already
+  says it, and the turn itself is kept as an episode whose add event names the merge (see
+  :mod:`personalign.memory.ingest`), so the decision still reaches the event log.
+* ``supersede`` — the candidate changes an active preference: a change cue ("I stopped",
+  "no longer", "actually now I prefer") and cosine >= ``change_cosine`` on the same topic, or a
+  contradiction (cosine >= ``contradiction_cosine`` with opposite polarity). Applied with
+  ``store.update(old_id, new, reason=...)``: the old version stays in history, its validity
+  ending where the new one's begins.
+* ``add`` — anything else confident enough.
+* ``skip`` — a *tentative* candidate (a change cue the extractor was not sure about) with
+  nothing to change: not stored, so ordinary chatter does not become memory.
+
+Every decision carries ``reason``, passed to the store as its ``reason`` argument.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from personalign.backends.stores import MemoryStore
+from personalign.memory.extract import Candidate, content_words
+from personalign.types import PREFERENCE_KINDS, Preference, PreferenceIn
+
+Action = Literal["add", "merge", "supersede", "skip"]
+
+_NEG_RE = re.compile(
+    r"\b(not|no|never|don't|doesn't|didn't|can't|cannot|won't|avoid\w*|dislike\w*|hate\w*|"
+    r"stopped|quit|no longer|without|allergic|intoleran\w*|isn't|aren't|wasn't|free)\b",
+    re.I,
+)
+
+
+class ReconcileConfig(BaseModel):
+    """Thresholds on the dense cosine between a candidate and an active preference."""
+
+    duplicate_cosine: float = Field(default=0.9, ge=0.0, le=1.0)
+    change_cosine: float = Field(default=0.45, ge=0.0, le=1.0)
+    contradiction_cosine: float = Field(default=0.8, ge=0.0, le=1.0)
+    neighbours: int = Field(default=5, ge=1, le=50)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one candidate; ``target`` is the active preference it merges into or
+    supersedes; ``cosine`` the similarity to it."""
+
+    action: Action
+    candidate: Candidate
+    reason: str
+    target: Preference | None = None
+    cosine: float | None = None
+
+
+def polarity(text: str) -> int:
+    """+1 for a positive statement, -1 when it carries a negation or avoidance cue."""
+    return -1 if _NEG_RE.search(text) else 1
+
+
+def _norm(text: str) -> str:
+    return " ".join(sorted(content_words(text)))
+
+
+def decide(
+    store: MemoryStore,
+    candidate: Candidate,
+    *,
+    user: str,
+    config: ReconcileConfig | None = None,
+) -> Decision:
+    """Decide merge / supersede / add / skip for ``candidate`` against ``user``'s memory."""
+    cfg = config or ReconcileConfig()
+    hits = []
+    if store.has_user(user=user):
+        hits = store.search(
+            candidate.text, user=user, k=cfg.neighbours, kinds=list(PREFERENCE_KINDS)
+        )
+    scored = [(float(h.signals.get("dense", 0.0)), h.record) for h in hits]
+    scored.sort(key=lambda t: t[0], reverse=True)
+    pol = polarity(candidate.text)
+    for cos, rec in scored:
+        if _norm(rec.text) == _norm(candidate.text) or (
+            cos >= cfg.duplicate_cosine and polarity(rec.text) == pol and not candidate.change
+        ):
+            return Decision(
+                "merge",
+                candidate,
+                f"duplicate of active preference {rec.id} (cosine {cos:.2f}, same polarity): "
+                "nothing new to store",
+                rec,
+                cos,
+            )
+    if candidate.change:
+        same_topic = [
+            (c, r)
+            for c, r in scored
+            if c >= cfg.change_cosine
+            and (not candidate.topic or r.topic in (None, candidate.topic))
+        ]
+        if same_topic:
+            cos, rec = same_topic[0]
+            return Decision(
+                "supersede",
+                candidate,
+                f"change of preference: the turn signals a change and matches active "
+                f"preference {rec.id} (cosine {cos:.2f}, topic {rec.topic})",
+                rec,
+                cos,
+            )
+    for cos, rec in scored:
+        if cos >= cfg.contradiction_cosine and polarity(rec.text) != pol:
+            return Decision(
+                "supersede",
+                candidate,
+                f"contradicts active preference {rec.id} (cosine {cos:.2f}, opposite polarity): "
+                "newer wins",
+                rec,
+                cos,
+            )
+    if candidate.tentative:
+        return Decision(
+            "skip",
+            candidate,
+            f"tentative candidate (confidence {candidate.confidence:.2f}) that changes no "
+            "active preference",
+        )
+    return Decision("add", candidate, "new preference: no active preference says this")
+
+
+def to_preference_in(candidate: Candidate, *, source: str) -> PreferenceIn:
+    """The record to store for a candidate (its reason and confidence kept in ``meta``)."""
+    return PreferenceIn(
+        text=candidate.text,
+        kind=candidate.kind,
+        topic=candidate.topic,
+        strength=candidate.confidence,
+        source=source,
+        source_turn_ids=list(candidate.source_turn_ids),
+        meta={"extraction_reason": candidate.reason, "confidence": candidate.confidence},
+    )
+
+
+def apply(
+    store: MemoryStore, decision: Decision, *, user: str, source: str, actor: str = "extractor"
+) -> Preference | None:
+    """Carry out ``decision``; return the written record (``None`` for merge and skip)."""
+    reason = f"{decision.action}: {decision.reason} [extracted: {decision.candidate.reason}]"
+    pin = to_preference_in(decision.candidate, source=source)
+    if decision.action == "add":
+        return store.add(pin, user=user, actor=actor, reason=reason)
+    if decision.action == "supersede":
+        if decision.target is None:
+            raise ValueError("a supersede decision needs a target")
+        return store.update(decision.target.id, pin, user=user, actor=actor, reason=reason)
+    return None
