@@ -15,25 +15,36 @@ Signals = Mapping[str, Mapping[int, float]]
 FusionFn = Callable[[Signals, int, RetrievalConfig], list[float]]
 
 
+BINARY_SIGNALS = frozenset({"entity", "preference"})
+"""Signals that are 1 for a match and absent otherwise (every match ranks first in RRF)."""
+
+
 def _weights(cfg: RetrievalConfig) -> dict[str, float]:
-    return {"dense": cfg.dense_weight, "bm25": cfg.bm25_weight, "recency": cfg.recency_weight}
+    return {
+        "dense": cfg.dense_weight,
+        "bm25": cfg.bm25_weight,
+        "recency": cfg.recency_weight,
+        "entity": cfg.entity_weight,
+        "preference": cfg.preference_weight,
+    }
 
 
 def rrf(signals: Signals, n: int, cfg: RetrievalConfig) -> list[float]:
-    """Weighted reciprocal-rank fusion: sum over signals of w / (k + rank), rank from 1."""
+    """Weighted reciprocal-rank fusion: sum over signals of w / (k + rank), rank from 1
+    (every candidate a binary signal matched has rank 1)."""
     weights = _weights(cfg)
     scores = [0.0] * n
     for name, values in signals.items():
         w = weights.get(name, 0.0)
         ranked = sorted(values, key=lambda i: values[i], reverse=True)
         for rank, i in enumerate(ranked, start=1):
-            scores[i] += w / (cfg.rrf_k + rank)
+            scores[i] += w / (cfg.rrf_k + (1 if name in BINARY_SIGNALS else rank))
     return scores
 
 
 def linear(signals: Signals, n: int, cfg: RetrievalConfig) -> list[float]:
     """Weighted sum of normalized signals: cosine clipped to [0, 1], BM25 divided by the best
-    BM25 among candidates, recency as is."""
+    BM25 among candidates, recency and the binary signals as is."""
     weights = _weights(cfg)
     scores = [0.0] * n
     for name, values in signals.items():

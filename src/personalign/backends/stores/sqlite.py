@@ -94,11 +94,38 @@ def _check_id(record_id: str) -> str:
     return record_id
 
 
-def _fts_query(text: str) -> str | None:
-    tokens = list(dict.fromkeys(t.lower() for t in _TOKEN_RE.findall(text)))[:64]
+_STOPWORD_LIST = (
+    "a an the of to in on and or is are was were be been do does did what when where who whom "
+    "which how why would could should has have had i you he she it they we her his their its my "
+    "your me him them this that for with at by from as about into can will not no yes s t"
+)
+_STOPWORDS = frozenset(_STOPWORD_LIST.split())
+_ENTITY_TAG = re.compile(r"^(?:speaker|entity):(.+)$")
+
+
+def _fts_query(text: str, drop: frozenset[str] = frozenset()) -> str | None:
+    """An FTS5 OR-query of the text's distinct tokens, without stop words (kept if nothing
+    else is left) and without ``drop``."""
+    tokens = list(dict.fromkeys(t.lower() for t in _TOKEN_RE.findall(text)))
+    tokens = [t for t in tokens if t not in drop] or tokens
+    tokens = ([t for t in tokens if t not in _STOPWORDS] or tokens)[:64]
     if not tokens:
         return None
     return " OR ".join('"' + t.replace('"', "") + '"' for t in tokens)
+
+
+def _top(values: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` largest values (all indices when there are at most ``n``)."""
+    if n >= len(values):
+        return np.arange(len(values))
+    return np.argpartition(-values, n - 1)[:n]
+
+
+def _entities(tags_json: str) -> list[str]:
+    """The lower-cased names of a record's ``speaker:``/``entity:`` tags."""
+    if tags_json == "[]":
+        return []
+    return [m.group(1).lower() for t in json.loads(tags_json) if (m := _ENTITY_TAG.match(t))]
 
 
 def _row_to_pref(row: sqlite3.Row) -> Preference:
@@ -361,16 +388,32 @@ class SQLiteStore(MemoryStore):
 
         # dense: cosine over the user's active vectors
         rows = conn.execute(
-            f"SELECT rowid, embedding, valid_from FROM memories WHERE {where}", params
+            f"SELECT rowid, embedding, valid_from, kind, tags, source_turn_ids FROM memories "
+            f"WHERE {where}",
+            params,
         ).fetchall()
         if not rows:
             return []
-        qvec = self._embed([query])[0]
+        # entity/speaker match: names the query mentions among the user's tagged records
+        row_entities = [_entities(r["tags"]) for r in rows]
+        known = {e for ents in row_entities for e in ents}
+        q_tokens = {t.lower() for t in _TOKEN_RE.findall(query)}
+        named = frozenset(known & q_tokens) if cfg.entity_weight > 0 else frozenset()
+        dense_query = query
+        if named:
+            stripped = " ".join(
+                w for w in re.split(r"(\W+)", query) if w.lower() not in named
+            ).strip()
+            dense_query = stripped if _TOKEN_RE.search(stripped) else query
+        qvec = self._embed([dense_query])[0]
         matrix = np.frombuffer(b"".join(r["embedding"] for r in rows), dtype=np.float32)
         matrix = matrix.reshape(len(rows), -1)
         cos = matrix @ qvec
-        n_cand = min(cfg.candidates, len(rows))
-        top = np.argpartition(-cos, n_cand - 1)[:n_cand] if n_cand < len(rows) else range(len(rows))
+        is_pref = np.fromiter((r["kind"] != "episode" for r in rows), dtype=bool, count=len(rows))
+        top = _top(cos, cfg.candidates)
+        if cfg.preference_weight > 0 and is_pref.any():  # the best preferences always compete
+            pref_idx = np.flatnonzero(is_pref)
+            top = np.union1d(top, pref_idx[_top(cos[pref_idx], cfg.candidates)])
         cand: dict[int, int] = {}  # rowid -> candidate index
         rowids: list[int] = []
 
@@ -385,7 +428,7 @@ class SQLiteStore(MemoryStore):
 
         # full text: BM25 within the user's scope token
         bm25: dict[int, float] = {}
-        fts = _fts_query(query)
+        fts = _fts_query(query, named)
         if fts:
             hits = conn.execute(
                 "SELECT rowid, -bm25(memories_fts, 0.0, 1.0) AS s FROM memories_fts "
@@ -396,16 +439,39 @@ class SQLiteStore(MemoryStore):
                 if h["rowid"] in by_rowid and len(bm25) < cfg.candidates:
                     bm25[index(h["rowid"])] = float(h["s"])
 
-        # recency of every candidate, by world-time start
+        # recency of every candidate, by world-time start; entity and preference matches
         half_life_s = cfg.recency_half_life_days * 86400.0
         recency: dict[int, float] = {}
+        entity: dict[int, float] = {}
+        preference: dict[int, float] = {}
         for rowid, ci in cand.items():
-            start = datetime.fromisoformat(rows[by_rowid[rowid]]["valid_from"])
+            ri = by_rowid[rowid]
+            start = datetime.fromisoformat(rows[ri]["valid_from"])
             age = max((now - start).total_seconds(), 0.0)
             recency[ci] = math.exp(-age / half_life_s * math.log(2))
-        signals = {"dense": dense, "bm25": bm25, "recency": recency}
+            if named and named.intersection(row_entities[ri]):
+                entity[ci] = 1.0
+            if is_pref[ri]:
+                preference[ci] = 1.0
+        signals = {
+            "dense": dense,
+            "bm25": bm25,
+            "recency": recency,
+            "entity": entity,
+            "preference": preference,
+        }
         fused = FUSIONS[cfg.fusion](signals, len(rowids), cfg)
-        order = sorted(range(len(rowids)), key=lambda i: fused[i], reverse=True)[:k]
+        ranked = sorted(range(len(rowids)), key=lambda i: fused[i], reverse=True)
+        order: list[int] = []
+        covered: set[str] = set()
+        for i in ranked:
+            if len(order) == k:
+                break
+            sources = json.loads(rows[by_rowid[rowids[i]]]["source_turn_ids"])
+            if cfg.dedupe_sources and sources and covered.issuperset(sources):
+                continue  # every turn it comes from is already represented by a better hit
+            covered.update(sources)
+            order.append(i)
 
         chosen = [rowids[i] for i in order]
         marks = ",".join("?" * len(chosen))
@@ -419,7 +485,7 @@ class SQLiteStore(MemoryStore):
         for i in order:
             sig = {name: vals[i] for name, vals in signals.items() if i in vals}
             sig.setdefault("dense", float(cos[by_rowid[rowids[i]]]))
-            matched = [n for n in ("dense", "bm25") if i in signals[n]]
+            matched = [n for n in ("dense", "bm25", "entity", "preference") if i in signals[n]]
             out.append(
                 SearchHit(record=recs[rowids[i]], score=fused[i], signals=sig, matched=matched)
             )
