@@ -115,7 +115,7 @@ class FakeLM(LanguageModel):
 
     Replies: ``replies`` as a list is served in order (cycling), as a callable is called with
     the messages; by default the reply echoes the last user message as ``"echo: <text>"``.
-    ``max_new_tokens`` counts whitespace words. The token level uses a fixed 64-word vocab
+    ``max_new_tokens`` counts whitespace words. The token level uses a fixed 58-word vocab
     (unknown words map to ``<unk>``, id 1; ``<eos>`` is id 0) and a fixed random bigram model,
     so ``forward``, ``next_token_logits`` and ``logprobs`` agree with each other.
     """

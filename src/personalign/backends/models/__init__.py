@@ -1,0 +1,74 @@
+"""Language models: the :class:`LanguageModel` interface and its backends.
+
+``load_model(settings)`` picks the backend from ``settings.model``:
+
+* ``smollm2`` — the embedded SmolLM2-135M-Instruct (:meth:`TransformersLM.embedded`);
+* a directory — any local causal LM through transformers (:class:`TransformersLM`);
+* ``openai:<name>`` — an OpenAI-compatible server (:class:`OpenAICompatLM`) at
+  ``settings.openai_base_url`` with ``settings.openai_api_key``.
+
+Importing this package does not import torch, transformers or openai.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from personalign.backends.models.base import (
+    Context,
+    ContinuationScore,
+    DecodeState,
+    Generation,
+    GenerationOptions,
+    LanguageModel,
+)
+from personalign.errors import ConfigError
+
+if TYPE_CHECKING:
+    from personalign.backends.models.local import DType
+    from personalign.config import Settings
+
+EMBEDDED_MODEL = "smollm2"
+OPENAI_PREFIX = "openai:"
+
+__all__ = [
+    "EMBEDDED_MODEL",
+    "OPENAI_PREFIX",
+    "Context",
+    "ContinuationScore",
+    "DecodeState",
+    "Generation",
+    "GenerationOptions",
+    "LanguageModel",
+    "load_model",
+]
+
+
+def load_model(
+    settings: Settings, *, dtype: DType = "bfloat16", device: str | None = None
+) -> LanguageModel:
+    """Build the language model that ``settings.model`` names (see the module doc)."""
+    spec = (settings.model or "").strip()
+    if spec == EMBEDDED_MODEL:
+        from personalign.backends.models.local import TransformersLM
+
+        return TransformersLM.embedded(settings.cache_dir, dtype=dtype, device=device)
+    if spec.startswith(OPENAI_PREFIX):
+        name = spec[len(OPENAI_PREFIX) :].strip()
+        if not name:
+            raise ConfigError("setting 'model': give a model name after 'openai:'")
+        from personalign.backends.models.openai_compat import OpenAICompatLM
+
+        return OpenAICompatLM(
+            name, base_url=settings.openai_base_url, api_key=settings.openai_api_key
+        )
+    path = Path(spec).expanduser() if spec else None
+    if path is not None and path.is_dir():
+        from personalign.backends.models.local import TransformersLM
+
+        return TransformersLM(path, dtype=dtype, device=device)
+    raise ConfigError(
+        f"setting 'model': {settings.model!r} is not 'smollm2', an existing model directory, "
+        "or 'openai:<name>'"
+    )

