@@ -17,7 +17,7 @@ from personalign.memory import open_memory
 from personalign.pipeline import Personalizer
 from personalign.service.app import create_app
 from personalign.service.keys import KeyStore
-from personalign.testing import FakeLM, HashingEmbedder
+from personalign.testing import CueExtractor, FakeLM, HashingEmbedder
 
 
 def free_port() -> int:
@@ -37,7 +37,9 @@ class LiveServer:
 @contextmanager
 def live_server(home: Path) -> Iterator[LiveServer]:
     settings = load_settings(home=home, embedder="hashing")
-    personalizer = Personalizer(open_memory(settings, HashingEmbedder()), FakeLM(name="fake-lm"))
+    personalizer = Personalizer(
+        open_memory(settings, HashingEmbedder(), extractor=CueExtractor()), FakeLM(name="fake-lm")
+    )
     keys = KeyStore(home / "keys.db")
     _, admin = keys.create(scope="admin", name="tests")
     app = create_app(personalizer, keys)

@@ -9,14 +9,14 @@ from personalign.config import load_settings
 from personalign.errors import ValidationError
 from personalign.memory import open_memory
 from personalign.pipeline import PersonalizeOptions, Personalizer
-from personalign.testing import FakeLM, HashingEmbedder
+from personalign.testing import CueExtractor, FakeLM, HashingEmbedder
 from personalign.types import Message
 
 
 @pytest.fixture
 def p(tmp_path):
     settings = load_settings(home=tmp_path, embedder="hashing")
-    memory = open_memory(settings, HashingEmbedder())
+    memory = open_memory(settings, HashingEmbedder(), extractor=CueExtractor())
     pz = Personalizer(memory, FakeLM(name="fake"))
     yield pz
     pz.close()

@@ -12,7 +12,7 @@ from personalign.memory import open_memory
 from personalign.pipeline import Personalizer
 from personalign.service.app import create_app
 from personalign.service.keys import KeyStore
-from personalign.testing import FakeLM, HashingEmbedder
+from personalign.testing import CueExtractor, FakeLM, HashingEmbedder
 
 USERS = ["u1", "u2", "u3"]
 
@@ -21,7 +21,11 @@ USERS = ["u1", "u2", "u3"]
 def env(tmp_path_factory):
     home = tmp_path_factory.mktemp("props")
     personalizer = Personalizer(
-        open_memory(load_settings(home=home, embedder="hashing"), HashingEmbedder()),
+        open_memory(
+            load_settings(home=home, embedder="hashing"),
+            HashingEmbedder(),
+            extractor=CueExtractor(),
+        ),
         FakeLM(name="fake-lm"),
     )
     keys = KeyStore(home / "keys.db")

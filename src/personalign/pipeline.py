@@ -209,14 +209,14 @@ class Personalizer:
         )
         self.memory.store.log_exchange(exchange, user=user)
         if options.ingest:
-            self._ingest_later(history[-1], user=user)
+            # the turn before gives context: options the assistant offered, a question asked
+            self._ingest_later(history[-2:], user=user)
         return Reply(text=text, exchange=exchange)
 
     # -- background ingestion ------------------------------------------------------------
 
-    def _ingest_later(self, turn: Message, *, user: str) -> None:
-        turn = turn if turn.id else turn.model_copy(update={"id": f"msg:{new_id()}"})
-        fut: Future[object] = self._ingest.submit(self.memory.add_messages, [turn], user=user)
+    def _ingest_later(self, turns: list[Message], *, user: str) -> None:
+        fut: Future[object] = self._ingest.submit(self.memory.add_messages, turns, user=user)
         with self._lock:
             self._pending.add(fut)
         fut.add_done_callback(self._done)
@@ -266,6 +266,6 @@ def _gen_dict(g: GenerationOptions) -> dict[str, object]:
 
 
 def _render(records: Sequence[object]) -> str:
-    from personalign.safety.render import render_memories_block
+    from personalign.safety.injection import render_memories_block
 
-    return render_memories_block(records)  # type: ignore[arg-type]
+    return render_memories_block(records)

@@ -9,6 +9,7 @@ import hashlib
 import math
 import re
 from collections.abc import Sequence
+from typing import Any
 from functools import lru_cache
 
 import numpy as np
@@ -258,7 +259,6 @@ class FakeLM(LanguageModel):
         return out
 
 
-
 def tiny_model_dir(path: Path, *, tokenizer_dir: Path | None = None, seed: int = 0) -> Path:
     """Build (once) a tiny random Llama with the SmolLM2 tokenizer in ``path``; return ``path``.
 
@@ -309,3 +309,40 @@ def tiny_model_dir(path: Path, *, tokenizer_dir: Path | None = None, seed: int =
         if not (path / "config.json").is_file():
             raise
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# CueExtractor: a stand-in for personalign.memory.extract.Extractor
+# --------------------------------------------------------------------------------------------
+
+
+class CueExtractor:
+    """An extractor with no model: every user sentence that opens with a first-person
+    preference cue ("I prefer", "I'm vegetarian", "My favourite ...") becomes an explicit
+    candidate, as the embedded extractor's rule does; a change cue ("no longer", "I stopped")
+    marks it as a change. Works with any embedder (the HashingEmbedder in fast tests)."""
+
+    name = "cue-extractor"
+
+    def extract(self, messages: Sequence[Message]) -> list[Any]:
+        """Candidates from the user turns of ``messages``, in turn order."""
+        from personalign.memory.extract import Candidate, split_sentences, states_preference
+
+        out = []
+        for m in messages:
+            if m.role != "user":
+                continue
+            for sentence in split_sentences(m.content):
+                if states_preference(sentence) and not sentence.endswith("?"):
+                    change = bool(
+                        re.search(r"\b(no longer|stopped|not anymore|anymore)\b", sentence, re.I)
+                    )
+                    out.append(
+                        Candidate(
+                            text=sentence.rstrip("."),
+                            source_turn_ids=[m.id] if m.id else [],
+                            change=change,
+                            reason="cue-extractor: opens with a first-person preference",
+                        )
+                    )
+        return out

@@ -74,11 +74,16 @@ class Memory:
         self.store.close()
 
 
-def open_memory(settings: Settings | None = None, embedder: Embedder | None = None) -> Memory:
+def open_memory(
+    settings: Settings | None = None,
+    embedder: Embedder | None = None,
+    *,
+    extractor: Extractor | None = None,
+) -> Memory:
     """Open the memory that ``settings`` (default: :func:`load_settings`) points to."""
     settings = settings or load_settings()
     if embedder is None:
         from personalign.backends.embedders import load_embedder
 
         embedder = load_embedder(settings.embedder, settings.cache_dir)
-    return Memory(open_store(settings, embedder), settings)
+    return Memory(open_store(settings, embedder), settings, extractor)
