@@ -1,0 +1,207 @@
+"""Train the safety boundary's embedded classifiers and write the artifact.
+
+    .venv/bin/python scripts/train_boundary.py [--data ../shared/data] [--seed 0]
+        [--out src/personalign/safety/artifacts/boundary_minilm.npz] [--embedder minilm]
+
+Reproducible: fixed seed, deterministic full-batch training, data read in sorted order. The
+held-out protocol (:data:`personalign.safety.datasets.HELDOUT_PROTOCOL`) is stored in the
+artifact together with the keys of every training text, so that ``benchmarks/boundary.py``
+scores only what the artifact never saw. Prints the held-out figures of the classifiers
+alone (the benchmark measures the whole boundary: patterns + classifier).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from personalign.backends.embedders import load_embedder  # noqa: E402
+from personalign.safety import datasets as D  # noqa: E402
+from personalign.safety.checkers import DEFAULT_ARTIFACT  # noqa: E402
+from personalign.safety.classifier import EmbeddingClassifier, fit, save_artifact  # noqa: E402
+from personalign.safety.injection import segments  # noqa: E402
+from personalign.safety.policy import load_policy  # noqa: E402
+
+CONTRAST_REPEAT = 3
+"""Generated contrast pairs are few; they are repeated to weigh as much as a mid-size source."""
+
+
+def _some_templates(reqs: list[D.Request], k: int, rng: random.Random) -> list[D.Example]:
+    """Each request raw plus ``k`` random training templates (keeps benign chat turns cheap)."""
+    names = [n for n in D.TRAIN_TEMPLATES if n != "raw"]
+    out: list[D.Example] = []
+    for r in reqs:
+        pick = ["raw", *rng.sample(names, k)]
+        out += D.as_preferences([r], {n: D.TRAIN_TEMPLATES[n] for n in pick})
+    return out
+
+
+def harm_training_set(data: Path, seed: int) -> tuple[list[D.Example], list[str]]:
+    """(training examples, keys of the requests they were built from)."""
+    rng = random.Random(seed)
+    harmful = D.load_advbench(data)
+    dna_harm, dna_sensitive = D.load_donotanswer(data)
+    harmful += dna_harm
+    contrast = D.contrast_requests()
+    edgy_train, _ = D.edgy_split()
+    examples = D.as_preferences(contrast, D.TRAIN_TEMPLATES) * CONTRAST_REPEAT
+    examples += D.as_preferences(harmful, D.TRAIN_TEMPLATES)
+    examples += D.as_preferences(dna_sensitive, D.TRAIN_TEMPLATES)
+    examples += _some_templates(D.load_chat_turns(data), 2, rng)
+    examples += D.as_is(D.load_personas(data))
+    examples += D.as_is(edgy_train) + _some_templates(edgy_train, 2, rng)
+    keys = sorted({D.text_key(e.request) for e in examples})
+    return examples, keys
+
+
+def injection_training_set(data: Path) -> tuple[list[str], list[str], list[str]]:
+    """(positive texts, negative texts, keys of the positives' attack texts)."""
+    samples = D.load_injections(data)
+    test = D.injection_test_variants(samples)
+    pos = [
+        s.text for s in samples
+        if not D.is_injection_test(s, test) and not s.source.startswith("bipia_in_email")
+    ]
+    emails = D.load_benign_content(data)
+    edgy_train, _ = D.edgy_split()
+    _, dna_sensitive = D.load_donotanswer(data)
+    neg = [r.text for r in D.load_personas(data, 2000) + D.load_chat_turns(data) + dna_sensitive]
+    neg += [r.text for r in edgy_train]
+    neg += [seg for e in emails[::2] for seg in segments(e.text)]
+    neg += [e.text for e in emails[::2]]
+    keys = sorted({D.text_key(t) for t in pos} | {D.text_key(e.text) for e in emails[::2]})
+    return pos, neg, keys
+
+
+def _balanced(labels: list[str], positive: object) -> np.ndarray:
+    """Weights that give the positive and the negative side half the total each."""
+    is_pos = np.array([lab != positive for lab in labels])
+    w = np.where(is_pos, 0.5 / max(1, is_pos.sum()), 0.5 / max(1, (~is_pos).sum()))
+    return w.astype(np.float32)
+
+
+def _embed(embedder: object, texts: list[str]) -> np.ndarray:
+    unique = list(dict.fromkeys(texts))
+    vectors = embedder.embed(unique)  # type: ignore[attr-defined]
+    index = {t: i for i, t in enumerate(unique)}
+    return np.asarray(vectors[[index[t] for t in texts]], dtype=np.float32)
+
+
+def heldout_figures(
+    embedder: object, harm: EmbeddingClassifier, inj: EmbeddingClassifier, data: Path
+) -> dict[str, float]:
+    """Classifier-only figures on the held-out sets (threshold: the policy's per category)."""
+    policy = load_policy()
+    sst = D.load_simplesafetytests(data)
+    xs_safe, xs_unsafe = D.load_xstest(data)
+    _, edgy_test = D.edgy_split()
+    figures: dict[str, float] = {}
+
+    def refused(examples: list[D.Example]) -> np.ndarray:
+        if not examples:
+            return np.zeros(0, dtype=bool)
+        p = harm.predict_proba(_embed(embedder, [e.text for e in examples]))
+        b = harm.classes.index("benign")
+        harm_idx = [i for i, c in enumerate(harm.classes) if c != "benign"]
+        cats = [harm.classes[harm_idx[j]] for j in p[:, harm_idx].argmax(axis=1)]
+        thr = np.array([policy.threshold_for(c) for c in cats])
+        out: np.ndarray = (1.0 - p[:, b]) >= thr
+        return out
+
+    harmful = D.as_preferences(sst + xs_unsafe, D.EVAL_TEMPLATES)
+    if harmful:
+        figures["harmful_admission_rate"] = float(1.0 - refused(harmful).mean())
+    for name, ex in (
+        ("prefeval_false_refusal_rate", D.as_is(D.load_prefeval(data))),
+        ("xstest_safe_false_refusal_rate", D.as_preferences(xs_safe, D.EVAL_TEMPLATES)),
+        ("edgy_false_refusal_rate", D.as_is(edgy_test)),
+    ):
+        if ex:
+            figures[name] = float(refused(ex).mean())
+    samples = D.load_injections(data)
+    test = D.injection_test_variants(samples)
+    held = [s for s in samples if D.is_injection_test(s, test) and s.injection]
+    k = inj.classes.index("inj")
+    if held:
+        p = inj.predict_proba(_embed(embedder, [s.text for s in held]))[:, k]
+        figures["injection_detection_rate_whole_text"] = float((p >= 0.5).mean())
+    prefs = D.load_prefeval(data)
+    if prefs:
+        p = inj.predict_proba(_embed(embedder, [r.text for r in prefs]))[:, k]
+        figures["injection_false_flag_rate_prefeval"] = float((p >= 0.5).mean())
+    return {k2: round(v, 4) for k2, v in figures.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train, save, print figures."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--embedder", default="minilm")
+    ap.add_argument(
+        "--cache-dir", type=Path,
+        default=Path(os.environ.get("PERSONALIGN_HOME", Path.home() / ".cache" / "personalign"))
+        / "cache",
+    )
+    args = ap.parse_args(argv)
+    if not (args.data / "safety").is_dir():
+        print(f"error: no safety data under {args.data}", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    embedder = load_embedder(args.embedder, args.cache_dir)
+    policy = load_policy()
+
+    examples, harm_keys = harm_training_set(args.data, args.seed)
+    labels = [e.label for e in examples]
+    print(f"harm: {len(examples)} examples {dict(Counter(labels).most_common())}", flush=True)
+    x = _embed(embedder, [e.text for e in examples])
+    classes = ["benign", *D.GOLD_CATEGORIES]
+    harm = fit(
+        x, labels, classes, l2=1e-4, epochs=500, lr=0.05,
+        sample_weight=_balanced(labels, "benign"), seed=args.seed,
+    )
+    harm.meta = {"embedder": embedder.name}
+
+    pos, neg, inj_keys = injection_training_set(args.data)
+    print(f"injection: {len(pos)} positives, {len(neg)} negatives", flush=True)
+    inj_labels = ["inj"] * len(pos) + ["ok"] * len(neg)
+    xi = _embed(embedder, pos + neg)
+    inj = fit(
+        xi, inj_labels, ["ok", "inj"], l2=1e-4, epochs=500, lr=0.05,
+        sample_weight=_balanced(inj_labels, "ok"), seed=args.seed,
+    )
+    inj.meta = {"embedder": embedder.name}
+
+    figures = heldout_figures(embedder, harm, inj, args.data)
+    meta = {
+        "embedder": embedder.name,
+        "dim": embedder.dim,
+        "seed": args.seed,
+        "policy_version_at_training": policy.version,
+        "heldout_protocol": D.HELDOUT_PROTOCOL,
+        "train_keys": " ".join(sorted(set(harm_keys) | set(inj_keys))),
+        "heldout_figures_classifier_only": figures,
+        "train_sizes": {"harm": len(examples), "injection": len(pos) + len(neg)},
+    }
+    save_artifact(args.out, {"harm": harm, "injection": inj}, meta)
+    size_kb = args.out.stat().st_size / 1024
+    print(f"wrote {args.out} ({size_kb:.0f} kB) in {time.time() - t0:.0f}s")
+    print("held-out figures (classifier alone; the benchmark measures the whole boundary):")
+    for key, value in figures.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
