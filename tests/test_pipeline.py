@@ -105,3 +105,15 @@ def test_bad_options_are_rejected():
         PersonalizeOptions(k=0)
     with pytest.raises(ValidationError):
         GenerationOptions(max_new_tokens=0)
+
+
+def test_style_preferences_always_apply_and_weak_raw_turns_do_not(p):
+    from personalign.types import PreferenceIn
+
+    style = p.memory.add(
+        PreferenceIn(text="Keep replies short", topic="communication"), user="sam"
+    )
+    p.memory.add(PreferenceIn(text="What is the capital of Peru", kind="episode"), user="sam")
+    reply = p.respond("Explain how tides work on the ocean", user="sam")
+    assert [u.id for u in reply.preferences] == [style.id]
+    assert "capital of Peru" not in system_text(p.model)

@@ -116,11 +116,18 @@ def main(argv: list[str] | None = None) -> None:
                 highlight=False,
             )
         console.rule(f"memory of {USER}, as the user sees it")
-        from personalign.cli.memory import _table
-
-        console.print(_table(p.memory.list(user=USER), title="active preferences"))
-        hist = [r for r in p.memory.list(user=USER, include_history=True) if not r.active]
-        console.print(_table(hist, title="history (superseded or forgotten)"))
+        prefs = p.memory.list(user=USER, include_history=True, kinds=["explicit", "implicit"])
+        table = Table(expand=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("preference", ratio=1, overflow="fold")
+        table.add_column("topic", no_wrap=True)
+        table.add_column("id", style="dim", no_wrap=True)
+        for r in sorted(prefs, key=lambda r: not r.active):
+            status = "active" if r.active else "[dim]superseded[/]"
+            table.add_row(status, r.text, r.topic or "", r.id[:8])
+        console.print(table)
+        n_turns = len(p.memory.list(user=USER, kinds=["episode"]))
+        console.print(f"{n_turns} raw turns kept as episodic memory (searchable, not shown).")
     finally:
         p.close()
     console.print(f"done in {time.perf_counter() - t_start:.0f} s")

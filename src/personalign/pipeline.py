@@ -34,6 +34,7 @@ from personalign.types import (
 
 if TYPE_CHECKING:
     from personalign.backends.embedders import Embedder
+    from personalign.memory.extract import TopicTagger
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,17 @@ class PersonalizeOptions:
     """Per-request personalization settings.
 
     ``method``: ``plain`` (no memory) or ``prompt`` (memory block in the system prompt).
-    ``k``: how many memories to retrieve. ``min_score``: drop hits whose cosine similarity to
-    the message is below it (``dense`` signal; -1 keeps all). ``ingest``: store the user's turn.
+    ``k``: how many memories to retrieve. A retrieved preference reaches the model when its
+    cosine similarity to the message is at least ``min_score``, when it shares the message's
+    topic, or when it is about how answers should be written (topic ``communication``); a raw
+    turn (episode) only when its cosine is at least ``episode_min_score``.
+    ``ingest``: store the user's turn in memory after the reply.
     """
 
     method: Method = "prompt"
-    k: int = 5
-    min_score: float = 0.2
+    k: int = 8
+    min_score: float = 0.3
+    episode_min_score: float = 0.5
     ingest: bool = True
     generation: GenerationOptions = field(default_factory=GenerationOptions)
 
@@ -61,6 +66,10 @@ class PersonalizeOptions:
             raise ValidationError(f"method must be one of {METHODS}, got {self.method!r}")
         if not 1 <= self.k <= 50:
             raise ValidationError(f"k must be in 1..50, got {self.k}")
+
+
+ALWAYS_TOPICS = frozenset({"communication"})
+"""Preference topics that apply to every answer (tone, format, length, language)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,7 @@ class Personalizer:
         self._ingest = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
         self._pending: set[Future[object]] = set()
         self._lock = threading.Lock()
+        self._tagger: TopicTagger | None = None
 
     @classmethod
     def open(
@@ -119,12 +129,36 @@ class Personalizer:
     # -- the request path ----------------------------------------------------------------
 
     def retrieve(self, text: str, *, user: str, options: PersonalizeOptions) -> list[SearchHit]:
-        """The memories to show the model for ``text``: preferences first, then raw turns."""
+        """The memories to show the model for ``text``: preferences first, then raw turns
+        (see :class:`PersonalizeOptions` for which ones pass)."""
         if options.method == "plain" or not self.memory.has_user(user=user):
             return []
         hits = self.memory.search(text, user=user, k=options.k)
-        kept = [h for h in hits if h.signals.get("dense", 1.0) >= options.min_score]
+        topic = self._topic(text)
+
+        def relevant(h: SearchHit) -> bool:
+            dense = h.signals.get("dense", 0.0)
+            if h.record.kind == "episode":
+                return dense >= options.episode_min_score
+            return (
+                dense >= options.min_score
+                or h.record.topic in ALWAYS_TOPICS
+                or (topic is not None and h.record.topic == topic)
+            )
+
+        kept = [h for h in hits if relevant(h)]
         return sorted(kept, key=lambda h: h.record.kind == "episode")
+
+    def _topic(self, text: str) -> str | None:
+        """The message's topic by the memory's topic tagger (None without an embedder)."""
+        embedder = getattr(self.memory.store, "embedder", None)
+        if embedder is None:
+            return None
+        if self._tagger is None:
+            from personalign.memory.extract import TopicTagger
+
+            self._tagger = TopicTagger(embedder)
+        return self._tagger.tag(embedder.embed([text]))[0]
 
     def prepare(
         self, history: Sequence[Message], *, user: str, options: PersonalizeOptions

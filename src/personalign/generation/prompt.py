@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from personalign.types import Message
 
-SYSTEM_PROMPT = "You are a helpful, honest and harmless assistant."
+SYSTEM_PROMPT = "You are a helpful assistant."
 
 
 def build_messages(
