@@ -92,10 +92,10 @@ def test_user_manages_preferences_weights_and_chat(browser, tmp_path):
         assert stored is not None and stored.weights["warmth"] == pytest.approx(0.9)
 
         # chat: the answer shows which preferences shaped it
-        page.fill("textarea[name=message]", "Suggest a fish dinner for a pescatarian")
+        page.fill("textarea[name=message]", "I eat fish now: suggest a pescatarian dinner")
         page.click("#chat button")
         answer = page.inner_text("#chat .exchange .answer")
-        assert answer.startswith("echo: Suggest a fish dinner")
+        assert answer.startswith("echo: I eat fish now")
         assert "pescatarian" in page.inner_text("#chat .used")
         page.screenshot(path=str(SHOTS / "dashboard.png"), full_page=True)
 

@@ -222,7 +222,9 @@ def test_hnsw_path_agrees_with_exact_scan(open_pg):
         a = exact.search(query, user="alice", k=5)
         b = approx.search(query, user="alice", k=5)
         assert {h.record.user_id for h in b} == {"alice"}
-        assert b[0].record.id == a[0].record.id
+        # approximate search, and several rows tie on the query's words: the best hit agrees
+        # in score, and the top five mostly coincide
+        assert abs(b[0].score - a[0].score) < 1e-6 or b[0].record.id == a[0].record.id
         assert len({h.record.id for h in a} & {h.record.id for h in b}) >= 4
     # the filter never starves a small user on the HNSW path
     approx.exact_scan_max = 0
