@@ -35,7 +35,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
@@ -131,7 +130,12 @@ def make_rule(method: LogitMethod, *, strength: float, weights: Sequence[float] 
     """The :data:`Rule` of ``method`` with its parameters bound."""
     if method not in RULES:
         raise ValidationError(f"no logit rule for {method!r}: use one of {tuple(RULES)}")
-    return partial(RULES[method], weights=np.asarray(weights, dtype=np.float64), strength=strength)
+    fn, w = RULES[method], np.asarray(weights, dtype=np.float64)
+
+    def rule(logits: np.ndarray) -> np.ndarray:
+        return fn(logits, w, strength)
+
+    return rule
 
 
 def pick_token(scores: np.ndarray, options: GenerationOptions, rng: np.random.Generator) -> int:
@@ -421,8 +425,8 @@ def personalized_generate(
         if on_delta is not None and gen.text:
             on_delta(gen.text)
         best = float(rewards.max())
-        details = {"candidate_rewards": [round(float(r), 4) for r in rewards]}
-        return PersonalizedGeneration(gen, method, strength, config.n, best, details)
+        cands = {"candidate_rewards": [round(float(r), 4) for r in rewards]}
+        return PersonalizedGeneration(gen, method, strength, config.n, best, cands)
     require_logits(lm, method)
     details: dict[str, Any] = {}
     if method == "reward_guided":
