@@ -86,4 +86,10 @@ def open_memory(
         from personalign.backends.embedders import load_embedder
 
         embedder = load_embedder(settings.embedder, settings.cache_dir)
+    if extractor is None and settings.embedder == "hashing":
+        # the embedded extractor's classifier needs MiniLM vectors; the fake embedder pairs
+        # with the fake, rule-only extractor
+        from personalign.testing import CueExtractor
+
+        extractor = CueExtractor()
     return Memory(open_store(settings, embedder), settings, extractor)

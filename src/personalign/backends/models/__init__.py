@@ -4,6 +4,7 @@
 
 * ``smollm2`` — the embedded SmolLM2-135M-Instruct (:meth:`TransformersLM.embedded`);
 * a directory — any local causal LM through transformers (:class:`TransformersLM`);
+* ``fake`` — :class:`~personalign.testing.FakeLM`, for tests and dry runs;
 * ``openai:<name>`` — an OpenAI-compatible server (:class:`OpenAICompatLM`) at
   ``settings.openai_base_url`` with ``settings.openai_api_key``.
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 EMBEDDED_MODEL = "smollm2"
 OPENAI_PREFIX = "openai:"
+FAKE_MODEL = "fake"
+"""The deterministic :class:`~personalign.testing.FakeLM` (echoes; for tests and dry runs)."""
 
 __all__ = [
     "EMBEDDED_MODEL",
@@ -54,6 +57,10 @@ def load_model(
         from personalign.backends.models.local import TransformersLM
 
         return TransformersLM.embedded(settings.cache_dir, dtype=dtype, device=device)
+    if spec == FAKE_MODEL:
+        from personalign.testing import FakeLM
+
+        return FakeLM()
     if spec.startswith(OPENAI_PREFIX):
         name = spec[len(OPENAI_PREFIX) :].strip()
         if not name:
@@ -69,6 +76,6 @@ def load_model(
 
         return TransformersLM(path, dtype=dtype, device=device)
     raise ConfigError(
-        f"setting 'model': {settings.model!r} is not 'smollm2', an existing model directory, "
-        "or 'openai:<name>'"
+        f"setting 'model': {settings.model!r} is not 'smollm2', 'fake', an existing model "
+        "directory, or 'openai:<name>'"
     )
