@@ -46,7 +46,9 @@ class RetrievalConfig(BaseModel):
     ``entity_weight``: bonus for records tagged ``speaker:<name>`` or ``entity:<name>`` when the
     query names them (the name is then left out of the dense and full-text queries).
     ``preference_weight``: bonus for extracted preferences (kinds ``explicit``/``implicit``)
-    over raw ``episode`` turns; the best preferences are always among the candidates.
+    over raw ``episode`` turns, raised to ``advice_preference_weight`` when the query asks for
+    advice or recommendations (where personal preferences matter most); the best
+    preferences are always among the candidates.
     ``dedupe_sources``: drop a hit whose source turns are all covered by better hits.
     Defaults were chosen on the dev data (PrefEval surfacing, LoCoMo recall) in round steps.
     """
@@ -56,7 +58,8 @@ class RetrievalConfig(BaseModel):
     bm25_weight: float = Field(default=0.4, ge=0.0)
     recency_weight: float = Field(default=0.1, ge=0.0)
     entity_weight: float = Field(default=0.2, ge=0.0)
-    preference_weight: float = Field(default=0.2, ge=0.0)
+    preference_weight: float = Field(default=0.1, ge=0.0)
+    advice_preference_weight: float = Field(default=0.8, ge=0.0)
     recency_half_life_days: float = Field(default=180.0, gt=0.0)
     candidates: int = Field(default=100, ge=1, le=1000)
     rrf_k: float = Field(default=60.0, gt=0.0)

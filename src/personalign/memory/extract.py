@@ -118,12 +118,42 @@ CUES: dict[str, re.Pattern[str]] = {
 CUE_NAMES: tuple[str, ...] = (*CUES, "length")
 
 _CHANGE_RE = re.compile(
-    r"\b(i(?:'ve| have)? stopped|no longer|not anymore|n't any ?more|i(?:'ve| have)? switched|"
+    r"\b(i(?:'ve| have)? stopped|no longer|any ?more|i(?:'ve| have)? switched|"
     r"i(?:'ve| have)? changed my mind|i used to|actually,? (?:now )?i(?:'d)? prefer|"
-    r"(?:these days|nowadays|now) i(?:'d)? (?:prefer|like|love|go|am|'m|eat|use)|"
-    r"from now on|i(?:'ve| have) (?:given up|quit|gone|become|started))\b",
+    r"these days|nowadays|from now on|i(?:'ve| have)? (?:given up|quit|cut out|cancell?ed|sold)|"
+    r"i(?:'ve| have) (?:gone|become|started)|"
+    r"(?:i|i'm|i've|my)\b[^.?!]*\bnow\b|\bnow,? (?:i|my)\b)",
     re.I,
 )
+SELF_PREF_RE = re.compile(
+    r"\b(i|i'm|i am|i'd|i've|my|we)\b[^?]*\b(prefer\w*|love|like|enjoy|hate|dislike|"
+    r"vegetarian|vegan|allergic|intolerant|avoid|fan of|favou?rite|can't stand|don't eat)\b",
+    re.I,
+)
+"""A first-person sentence with a preference word anywhere ("I'm a vegetarian, and ...")."""
+_STATES_PREF_RE = re.compile(
+    r"^(?:(?:actually|also|and|but|well|oh|so|honestly),? )*"
+    r"(?:(?:i|we)(?: really| also| generally| usually| always| absolutely| do| much| totally|"
+    r" mostly| only)? (?:prefer|love|like|enjoy|hate|dislike|avoid|can't stand|cannot stand|"
+    r"don't like|do not like|don't eat|never eat|eat|drink|follow|keep)\b"
+    r"|i(?:'m| am) (?:a |an |really |also |very |strictly )?(?:vegetarian|vegan|allergic|"
+    r"intolerant|lactose|gluten|pescatarian|big fan|huge fan|fan|not a fan|into)\b"
+    r"|my (?:favou?rite|preferred)\b)",
+    re.I,
+)
+_REACTION_RE = re.compile(
+    r"^(?:\w+,? )*(?:i|we)(?: really| also)? (?:like|love|enjoy|prefer|hate) (?:that|this|it|"
+    r"these|those|the idea|your|how|what|the way|the (?:first|second|third|last)|option)\b",
+    re.I,
+)
+
+
+def states_preference(sentence: str) -> bool:
+    """Whether a sentence *opens* with a first-person preference ("I prefer ...", "I'm vegan",
+    "My favourite ..."), excluding reactions ("I love that idea") and questions."""
+    s = sentence.strip()
+    return bool(_STATES_PREF_RE.search(s)) and not _REACTION_RE.search(s) and not s.endswith("?")
+
 
 _CHOICE_RE = re.compile(
     r"\b(i'?ll (?:go with|take|choose|pick|try|opt for|get|have|go for)|"
@@ -337,8 +367,8 @@ def offered_options(assistant_text: str) -> list[str]:
         return [p.strip() for p in inline[1:] if p.strip()]
     parts: list[str] = []
     for sent in split_sentences(assistant_text):
-        if not re.search(r"\bor\b", sent, re.I):
-            continue
+        if not re.search(r"\bor\b", sent, re.I) or sent.rstrip().endswith("?"):
+            continue  # a clarifying question ("Do you mean A or B?") offers no options
         pieces = re.split(r",\s*(?:or\s+|and\s+)?|;\s*|\s+or\s+", sent)
         pieces = [p.strip(" .") for p in pieces if len(content_words(p)) >= 2]
         if len(pieces) >= 2:
@@ -348,7 +378,8 @@ def offered_options(assistant_text: str) -> list[str]:
 
 def pick_option(user_text: str, options: Sequence[str]) -> tuple[int, str] | None:
     """Which option the user picked: an ordinal ("the second one", "option 3"), else the option
-    sharing the most content words with the user's first sentence. ``None`` when unclear."""
+    sharing the most (at least 2) content words with the user's first sentence. ``None`` when
+    unclear."""
     low = user_text.lower()
     m = re.search(r"\boption (\d)\b", low)
     if m and 1 <= int(m.group(1)) <= len(options):
@@ -365,7 +396,7 @@ def pick_option(user_text: str, options: Sequence[str]) -> tuple[int, str] | Non
     words = content_words(first[0]) if first else set()
     scores = [len(words & content_words(o)) for o in options]
     best = max(range(len(options)), key=lambda i: scores[i])
-    if scores[best] == 0 or scores.count(scores[best]) > 1:
+    if scores[best] < 2 or scores.count(scores[best]) > 1:
         return None
     return best, "overlap"
 
@@ -378,9 +409,11 @@ def pick_option(user_text: str, options: Sequence[str]) -> tuple[int, str] | Non
 class EmbeddedExtractor:
     """Offline extractor: sentence classifier + choice rule (see the module docstring).
 
-    ``threshold`` overrides the artifact's decision threshold on P(preference). A sentence with
-    a change cue ("I stopped ...") and P >= ``change_threshold`` becomes a *tentative*
-    candidate, which reconciliation keeps only if it changes an active preference.
+    ``threshold`` overrides the artifact's decision threshold on P(preference); a sentence that
+    opens with a first-person preference (:func:`states_preference`) needs only
+    ``cue_threshold``. A sentence with a change cue ("I stopped ...") and
+    P >= ``change_threshold`` becomes a *tentative* candidate, which reconciliation keeps only
+    if it changes an active preference.
     """
 
     name = "embedded"
@@ -391,6 +424,7 @@ class EmbeddedExtractor:
         classifier: SentenceClassifier | None = None,
         *,
         threshold: float | None = None,
+        cue_threshold: float = 0.4,
         change_threshold: float = 0.1,
     ) -> None:
         self.embedder = embedder
@@ -402,6 +436,7 @@ class EmbeddedExtractor:
                 "(scripts/train_extractor.py --embedder ...) or use LLMExtractor"
             )
         self.threshold = self.classifier.threshold if threshold is None else threshold
+        self.cue_threshold = min(cue_threshold, self.threshold)
         self.change_threshold = change_threshold
         self.topics = TopicTagger(embedder)
 
@@ -428,7 +463,7 @@ class EmbeddedExtractor:
             if choice is not None:
                 out.append(choice)
                 continue
-            keep = [j for j in idx if probs[j] >= self.threshold]
+            keep = [j for j in idx if self._keep(texts[j], float(probs[j]))]
             tentative = not keep
             if tentative:
                 keep = [
@@ -440,8 +475,9 @@ class EmbeddedExtractor:
             p = float(max(probs[j] for j in keep))
             vec = vectors[keep].mean(axis=0, keepdims=True)
             why = (
-                f"embedded classifier: {len(keep)} of {len(idx)} sentences with "
-                f"P(preference) >= {self.threshold:.2f} (max {p:.2f})"
+                f"embedded classifier: {len(keep)} of {len(idx)} sentences kept, max "
+                f"P(preference) {p:.2f} (threshold {self.threshold:.2f}, "
+                f"{self.cue_threshold:.2f} for a sentence opening with a preference)"
                 if not tentative
                 else f"embedded classifier: change cue with P(preference) {p:.2f} below "
                 f"{self.threshold:.2f} (tentative)"
@@ -459,6 +495,12 @@ class EmbeddedExtractor:
                 )
             )
         return out
+
+    def _keep(self, sentence: str, p: float) -> bool:
+        """Whether a sentence with P(preference) ``p`` states a preference."""
+        if p >= self.threshold:
+            return True
+        return p >= self.cue_threshold and states_preference(sentence)
 
     def _choice(
         self,

@@ -11,9 +11,11 @@
    said is lost. An episode whose turn produced a merge (no preference row written) is added
    with a ``reason`` naming the merge, so every decision reaches the event log.
 
-Episode text is the turn, prefixed with ``"<speaker>: "`` when ``speakers`` names one (multi-party
-chats), followed by ``"\\n(in reply to: ...)"`` with up to ``context_chars`` of the previous
-message, so that short answers ("Yes, last Sunday!") stay findable by what they answer.
+Episode text is the turn, prefixed with ``"<speaker>: "`` when ``speakers`` names one
+(multi-party chats), followed by ``"\\n(in reply to <speaker>: ...)"`` with up to
+``context_chars`` of the previous message when that is another user turn, so that short
+answers ("Yes, last Sunday!") stay findable by what they answer. Assistant replies are not
+used as context: they are long, and matching them would surface the assistant's words.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def episode_text(
     m = msgs[i]
     name = speakers.get(m.id or "")
     text = f"{name}: {m.content.strip()}" if name else m.content.strip()
-    if context_chars > 0 and i > 0 and msgs[i - 1].role != "system":
+    if context_chars > 0 and i > 0 and msgs[i - 1].role == "user":
         prev = msgs[i - 1]
         prev_name = speakers.get(prev.id or "") or prev.role
         ctx = " ".join(prev.content.split())

@@ -9,7 +9,8 @@ active preferences (``explicit``/``implicit``, not episodes) and returns one
   says it, and the turn itself is kept as an episode whose add event names the merge (see
   :mod:`personalign.memory.ingest`), so the decision still reaches the event log.
 * ``supersede`` — the candidate changes an active preference: a change cue ("I stopped",
-  "no longer", "actually now I prefer") and cosine >= ``change_cosine`` on the same topic, or a
+  "no longer", "actually now I prefer") and cosine >= ``change_cosine`` (the most similar
+  one; topic tags are noisy, so a shared topic only breaks near-ties), or a
   contradiction (cosine >= ``contradiction_cosine`` with opposite polarity). Applied with
   ``store.update(old_id, new, reason=...)``: the old version stays in history, its validity
   ending where the new one's begins.
@@ -46,7 +47,7 @@ class ReconcileConfig(BaseModel):
 
     duplicate_cosine: float = Field(default=0.9, ge=0.0, le=1.0)
     change_cosine: float = Field(default=0.45, ge=0.0, le=1.0)
-    contradiction_cosine: float = Field(default=0.8, ge=0.0, le=1.0)
+    contradiction_cosine: float = Field(default=0.75, ge=0.0, le=1.0)
     neighbours: int = Field(default=5, ge=1, le=50)
 
 
@@ -101,14 +102,11 @@ def decide(
                 cos,
             )
     if candidate.change:
-        same_topic = [
-            (c, r)
-            for c, r in scored
-            if c >= cfg.change_cosine
-            and (not candidate.topic or r.topic in (None, candidate.topic))
-        ]
-        if same_topic:
-            cos, rec = same_topic[0]
+        close = [(c, r) for c, r in scored if c >= cfg.change_cosine]
+        if close:  # the same slot: the most similar; a shared topic breaks near-ties
+            cos, rec = max(
+                close, key=lambda t: t[0] + (0.05 if t[1].topic == candidate.topic else 0)
+            )
             return Decision(
                 "supersede",
                 candidate,

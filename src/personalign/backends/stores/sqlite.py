@@ -101,6 +101,13 @@ _STOPWORD_LIST = (
 )
 _STOPWORDS = frozenset(_STOPWORD_LIST.split())
 _ENTITY_TAG = re.compile(r"^(?:speaker|entity):(.+)$")
+ADVICE_RE = re.compile(
+    r"\b(recommend\w*|suggest\w*|advice|advise|tips?|ideas?|options?|should i|what should|"
+    r"help me (?:choose|pick|plan|find|decide)|which (?:one|is better)|good (?:place|way)s?|"
+    r"best (?:way|place)s?|plan(?:ning)?|what (?:are|is) (?:some|a) (?:good|great|nice))\b",
+    re.I,
+)
+"""A query that asks for advice or recommendations, where preferences weigh more."""
 
 
 def _fts_query(text: str, drop: frozenset[str] = frozenset()) -> str | None:
@@ -460,6 +467,12 @@ class SQLiteStore(MemoryStore):
             "entity": entity,
             "preference": preference,
         }
+        if preference and ADVICE_RE.search(query):
+            cfg = cfg.model_copy(
+                update={
+                    "preference_weight": max(cfg.preference_weight, cfg.advice_preference_weight)
+                }
+            )
         fused = FUSIONS[cfg.fusion](signals, len(rowids), cfg)
         ranked = sorted(range(len(rowids)), key=lambda i: fused[i], reverse=True)
         order: list[int] = []

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +19,7 @@ import numpy as np
 
 from personalign.backends.embedders import Embedder
 from personalign.memory.extract import (
+    SELF_PREF_RE,
     SentenceClassifier,
     content_words,
     cue_features,
@@ -37,11 +37,6 @@ _VARIANT_DIRS: dict[Variant, str] = {
 }
 Split = Literal["train", "filler"]
 SEED = 20250101
-_SELF_PREF_RE = re.compile(
-    r"\b(i|i'm|i am|i'd|i've|my|we)\b[^?]*\b(prefer\w*|love|like|enjoy|hate|dislike|"
-    r"vegetarian|vegan|allergic|intolerant|avoid|fan of|favou?rite|can't stand|don't eat)\b",
-    re.I,
-)
 
 # Hand-written seed sentences that widen the classifier beyond PrefEval's phrasing: short,
 # everyday first-person preferences (positive) and reactions, requests and facts that look
@@ -283,7 +278,7 @@ def training_sentences(data_dir: Path, train_topics: Sequence[str]) -> tuple[lis
     the seed positives. Negative: the other persona-conversation sentences, PrefEval
     questions and choice requests, the seed negatives, and MT-Bench user sentences, except
     those where the user says something about themselves with a preference word
-    (``_SELF_PREF_RE``: "I'm a vegetarian", "I prefer Windows"): those are real preferences,
+    (``SELF_PREF_RE``: "I'm a vegetarian", "I prefer Windows"): those are real preferences,
     so they are left out rather than taught as negatives.
     """
     texts: list[str] = []
@@ -313,7 +308,7 @@ def training_sentences(data_dir: Path, train_topics: Sequence[str]) -> tuple[lis
     for dialogue in mtbench_dialogues(data_dir, "train"):
         for user, _ in dialogue:
             for sent in split_sentences(user):
-                if not _SELF_PREF_RE.search(sent):  # a real preference in chat: unlabelled
+                if not SELF_PREF_RE.search(sent):  # a real preference in chat: unlabelled
                     add(sent, 0)
     return texts, np.asarray(labels, dtype=np.float64)
 
