@@ -29,7 +29,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from personalign.backends.embedders import load_embedder
+from personalign.backends.embedders import Embedder, MiniLMEmbedder, load_embedder
 from personalign.config import load_settings
 from personalign.eval.bench import emit, parser, percentile
 from personalign.safety import datasets as D
@@ -94,13 +94,23 @@ def main() -> None:
     p.add_argument("--embedder", default="minilm", help="must match the artifact's embedder")
     p.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)
     p.add_argument("--latency-samples", type=int, default=300)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="onnxruntime threads for MiniLM (1: lowest single-text latency on a busy 2-core box)",
+    )
     args = p.parse_args()
     data: Path = args.data
     console = Console(stderr=args.json)
 
     _, meta = load_artifact(args.artifact)
     train_keys = set(str(meta.get("train_keys", "")).split())
-    embedder = load_embedder(args.embedder, load_settings().cache_dir)
+    embedder: Embedder
+    if args.embedder == "minilm":
+        embedder = MiniLMEmbedder(load_settings().cache_dir, num_threads=args.threads)
+    else:
+        embedder = load_embedder(args.embedder, load_settings().cache_dir)
     boundary = load_boundary(embedder, artifact=args.artifact)
 
     dna_harm, _ = D.load_donotanswer(data)
@@ -173,6 +183,8 @@ def main() -> None:
     res = detector.detect([s.text for s in inj_held]) if inj_held else []
     figures["injection_detection_rate"] = rate([r.flagged for r in res])
     figures["n_injection_heldout"] = len(inj_held)
+    inj_verdicts = run_checks(boundary, [s.text for s in inj_held]) if inj_held else []
+    figures["injection_refused_as_harmful_rate"] = rate([v.refused for v in inj_verdicts])
     by_inj: dict[str, list[bool]] = defaultdict(list)
     for s, r in zip(inj_held, res, strict=True):
         by_inj[s.source.replace("/", "_")].append(r.flagged)
@@ -199,6 +211,7 @@ def main() -> None:
     figures["admission_p95_ms"] = round(percentile(times, 95), 3)
     figures["batch_throughput_texts_per_s"] = round(throughput, 1)
     figures["embedder"] = embedder.name
+    figures["embedder_threads"] = args.threads if args.embedder == "minilm" else 0
     figures["policy_version"] = boundary.policy.version
     figures["heldout_protocol"] = (
         "split by source (held out: SimpleSafetyTests, XSTest, PrefEval, edgy odd half) and by "

@@ -60,6 +60,15 @@ def harm_training_set(data: Path, seed: int) -> tuple[list[D.Example], list[str]
     examples += _some_templates(D.load_chat_turns(data), 2, rng)
     examples += D.as_is(D.load_personas(data))
     examples += D.as_is(edgy_train) + _some_templates(edgy_train, 2, rng)
+    # Prompt injections are flagged, not refused (unless they also ask for harm): the
+    # CyberSecEval attacks of the training variants count as benign for the harm model.
+    samples = D.load_injections(data)
+    test = D.injection_test_variants(samples)
+    examples += D.as_is(
+        D.Request(x.text, D.BENIGN, "cyberseceval")
+        for x in samples
+        if x.source == "cyberseceval" and not D.is_injection_test(x, test)
+    )
     keys = sorted({D.text_key(e.request) for e in examples})
     return examples, keys
 

@@ -171,6 +171,9 @@ def test_artifact_roundtrip(tmp_path: Path) -> None:
     save_artifact(path, {"harm": model}, {"seed": 0})
     models, meta = load_artifact(path)
     assert meta["seed"] == 0
+    again = tmp_path / "b.npz"
+    save_artifact(again, {"harm": _toy_model(emb)}, {"seed": 0})
+    assert again.read_bytes() == path.read_bytes()  # same data and seed: same bytes
     x = emb.embed(["bomb attack"])
     assert np.allclose(models["harm"].predict_proba(x), model.predict_proba(x), atol=1e-2)
 

@@ -23,6 +23,11 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 MAX_TEXTS = 100_000
 
 
+@app.callback()
+def main() -> None:
+    """Check candidate preferences against the safety boundary."""
+
+
 def _read_texts(texts: list[str] | None, file: Path | None) -> list[str]:
     """The texts to check: arguments, then non-blank lines of ``file`` (``-`` for stdin)."""
     items = [t for t in (texts or [])]
@@ -93,4 +98,5 @@ def check(
         if as_json:
             print_json({"text": text, **v.model_dump(mode="json")})
         else:
-            sys.stdout.write(f"{v.summary()}\t{text}\n")
+            one_line = " ".join(text.split())
+            sys.stdout.write(f"{v.summary()}\t{one_line}\n")

@@ -57,10 +57,10 @@ def _texts(texts: Sequence[str]) -> list[str]:
     return out
 
 
-def _admit(checker: str, policy: Policy, score: float = 0.0, category: str = NONE) -> Verdict:
+def _admit(checker: str, policy: Policy, score: float = 0.0) -> Verdict:
     return Verdict(
         admitted=True,
-        category=category if score > 0 else NONE,
+        category=NONE,
         score=float(min(max(score, 0.0), 1.0)),
         reason="no policy category applies",
         checker=checker,
@@ -144,9 +144,7 @@ class ClassifierChecker:
             raise ConfigError("the safety classifier has no 'benign' class")
         self._benign = model.classes.index(BENIGN)
         enabled = {c.name for c in self.policy.enabled()}
-        self._harm_idx = [
-            i for i, c in enumerate(model.classes) if c != BENIGN and c in enabled
-        ]
+        self._harm_idx = [i for i, c in enumerate(model.classes) if c != BENIGN and c in enabled]
 
     def check(self, texts: Sequence[str]) -> list[Verdict]:
         """One verdict per text (one batched embedding call)."""
@@ -180,7 +178,7 @@ class ClassifierChecker:
                     )
                 )
             else:
-                out.append(_admit(self.name, self.policy, score, cat))
+                out.append(_admit(self.name, self.policy, score))
         return out
 
 
@@ -248,9 +246,7 @@ class Boundary:
                     )
         return [v for v in verdicts if v is not None]
 
-    def _shared_vectors(
-        self, items: list[str]
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def _shared_vectors(self, items: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Embed once (texts and, for injection, their sentences) in a single batch.
 
         Returns (text vectors, sentence vectors); ``(None, None)`` without a classifier.

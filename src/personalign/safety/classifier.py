@@ -8,7 +8,9 @@ JSON metadata dict in one ``.npz`` file (float16 weights, a few hundred kB).
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,9 +88,7 @@ def fit(
     if hidden:
         params["w1"] = (rng.standard_normal((d, hidden)) * np.sqrt(2.0 / d)).astype(np.float32)
         params["b1"] = np.zeros(hidden, dtype=np.float32)
-        params["w2"] = (rng.standard_normal((hidden, k)) * np.sqrt(1.0 / hidden)).astype(
-            np.float32
-        )
+        params["w2"] = (rng.standard_normal((hidden, k)) * np.sqrt(1.0 / hidden)).astype(np.float32)
     else:
         params["w2"] = np.zeros((d, k), dtype=np.float32)
     params["b2"] = np.zeros(k, dtype=np.float32)
@@ -139,8 +139,14 @@ def save_artifact(
     payload = {"models": model_meta, **meta}
     arrays["meta"] = np.frombuffer(json.dumps(payload, sort_keys=True).encode("utf-8"), np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as fh:
-        np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+    # A zip with fixed timestamps and sorted members: the same weights give the same bytes.
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+            zf.writestr(info, buf.getvalue())
 
 
 def load_artifact(path: Path) -> tuple[dict[str, EmbeddingClassifier], dict[str, Any]]:

@@ -75,9 +75,7 @@ def build_guard_prompt(text: str, policy: Policy) -> str:
     )
 
 
-def parse_guard_output(
-    output: str, codes: dict[str, str | None]
-) -> tuple[bool, list[str | None]]:
+def parse_guard_output(output: str, codes: dict[str, str | None]) -> tuple[bool, list[str | None]]:
     """Parse a guard answer: (unsafe?, the categories named, in order).
 
     Accepts ``safe``; ``unsafe``; ``unsafe\\nS1,S3``; ``unsafe S2``; any case and stray
@@ -134,7 +132,8 @@ class OpenAIGuardChecker:
         self.policy = policy or load_policy()
         self.prompt_style: PromptStyle = prompt_style
         self.codes = (
-            dict(LLAMA_GUARD_3_MAP) if prompt_style == "llama_guard_3"
+            dict(LLAMA_GUARD_3_MAP)
+            if prompt_style == "llama_guard_3"
             else policy_codes(self.policy)
         )
         if client is None:

@@ -12,9 +12,9 @@ class Verdict(BaseModel):
     """Whether one candidate preference is admitted, and why.
 
     ``score`` is the harm score in [0, 1] (1 - p(benign) for the classifier, 1.0 for a pattern
-    match or a guard model's "unsafe"). ``category`` is a policy category for a refusal, or
-    the most likely harmful category of an admitted text when ``score`` > 0 (``"none"`` when
-    nothing points anywhere). ``flags`` carries extra findings, e.g. ``"injection"``.
+    match or a guard model's "unsafe"). ``category`` is the policy category of a refusal, or
+    ``"none"`` for an admitted text. ``flags`` carries extra findings, e.g. ``"injection"``
+    (admitted but injection-like: store it flagged, render it neutralized).
     """
 
     model_config = ConfigDict(frozen=True)
