@@ -80,9 +80,9 @@ def confusion_table(pairs: list[tuple[str, str]], title: str) -> Table:
     preds = ["admitted", *sorted({p for _, p in pairs if p != "admitted"})]
     counts = Counter(pairs)
     table = Table(title=title, title_justify="left")
-    table.add_column("gold \\ decision")
+    table.add_column("gold \\ decision", no_wrap=True)
     for p in preds:
-        table.add_column(p[:10], justify="right")
+        table.add_column(p[:8], justify="right", no_wrap=True)
     for g in golds:
         table.add_row(g, *[str(counts.get((g, p), 0) or ".") for p in preds])
     return table
@@ -102,7 +102,7 @@ def main() -> None:
     )
     args = p.parse_args()
     data: Path = args.data
-    console = Console(stderr=args.json)
+    console = Console(stderr=args.json, width=max(160, Console().width))
 
     _, meta = load_artifact(args.artifact)
     train_keys = set(str(meta.get("train_keys", "")).split())
