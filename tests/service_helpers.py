@@ -13,8 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from personalign.config import load_settings
-from personalign.memory import open_memory
-from personalign.pipeline import Personalizer
+from personalign.pipeline import Personalizer, open_guarded_memory
 from personalign.service.app import create_app
 from personalign.service.keys import KeyStore
 from personalign.testing import CueExtractor, FakeLM, HashingEmbedder
@@ -38,7 +37,8 @@ class LiveServer:
 def live_server(home: Path) -> Iterator[LiveServer]:
     settings = load_settings(home=home, embedder="hashing")
     personalizer = Personalizer(
-        open_memory(settings, HashingEmbedder(), extractor=CueExtractor()), FakeLM(name="fake-lm")
+        open_guarded_memory(settings, HashingEmbedder(), extractor=CueExtractor()),
+        FakeLM(name="fake-lm"),
     )
     keys = KeyStore(home / "keys.db")
     _, admin = keys.create(scope="admin", name="tests")

@@ -8,8 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from personalign.config import load_settings
-from personalign.memory import open_memory
-from personalign.pipeline import Personalizer
+from personalign.pipeline import Personalizer, open_guarded_memory
 from personalign.service.app import create_app
 from personalign.service.keys import KeyStore
 from personalign.testing import CueExtractor, FakeLM, HashingEmbedder
@@ -21,7 +20,7 @@ USERS = ["u1", "u2", "u3"]
 def env(tmp_path_factory):
     home = tmp_path_factory.mktemp("props")
     personalizer = Personalizer(
-        open_memory(
+        open_guarded_memory(
             load_settings(home=home, embedder="hashing"),
             HashingEmbedder(),
             extractor=CueExtractor(),

@@ -275,3 +275,13 @@ def test_profile_weights_have_history(store):
             store.set_profile(bad, user="alice")
     store.erase_user(user="alice")
     assert store.profile_history(user="alice") == []
+
+
+def test_record_event_without_a_memory(store):
+    store.record_event(user="alice", action="refuse", reason="weapons", payload={"text": "x"})
+    (e,) = store.events(user="alice")
+    assert (e.action, e.actor, e.reason, e.record_id) == ("refuse", "system", "weapons", None)
+    assert e.payload == {"text": "x"}
+    assert store.has_user(user="alice")
+    store.erase_user(user="alice")
+    assert store.events(user="alice") == []

@@ -20,7 +20,8 @@ from personalign.backends.models.base import GenerationOptions, LanguageModel
 from personalign.config import Settings, load_settings
 from personalign.errors import ValidationError
 from personalign.generation.prompt import build_messages
-from personalign.memory import Memory, open_memory
+from personalign.backends.stores import open_store
+from personalign.memory import Memory
 from personalign.types import (
     Exchange,
     Message,
@@ -34,12 +35,47 @@ from personalign.types import (
 
 if TYPE_CHECKING:
     from personalign.backends.embedders import Embedder
-    from personalign.memory.extract import TopicTagger
+    from personalign.memory.extract import Extractor, TopicTagger
+    from personalign.safety.checkers import Checker
 
 log = logging.getLogger(__name__)
 
 Method = Literal["plain", "prompt"]
 METHODS: tuple[Method, ...] = ("plain", "prompt")
+
+REFUSAL = (
+    "I can't help with that. It falls outside what I can assist with, whatever the "
+    "preferences on record say."
+)
+
+
+def open_guarded_memory(
+    settings: Settings | None = None,
+    embedder: Embedder | None = None,
+    *,
+    extractor: Extractor | None = None,
+    checker: Checker | None = None,
+) -> Memory:
+    """The memory every front end uses: its store wrapped so that every write passes the
+    safety boundary (:class:`~personalign.safety.admission.GuardedStore`).
+
+    ``checker`` defaults to :func:`~personalign.safety.load_boundary` over the embedder
+    (patterns only with the hashing test embedder, whose vectors the classifier can't read).
+    """
+    from personalign.backends.embedders import load_embedder
+    from personalign.safety import load_boundary
+    from personalign.safety.admission import GuardedStore
+
+    settings = settings or load_settings()
+    embedder = embedder or load_embedder(settings.embedder, settings.cache_dir)
+    if checker is None:
+        checker = load_boundary(embedder if settings.embedder == "minilm" else None)
+    if extractor is None and settings.embedder == "hashing":
+        from personalign.testing import CueExtractor
+
+        extractor = CueExtractor()  # the embedded extractor needs MiniLM vectors
+    store = GuardedStore(open_store(settings, embedder), checker)
+    return Memory(store, settings, extractor)
 
 
 @dataclass(frozen=True)
@@ -101,9 +137,13 @@ def _used(hits: Sequence[SearchHit]) -> list[UsedPreference]:
 class Personalizer:
     """Personalized chat for many users over one memory and one language model."""
 
-    def __init__(self, memory: Memory, model: LanguageModel) -> None:
+    def __init__(
+        self, memory: Memory, model: LanguageModel, *, checker: Checker | None = None
+    ) -> None:
+        """``checker`` screens each request; by default the memory's own boundary."""
         self.memory = memory
         self.model = model
+        self.checker = checker or getattr(memory.store, "checker", None)
         self._ingest = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
         self._pending: set[Future[object]] = set()
         self._lock = threading.Lock()
@@ -119,7 +159,7 @@ class Personalizer:
     ) -> Personalizer:
         """Open memory and model as ``settings`` (default: :func:`load_settings`) say."""
         settings = settings or load_settings()
-        memory = open_memory(settings, embedder)
+        memory = open_guarded_memory(settings, embedder)
         if model is None:
             from personalign.backends.models import load_model
 
@@ -187,6 +227,11 @@ class Personalizer:
         history = _as_history(message)
         t0 = time.perf_counter()
         messages, hits, retrieval_ms = self.prepare(history, user=user, options=options)
+        refusal = self.screen(history, user=user)
+        if refusal is not None:
+            return self._finish(
+                history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal
+            )
         gen = self.model.generate(messages, options=options.generation)
         return self._finish(history, messages, hits, gen.text, user, options, t0, retrieval_ms)
 
@@ -203,13 +248,20 @@ class Personalizer:
         history = _as_history(message)
         t0 = time.perf_counter()
         messages, hits, retrieval_ms = self.prepare(history, user=user, options=options)
-        parts: list[str] = []
-        for delta in self.model.stream(messages, options=options.generation):
-            parts.append(delta)
-            yield delta
-        reply = self._finish(
-            history, messages, hits, "".join(parts), user, options, t0, retrieval_ms
-        )
+        refusal = self.screen(history, user=user)
+        if refusal is not None:
+            yield REFUSAL
+            reply = self._finish(
+                history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal
+            )
+        else:
+            parts: list[str] = []
+            for delta in self.model.stream(messages, options=options.generation):
+                parts.append(delta)
+                yield delta
+            reply = self._finish(
+                history, messages, hits, "".join(parts), user, options, t0, retrieval_ms
+            )
         if on_done is not None:
             on_done(reply)
 
@@ -223,6 +275,7 @@ class Personalizer:
         options: PersonalizeOptions,
         t0: float,
         retrieval_ms: float,
+        refusal: dict[str, object] | None = None,
     ) -> Reply:
         exchange = Exchange(
             id=new_id(),
@@ -231,7 +284,7 @@ class Personalizer:
             messages=messages,
             response=text,
             model=self.model.name,
-            method=options.method,
+            method="refused" if refusal else options.method,
             options={
                 "k": options.k,
                 "min_score": options.min_score,
@@ -240,12 +293,29 @@ class Personalizer:
             preferences=_used(hits),
             latency_ms=(time.perf_counter() - t0) * 1000,
             retrieval_ms=retrieval_ms,
+            meta={"refusal": refusal} if refusal else {},
         )
         self.memory.store.log_exchange(exchange, user=user)
-        if options.ingest:
+        if options.ingest and not refusal:
             # the turn before gives context: options the assistant offered, a question asked
             self._ingest_later(history[-2:], user=user)
         return Reply(text=text, exchange=exchange)
+
+    def screen(self, history: Sequence[Message], *, user: str) -> dict[str, object] | None:
+        """Check the user's latest message with the boundary, whatever their preferences say.
+        Returns the refusal (category, reason) or None when the request may be answered."""
+        if self.checker is None:
+            return None
+        verdict = self.checker.check([history[-1].content])[0]
+        if verdict.admitted:
+            return None
+        self.memory.store.record_event(
+            user=user,
+            action="refuse_request",
+            reason=f"{verdict.category}: {verdict.reason}",
+            payload={"text": history[-1].content},
+        )
+        return {"category": verdict.category, "reason": verdict.reason}
 
     # -- background ingestion ------------------------------------------------------------
 

@@ -118,6 +118,21 @@ class Preference(BaseModel):
     def active(self) -> bool:
         return self.superseded_at is None and self.valid_to is None
 
+    def revised(self, text: str) -> PreferenceIn:
+        """A new version with ``text`` and this version's other fields (flags are not
+        carried over: they describe the old text)."""
+        return PreferenceIn(
+            text=text,
+            kind=self.kind,
+            topic=self.topic,
+            dimension=self.dimension,
+            tags=self.tags,
+            strength=self.strength,
+            source=self.source,
+            source_turn_ids=self.source_turn_ids,
+            meta=self.meta,
+        )
+
 
 class SearchHit(BaseModel):
     """A search result.

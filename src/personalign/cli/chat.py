@@ -187,10 +187,10 @@ def logs(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The user's logged exchanges: prompt, answer, model, method, preferences, latency."""
-    from personalign.memory import open_memory
+    from personalign.pipeline import open_guarded_memory
 
     with errors():
-        mem = open_memory(state.settings())
+        mem = open_guarded_memory(state.settings())
         try:
             mem.require_user(user=user)
             xs = mem.store.exchanges(user=user, limit=limit)

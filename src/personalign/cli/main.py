@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from personalign import __version__
-from personalign.cli import chat, memory, service
+from personalign.cli import boundary, chat, memory, service
 from personalign.cli._common import state
 from personalign.cli.eval import eval_command
 
@@ -27,6 +27,9 @@ app.command()(chat.ask)
 app.command()(chat.logs)
 app.command()(service.serve)
 app.add_typer(service.keys_app, name="keys")
+app.add_typer(
+    boundary.app, name="boundary", help="Check texts against the universal-values boundary."
+)
 
 
 def _version(value: bool) -> None:

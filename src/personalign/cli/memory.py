@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from personalign.cli._common import errors, out, print_json, state
-from personalign.memory import Memory, open_memory
+from personalign.memory import Memory
 from personalign.types import Preference, PreferenceIn
 
 app = typer.Typer(no_args_is_help=True)
@@ -25,7 +25,9 @@ KindOpt = Literal["explicit", "implicit"]
 @contextmanager
 def _memory(user: str | None = None, *, must_exist: bool = True) -> Iterator[Memory]:
     with errors():
-        mem = open_memory(state.settings())
+        from personalign.pipeline import open_guarded_memory
+
+        mem = open_guarded_memory(state.settings())
         try:
             if user is not None and must_exist:
                 mem.require_user(user=user)

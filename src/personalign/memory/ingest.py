@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from personalign.backends.stores import MemoryStore
+from personalign.errors import RefusedError
 from personalign.memory.extract import Candidate, Extractor
 from personalign.memory.reconcile import Action, ReconcileConfig, apply, decide
 from personalign.types import Message, Preference, PreferenceIn, check_user
@@ -121,7 +122,13 @@ def add_messages(
     merges: dict[str, list[str]] = {}
     for cand in candidates:
         decision = decide(store, cand, user=user, config=config)
-        record = apply(store, decision, user=user, source=f"{source}:{extractor.name}")
+        try:
+            record = apply(store, decision, user=user, source=f"{source}:{extractor.name}")
+        except RefusedError as e:  # the boundary recorded the refusal; keep going
+            result.decisions.append(
+                IngestDecision("skip", f"refused by the boundary: {e}", cand, None, None)
+            )
+            continue
         result.decisions.append(
             IngestDecision(decision.action, decision.reason, cand, record, decision.target)
         )
@@ -146,11 +153,27 @@ def add_messages(
         )
         if tid in merges:
             reason = f"{EPISODE_REASON}; " + "; ".join(merges[tid])
-            result.episodes.append(store.add(pin, user=user, actor="extractor", reason=reason))
+            _add_episodes(store, [pin], user=user, reason=reason, into=result)
         else:
             plain.append(pin)
-    if plain:
-        result.episodes.extend(
-            store.add_many(plain, user=user, actor="extractor", reason=EPISODE_REASON)
-        )
+    _add_episodes(store, plain, user=user, reason=EPISODE_REASON, into=result)
     return result
+
+
+def _add_episodes(
+    store: MemoryStore, pins: list[PreferenceIn], *, user: str, reason: str, into: IngestResult
+) -> None:
+    """Store raw turns in one batch; if the boundary refuses one, store the others one by one
+    (a refused turn stays out of searchable memory; its refusal is in the event log)."""
+    if not pins:
+        return
+    try:
+        into.episodes.extend(store.add_many(pins, user=user, actor="extractor", reason=reason))
+        return
+    except RefusedError:
+        pass
+    for pin in pins:
+        try:
+            into.episodes.append(store.add(pin, user=user, actor="extractor", reason=reason))
+        except RefusedError as e:
+            into.notes.append(f"episode refused by the boundary: {e}")

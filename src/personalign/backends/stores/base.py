@@ -122,6 +122,18 @@ class MemoryStore(abc.ABC):
         """Every version of the memory ``record_id`` belongs to, oldest first."""
 
     @abc.abstractmethod
+    def record_event(
+        self,
+        *,
+        user: str,
+        action: str,
+        actor: str = "system",
+        reason: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> None:
+        """Append an event that changes no memory (a refusal, say) to the user's log."""
+
+    @abc.abstractmethod
     def events(self, *, user: str, limit: int | None = None) -> Events:
         """The user's event log, oldest first."""
 

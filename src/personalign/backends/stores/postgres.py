@@ -524,17 +524,7 @@ class PostgresStore(MemoryStore):
         _check_id(record_id)
         old = self.get(record_id, user=user)
         if isinstance(new, str):
-            pin = PreferenceIn(
-                text=new,
-                kind=old.kind,
-                topic=old.topic,
-                dimension=old.dimension,
-                tags=old.tags,
-                strength=old.strength,
-                source=old.source,
-                source_turn_ids=old.source_turn_ids,
-                meta=old.meta,
-            )
+            pin = old.revised(new)
         else:
             pin = new
         pin = _coerce(pin)
@@ -697,6 +687,34 @@ class PostgresStore(MemoryStore):
         if row is None:
             raise NotFoundError(f"no exchange {exchange_id} for user {user!r}")
         return Exchange.model_validate_json(row["body"])
+
+    def record_event(
+        self,
+        *,
+        user: str,
+        action: str,
+        actor: str = "system",
+        reason: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> None:
+        check_user(user)
+        now = utcnow()
+        with self._tx() as conn:
+            self._ensure_user(conn, user, now)
+            self._events(
+                conn,
+                [
+                    self._event_row(
+                        user=user,
+                        action=action,
+                        record_id=None,
+                        actor=actor,
+                        reason=reason,
+                        payload=payload or {},
+                        at=now,
+                    )
+                ],
+            )
 
     def set_profile(
         self,

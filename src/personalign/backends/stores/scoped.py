@@ -126,6 +126,19 @@ class ScopedStore(MemoryStore):
     def history(self, record_id: str, *, user: str) -> Records:
         return self.inner.history(record_id, user=self._u(user))
 
+    def record_event(
+        self,
+        *,
+        user: str,
+        action: str,
+        actor: str = "system",
+        reason: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> None:
+        self.inner.record_event(
+            user=self._u(user), action=action, actor=actor, reason=reason, payload=payload
+        )
+
     def events(self, *, user: str, limit: int | None = None) -> Events:
         return self.inner.events(user=self._u(user), limit=limit)
 

@@ -104,7 +104,8 @@ _ENTITY_TAG = re.compile(r"^(?:speaker|entity):(.+)$")
 ADVICE_RE = re.compile(
     r"\b(recommend\w*|suggest\w*|advice|advise|tips?|ideas?|options?|should i|what should|"
     r"help me (?:choose|pick|plan|find|decide)|which (?:one|is better)|good (?:place|way)s?|"
-    r"best (?:way|place)s?|plan(?:ning)?|what (?:are|is) (?:some|a) (?:good|great|nice))\b",
+    r"best (?:way|place)s?|plan(?:ning)?|what (?:are|is) (?:some|a) (?:good|great|nice)|"
+    r"what are some|for me|would you|any (?:good|recommendations|suggestions))\b",
     re.I,
 )
 """A query that asks for advice or recommendations, where preferences weigh more."""
@@ -517,17 +518,7 @@ class SQLiteStore(MemoryStore):
         _check_id(record_id)
         old = self.get(record_id, user=user)
         if isinstance(new, str):
-            pin = PreferenceIn(
-                text=new,
-                kind=old.kind,
-                topic=old.topic,
-                dimension=old.dimension,
-                tags=old.tags,
-                strength=old.strength,
-                source=old.source,
-                source_turn_ids=old.source_turn_ids,
-                meta=old.meta,
-            )
+            pin = old.revised(new)
         else:
             pin = new
         pin = _coerce(pin)
@@ -597,6 +588,32 @@ class SQLiteStore(MemoryStore):
             (user, rec.root_id),
         )
         return [_row_to_pref(r) for r in rows]
+
+    def record_event(
+        self,
+        *,
+        user: str,
+        action: str,
+        actor: str = "system",
+        reason: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> None:
+        check_user(user)
+        now = utcnow()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO users (user_id, created_at) VALUES (?, ?)", (user, _ts(now))
+            )
+            self._event(
+                conn,
+                user=user,
+                action=action,
+                record_id=None,
+                actor=actor,
+                reason=reason,
+                payload=payload or {},
+                at=now,
+            )
 
     def events(self, *, user: str, limit: int | None = None) -> Events:
         check_user(user)
