@@ -21,7 +21,7 @@ from personalign.backends.models.base import GenerationOptions
 from personalign.config import load_settings
 from personalign.eval.bench import emit, parser, percentile
 from personalign.memory import open_memory
-from personalign.pipeline import Personalizer, PersonalizeOptions
+from personalign.pipeline import PersonalizeOptions, Personalizer
 from personalign.types import Message, PreferenceIn
 
 

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             for d in result.decisions:
                 console.print(
-                    f"  [green]{d.action}[/] {d.record.text!r}  [dim]({d.reason})[/]",
+                    f"  [green]{d.action}[/] {d.candidate.text!r}  [dim]({d.reason})[/]",
                     highlight=False,
                 )
         gen = GenerationOptions(max_new_tokens=args.max_tokens)

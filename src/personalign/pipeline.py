@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from personalign.backends.models.base import GenerationOptions, LanguageModel
+from personalign.backends.stores import open_store
 from personalign.config import Settings, load_settings
 from personalign.errors import ValidationError
 from personalign.generation.prompt import build_messages
-from personalign.backends.stores import open_store
 from personalign.memory import Memory
 from personalign.types import (
     Exchange,

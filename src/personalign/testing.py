@@ -9,8 +9,8 @@ import hashlib
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 

@@ -523,10 +523,7 @@ class PostgresStore(MemoryStore):
         check_user(user)
         _check_id(record_id)
         old = self.get(record_id, user=user)
-        if isinstance(new, str):
-            pin = old.revised(new)
-        else:
-            pin = new
+        pin = old.revised(new) if isinstance(new, str) else new
         pin = _coerce(pin)
         vector = self._embed([pin.text])[0]
         now = utcnow()
