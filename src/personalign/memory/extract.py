@@ -148,6 +148,22 @@ _REACTION_RE = re.compile(
 )
 
 
+_NOT_USER_RE = re.compile(
+    r"^(?:(?:but|and|also|so|well),? )*(?:"
+    r"(?:i've|i have|i) (?:heard|read|seen)|(?:they|people|some people|experts) (?:say|said)|"
+    r"(?:one of )?my (?:friends?|wife|husband|partner|son|daughter|kids?|children|mom|mother|"
+    r"dad|father|parents?|brother|sister|boss|colleagues?|guests?|students?|clients?|"
+    r"customers?|team|family|roommates?)\b|one of (?:my|our|the) )",
+    re.I,
+)
+
+
+def not_about_user(sentence: str) -> bool:
+    """Whether a sentence reports hearsay ("I've heard that ...") or someone else's trait
+    ("My guest is lactose intolerant"): not a preference of the user."""
+    return bool(_NOT_USER_RE.search(sentence.strip()))
+
+
 def states_preference(sentence: str) -> bool:
     """Whether a sentence *opens* with a first-person preference ("I prefer ...", "I'm vegan",
     "My favourite ..."), excluding reactions ("I love that idea") and questions."""
@@ -424,7 +440,7 @@ class EmbeddedExtractor:
         classifier: SentenceClassifier | None = None,
         *,
         threshold: float | None = None,
-        cue_threshold: float = 0.4,
+        cue_threshold: float = 0.5,
         change_threshold: float = 0.1,
     ) -> None:
         self.embedder = embedder
@@ -497,7 +513,9 @@ class EmbeddedExtractor:
         return out
 
     def _keep(self, sentence: str, p: float) -> bool:
-        """Whether a sentence with P(preference) ``p`` states a preference."""
+        """Whether a sentence with P(preference) ``p`` states a preference of the user."""
+        if not_about_user(sentence):
+            return False
         if p >= self.threshold:
             return True
         return p >= self.cue_threshold and states_preference(sentence)

@@ -14,6 +14,9 @@ active preferences (``explicit``/``implicit``, not episodes) and returns one
   contradiction (cosine >= ``contradiction_cosine`` with opposite polarity). Applied with
   ``store.update(old_id, new, reason=...)``: the old version stays in history, its validity
   ending where the new one's begins.
+  When no active preference matches a change, an earlier raw turn (episode) that stated
+  the old preference is *promoted*: stored as a preference from its own turn and time, then
+  superseded, so a preference the extractor missed at the time still shows in history.
 * ``add`` — anything else confident enough.
 * ``skip`` — a *tentative* candidate (a change cue the extractor was not sure about) with
   nothing to change: not stored, so ordinary chatter does not become memory.
@@ -41,6 +44,8 @@ _NEG_RE = re.compile(
     re.I,
 )
 
+_FIRST_PERSON = re.compile(r"^(?:\w+,? ){0,2}(?:i|i'm|i've|i'd|my|we|we're)\b", re.I)
+
 
 class ReconcileConfig(BaseModel):
     """Thresholds on the dense cosine between a candidate and an active preference."""
@@ -48,6 +53,8 @@ class ReconcileConfig(BaseModel):
     duplicate_cosine: float = Field(default=0.9, ge=0.0, le=1.0)
     change_cosine: float = Field(default=0.45, ge=0.0, le=1.0)
     contradiction_cosine: float = Field(default=0.75, ge=0.0, le=1.0)
+    promote_cosine: float = Field(default=0.6, ge=0.0, le=1.0)
+    promote_confidence: float = Field(default=0.1, ge=0.0, le=1.0)
     neighbours: int = Field(default=5, ge=1, le=50)
 
 
@@ -61,6 +68,9 @@ class Decision:
     reason: str
     target: Preference | None = None
     cosine: float | None = None
+    promote: Preference | None = None
+    """For a supersede with no active preference: the earlier episode that stated the old
+    preference, stored as a preference first (then superseded), so history shows it."""
 
 
 def polarity(text: str) -> int:
@@ -125,6 +135,20 @@ def decide(
                 rec,
                 cos,
             )
+    if candidate.change and candidate.confidence >= cfg.promote_confidence:
+        episode = _earlier_episode(store, candidate, user=user, cfg=cfg)
+        if episode is not None:
+            cos, ep = episode
+            return Decision(
+                "supersede",
+                candidate,
+                f"change of preference: no active preference matches, but earlier turn "
+                f"{ep.source_turn_ids} said it (episode {ep.id}, cosine {cos:.2f}); that "
+                "statement is kept as the superseded version",
+                None,
+                cos,
+                promote=ep,
+            )
     if candidate.tentative:
         return Decision(
             "skip",
@@ -133,6 +157,30 @@ def decide(
             "active preference",
         )
     return Decision("add", candidate, "new preference: no active preference says this")
+
+
+def _earlier_episode(
+    store: MemoryStore, candidate: Candidate, *, user: str, cfg: ReconcileConfig
+) -> tuple[float, Preference] | None:
+    """The most similar earlier raw turn (not one of the candidate's own) with a first-person
+    statement (not a question), when its cosine reaches ``promote_cosine``. The change cue of
+    the new turn is the evidence that the old statement was a preference."""
+    from personalign.memory.extract import split_sentences
+
+    if not store.has_user(user=user):
+        return None
+    hits = store.search(candidate.text, user=user, k=cfg.neighbours, kinds=["episode"])
+    own = set(candidate.source_turn_ids)
+    for h in sorted(hits, key=lambda h: -float(h.signals.get("dense", 0.0))):
+        cos = float(h.signals.get("dense", 0.0))
+        text = str(h.record.meta.get("turn_text", h.record.text))
+        if cos < cfg.promote_cosine:
+            break
+        if own.isdisjoint(h.record.source_turn_ids) and any(
+            _FIRST_PERSON.search(x) and not x.rstrip().endswith("?") for x in split_sentences(text)
+        ):
+            return cos, h.record
+    return None
 
 
 def to_preference_in(candidate: Candidate, *, source: str) -> PreferenceIn:
@@ -157,7 +205,24 @@ def apply(
     if decision.action == "add":
         return store.add(pin, user=user, actor=actor, reason=reason)
     if decision.action == "supersede":
-        if decision.target is None:
-            raise ValueError("a supersede decision needs a target")
-        return store.update(decision.target.id, pin, user=user, actor=actor, reason=reason)
+        target = decision.target
+        if target is None and decision.promote is not None:
+            ep = decision.promote
+            target = store.add(
+                PreferenceIn(
+                    text=str(ep.meta.get("turn_text", ep.text)),
+                    kind="explicit",
+                    topic=decision.candidate.topic,
+                    source=source,
+                    source_turn_ids=list(ep.source_turn_ids),
+                    valid_from=ep.valid_from,
+                    meta={"promoted_from_episode": ep.id},
+                ),
+                user=user,
+                actor=actor,
+                reason=f"promote: episode {ep.id} stated the preference that a later turn changes",
+            )
+        if target is None:
+            raise ValueError("a supersede decision needs a target or an episode to promote")
+        return store.update(target.id, pin, user=user, actor=actor, reason=reason)
     return None

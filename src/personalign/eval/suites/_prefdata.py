@@ -103,6 +103,7 @@ SEED_POSITIVES: tuple[str, ...] = (
     "I like detailed explanations with sources.",
     "I prefer video calls to phone calls.",
 )
+SEED_REPEATS = 3
 SEED_NEGATIVES: tuple[str, ...] = (
     "I love that idea!",
     "I like this answer, thanks.",
@@ -301,10 +302,11 @@ def training_sentences(data_dir: Path, train_topics: Sequence[str]) -> tuple[lis
             for turn in item["conversation"].values():
                 for sent in split_sentences(turn["user"]):
                     add(sent, 1 if sent == gold else 0)
-    for t in SEED_POSITIVES:
-        add(t, 1)
-    for t in SEED_NEGATIVES:
-        add(t, 0)
+    for _ in range(SEED_REPEATS):  # few but varied: repeated so they weigh against PrefEval's
+        for t in SEED_POSITIVES:
+            add(t, 1)
+        for t in SEED_NEGATIVES:
+            add(t, 0)
     for dialogue in mtbench_dialogues(data_dir, "train"):
         for user, _ in dialogue:
             for sent in split_sentences(user):
