@@ -224,3 +224,12 @@ def test_real_classifier_separates_preferences_from_requests(tmp_path) -> None: 
     msgs += [Message(role="user", content=t, id=f"c{i}") for i, t in enumerate(chat)]
     found = {tid for c in ex.extract(msgs) for tid in c.source_turn_ids}
     assert found == {"p0", "p1", "p2"}
+
+
+def test_hearsay_and_other_people_are_not_the_users_preferences() -> None:
+    from personalign.memory.extract import not_about_user
+
+    assert not_about_user("I've heard that keto is the fastest diet.")
+    assert not_about_user("One of my guests is lactose intolerant.")
+    assert not_about_user("My wife prefers tea.")
+    assert not not_about_user("I prefer tea.") and not not_about_user("My favorite tea is green.")

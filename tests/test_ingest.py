@@ -75,6 +75,14 @@ def test_speakers_and_reply_context(store) -> None:  # type: ignore[no-untyped-d
     assert second.text.startswith("Bo: Yes, last Sunday!")
     assert "(in reply to Ann: Did you go to the concert?)" in second.text
     assert second.tags == ["speaker:bo"] and second.meta["turn_text"] == "Yes, last Sunday!"
+    r2 = add_messages(
+        store,
+        [Message(role="user", content="I like jazz", id="D2:1")],
+        user="u",
+        extractor=ListExtractor(),
+        speakers={"D2:1": "Ann"},
+    )
+    assert r2.records("add")[0].tags == ["speaker:ann"]  # whose preference it is
     hits = store.search("What did Bo say?", user="u", k=2)
     assert "entity" in hits[0].matched and hits[0].record.tags == ["speaker:bo"]
 

@@ -87,3 +87,28 @@ def test_episodes_are_not_reconciled_against(store) -> None:  # type: ignore[no-
 def test_config_validates(bad: float) -> None:
     with pytest.raises(ValueError):
         ReconcileConfig(duplicate_cosine=bad)
+
+
+def test_change_promotes_an_earlier_episode_into_history(store) -> None:  # type: ignore[no-untyped-def]
+    from personalign.types import PreferenceIn
+
+    ep = store.add(
+        PreferenceIn(text="I drink coffee every morning", kind="episode", source_turn_ids=["t0"]),
+        user="alice",
+    )
+    d = decide(
+        store,
+        cand("I don't drink coffee every morning anymore", change=True, tentative=True),
+        user="alice",
+        config=ReconcileConfig(promote_cosine=0.5),
+    )
+    assert d.action == "supersede" and d.promote is not None and d.promote.id == ep.id
+    new = apply(store, d, user="alice", source="s")
+    assert new is not None
+    versions = store.history(new.id, user="alice")
+    assert [v.text for v in versions] == [
+        "I drink coffee every morning",
+        "I don't drink coffee every morning anymore",
+    ]
+    assert versions[0].source_turn_ids == ["t0"] and not versions[0].active
+    assert versions[0].meta["promoted_from_episode"] == ep.id

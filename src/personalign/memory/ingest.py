@@ -123,7 +123,14 @@ def add_messages(
     for cand in candidates:
         decision = decide(store, cand, user=user, config=config)
         try:
-            record = apply(store, decision, user=user, source=f"{source}:{extractor.name}")
+            speaker = names.get(cand.source_turn_ids[-1]) if cand.source_turn_ids else None
+            record = apply(
+                store,
+                decision,
+                user=user,
+                source=f"{source}:{extractor.name}",
+                tags=[f"speaker:{speaker.lower()}"] if speaker else None,
+            )
         except RefusedError as e:  # the boundary recorded the refusal; keep going
             result.decisions.append(
                 IngestDecision("skip", f"refused by the boundary: {e}", cand, None, None)

@@ -197,11 +197,20 @@ def to_preference_in(candidate: Candidate, *, source: str) -> PreferenceIn:
 
 
 def apply(
-    store: MemoryStore, decision: Decision, *, user: str, source: str, actor: str = "extractor"
+    store: MemoryStore,
+    decision: Decision,
+    *,
+    user: str,
+    source: str,
+    actor: str = "extractor",
+    tags: list[str] | None = None,
 ) -> Preference | None:
-    """Carry out ``decision``; return the written record (``None`` for merge and skip)."""
+    """Carry out ``decision``; return the written record (``None`` for merge and skip).
+    ``tags`` are added to the written record (e.g. ``speaker:<name>``)."""
     reason = f"{decision.action}: {decision.reason} [extracted: {decision.candidate.reason}]"
     pin = to_preference_in(decision.candidate, source=source)
+    if tags:
+        pin = pin.model_copy(update={"tags": [*pin.tags, *tags]})
     if decision.action == "add":
         return store.add(pin, user=user, actor=actor, reason=reason)
     if decision.action == "supersede":
