@@ -1,0 +1,250 @@
+"""PrefEval tasks shared by ``benchmarks/prefeval_mcq.py``, ``benchmarks/decoding.py``,
+``benchmarks/reward_model.py`` and ``scripts/train_reward_model.py``.
+
+* MCQ items with their options shuffled by a fixed seed (the data lists the compliant option
+  first) and cross-validation folds by topic.
+* The memory step of the PrefEval protocol: the preference is stored among 100 unrelated
+  MT-Bench-101 user turns (episodes) in a SQLite memory, retrieved for the question as the
+  pipeline does (top ``k``, dense score >= ``min_score``), and rendered into the system prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from personalign.backends.embedders import Embedder
+from personalign.generation.prompt import build_messages
+from personalign.types import Message, PreferenceIn
+
+SEED = 20250611
+FILLER_TURNS = 100
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"missing {path}: pass the evaluation data folder with --data")
+    return path
+
+
+def topics(data_dir: Path) -> list[str]:
+    """PrefEval topics with MCQ options under ``data_dir``, sorted."""
+    folder = _require(data_dir / "prefeval" / "mcq_options")
+    return sorted(p.stem for p in folder.glob("*.json"))
+
+
+def cv_folds(names: Sequence[str], n_folds: int = 4) -> list[list[str]]:
+    """``n_folds`` disjoint folds of the sorted topics (fold ``i`` takes every n-th from i)."""
+    ordered = sorted(names)
+    return [ordered[i::n_folds] for i in range(n_folds)]
+
+
+@dataclass(frozen=True)
+class McqItem:
+    """One PrefEval MCQ question; ``options`` are shuffled, ``answer`` indexes the compliant."""
+
+    topic: str
+    index: int
+    preference: str
+    question: str
+    options: tuple[str, ...]
+    answer: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.topic}/{self.index}"
+
+
+def load_mcq(data_dir: Path, names: Sequence[str] | None = None, seed: int = SEED) -> list[McqItem]:
+    """MCQ items of ``names`` (default: every topic), options shuffled with ``seed``."""
+    items: list[McqItem] = []
+    for topic in names if names is not None else topics(data_dir):
+        path = _require(data_dir / "prefeval" / "mcq_options" / f"{topic}.json")
+        for i, raw in enumerate(json.loads(path.read_text())):
+            options = list(raw["classification_task_options"])
+            order = list(range(len(options)))
+            random.Random(f"{seed}:{topic}:{i}").shuffle(order)
+            items.append(
+                McqItem(
+                    topic=topic,
+                    index=i,
+                    preference=raw["preference"],
+                    question=raw["question"],
+                    options=tuple(options[j] for j in order),
+                    answer=order.index(0),
+                )
+            )
+    return items
+
+
+def load_choice_items(data_dir: Path, topic: str) -> list[dict[str, Any]]:
+    """The implicit choice-based items of ``topic`` (options with the ``aligned_op``)."""
+    folder = data_dir / "prefeval" / "implicit_preference" / "choice-based"
+    path = folder / f"{topic}.json"
+    if not path.is_file():
+        return []
+    items: list[dict[str, Any]] = json.loads(path.read_text())
+    return items
+
+
+def filler_turns(data_dir: Path) -> list[str]:
+    """Every user turn of MT-Bench-101 (the unrelated turns between preference and question)."""
+    path = _require(data_dir / "mt-bench-101" / "mtbench101.jsonl")
+    turns: list[str] = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            turns += [t["user"] for t in json.loads(line)["history"] if t["user"].strip()]
+    return turns
+
+
+def mtbench_first_turns(data_dir: Path) -> list[str]:
+    """The first user turn of each MT-Bench-101 dialogue."""
+    path = _require(data_dir / "mt-bench-101" / "mtbench101.jsonl")
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            out.append(json.loads(line)["history"][0]["user"])
+    return out
+
+
+class CachingEmbedder:
+    """Remembers each text's vector: the filler turns repeat across users."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.name: str = inner.name
+        self.dim: int = inner.dim
+        self._cache: dict[str, np.ndarray] = {}
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """``(len(texts), dim)`` unit rows; only unseen texts reach the inner embedder."""
+        items = list(texts)
+        missing = list(dict.fromkeys(t for t in items if t not in self._cache))
+        if missing:
+            for t, v in zip(missing, self.inner.embed(missing), strict=True):
+                self._cache[t] = v
+        if not items:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return np.stack([self._cache[t] for t in items])
+
+
+def render_block(texts: Sequence[str]) -> str:
+    """The memory block as the pipeline renders it (the safety renderer when installed)."""
+    try:
+        from personalign.safety.render import render_memories_block
+    except ImportError:
+        lines = "\n".join(f"- {json.dumps(t, ensure_ascii=False)}" for t in texts)
+        return f"<user_memories>\n{lines}\n</user_memories>"
+    from datetime import UTC, datetime
+
+    from personalign.types import Preference
+
+    now = datetime.now(UTC)
+    records = [
+        Preference(
+            id=f"m{i}",
+            user_id="bench",
+            text=t,
+            kind="explicit",
+            valid_from=now,
+            recorded_at=now,
+            root_id=f"m{i}",
+        )
+        for i, t in enumerate(texts)
+    ]
+    return render_memories_block(records)
+
+
+@dataclass(frozen=True)
+class Contexts:
+    """The plain and the personal conversation for one question, and what memory gave."""
+
+    plain: list[Message]
+    personal: list[Message]
+    retrieved: list[str]
+
+
+class MemoryHarness:
+    """The PrefEval memory step on a temporary SQLite memory (one user per question)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        embedder: Embedder,
+        *,
+        fillers: int = FILLER_TURNS,
+        k: int = 5,
+        min_score: float = 0.2,
+        seed: int = SEED,
+    ) -> None:
+        from personalign.backends.stores.sqlite import SQLiteStore
+        from personalign.config import Settings
+
+        self._dir = tempfile.TemporaryDirectory(prefix="personalign-bench-")
+        self.embedder = CachingEmbedder(embedder)
+        self.store = SQLiteStore(Path(self._dir.name) / "memory.db", self.embedder)
+        self.retrieval = Settings(home=Path(self._dir.name)).retrieval
+        self.pool = filler_turns(data_dir)
+        self.fillers, self.k, self.min_score, self.seed = fillers, k, min_score, seed
+
+    def contexts(self, key: str, preference: str, question: str) -> Contexts:
+        """Store ``preference`` then the filler turns for a fresh user, retrieve for
+        ``question``; return the plain and the personal conversation."""
+        user = "u" + "".join(c if c.isalnum() else "_" for c in key)
+        rng = random.Random(f"{self.seed}:{key}")
+        turns = rng.sample(self.pool, self.fillers)
+        items = [PreferenceIn(text=preference, kind="explicit")]
+        items += [PreferenceIn(text=t[:3900], kind="episode") for t in turns]
+        if not self.store.has_user(user=user):
+            self.store.add_many(items, user=user)
+        hits = self.store.search(question, user=user, k=self.k, config=self.retrieval)
+        kept = [h for h in hits if h.signals.get("dense", 1.0) >= self.min_score]
+        kept.sort(key=lambda h: h.record.kind == "episode")
+        texts = [h.record.text for h in kept]
+        history = [Message(role="user", content=question)]
+        block = render_block(texts) if texts else None
+        return Contexts(build_messages(history, None), build_messages(history, block), texts)
+
+    def close(self) -> None:
+        self.store.close()
+        self._dir.cleanup()
+
+
+RewardItem = tuple[str, str, list[str]]
+"""(preference, prompt, options): the first option respects the preference, the rest do not."""
+
+
+def reward_items(
+    data_dir: Path, names: Sequence[str], *, hard_negatives: bool = True
+) -> list[RewardItem]:
+    """Training groups for the reward model from the topics ``names``.
+
+    MCQ: the compliant option and the three violating ones. Choice-based: the aligned option
+    and the other three. Hard negatives (ours): for each MCQ item, the compliant option
+    followed by a violating one (a reply that also recommends something the user avoids)
+    against the compliant option alone.
+    """
+    items: list[RewardItem] = []
+    for topic in names:
+        path = _require(data_dir / "prefeval" / "mcq_options" / f"{topic}.json")
+        for raw in json.loads(path.read_text()):
+            good, *bad = raw["classification_task_options"]
+            items.append((raw["preference"], raw["question"], [good, *bad]))
+            if hard_negatives and bad:
+                items.append(
+                    (raw["preference"], raw["question"], [good, f"{good} {bad[0]}", *bad[1:]])
+                )
+        for raw in load_choice_items(data_dir, topic):
+            options = list(raw["options"])
+            if raw.get("aligned_op") in options and len(options) == 4:
+                aligned = options.index(raw["aligned_op"])
+                rest = [o for i, o in enumerate(options) if i != aligned]
+                items.append((raw["preference"], raw["implicit_query"], [options[aligned], *rest]))
+    return [it for it in items if len(it[2]) == 4]
