@@ -138,7 +138,13 @@ _STATES_PREF_RE = re.compile(
     r"don't like|do not like|don't eat|never eat|eat|drink|follow|keep)\b"
     r"|i(?:'m| am) (?:a |an |really |also |very |strictly )?(?:vegetarian|vegan|allergic|"
     r"intolerant|lactose|gluten|pescatarian|big fan|huge fan|fan|not a fan|into)\b"
-    r"|my (?:favou?rite|preferred)\b)",
+    r"|my (?:favou?rite|preferred)\b"
+    r"|(?:i|we) (?:really |absolutely |strongly )?(?:detest|loathe|adore|learn best|"
+    r"steer clear|exclusively|only (?:eat|use|buy|wear|watch|read|drink|travel))\b"
+    r"|i(?:'m| am) (?:strongly |very )?averse\b"
+    r"|(?:i|we) (?:have|get) (?:a |an )?(?:very |extremely |really |strong |deep |severe |"
+    r"real )*(?:aversion|preference|fear|phobia|allerg\w*|intolerance|anxious|uncomfortable|"
+    r"motion sickness)\b)",
     re.I,
 )
 _REACTION_RE = re.compile(

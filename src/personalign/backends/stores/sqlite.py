@@ -105,7 +105,9 @@ ADVICE_RE = re.compile(
     r"\b(recommend\w*|suggest\w*|advice|advise|tips?|ideas?|options?|should i|what should|"
     r"help me (?:choose|pick|plan|find|decide)|which (?:one|is better)|good (?:place|way)s?|"
     r"best (?:way|place)s?|plan(?:ning)?|what (?:are|is) (?:some|a) (?:good|great|nice)|"
-    r"what are some|for me|would you|any (?:good|recommendations|suggestions))\b",
+    r"what are some|for me|would you|any (?:good|recommendations|suggestions)|"
+    r"how (?:can|should|do) i|i should|where can i|what'?s the best|the best \w+ for|"
+    r"recc?omm?end\w*)\b",
     re.I,
 )
 """A query that asks for advice or recommendations, where preferences weigh more."""
