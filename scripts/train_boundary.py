@@ -78,7 +78,8 @@ def injection_training_set(data: Path) -> tuple[list[str], list[str], list[str]]
     samples = D.load_injections(data)
     test = D.injection_test_variants(samples)
     pos = [
-        s.text for s in samples
+        s.text
+        for s in samples
         if not D.is_injection_test(s, test) and not s.source.startswith("bipia_in_email")
     ]
     emails = D.load_benign_content(data)
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--embedder", default="minilm")
     ap.add_argument(
-        "--cache-dir", type=Path,
+        "--cache-dir",
+        type=Path,
         default=Path(os.environ.get("PERSONALIGN_HOME", Path.home() / ".cache" / "personalign"))
         / "cache",
     )
@@ -177,8 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     x = _embed(embedder, [e.text for e in examples])
     classes = ["benign", *D.GOLD_CATEGORIES]
     harm = fit(
-        x, labels, classes, l2=1e-4, epochs=500, lr=0.05,
-        sample_weight=_balanced(labels, "benign"), seed=args.seed,
+        x,
+        labels,
+        classes,
+        l2=1e-4,
+        epochs=500,
+        lr=0.05,
+        sample_weight=_balanced(labels, "benign"),
+        seed=args.seed,
     )
     harm.meta = {"embedder": embedder.name}
 
@@ -187,8 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     inj_labels = ["inj"] * len(pos) + ["ok"] * len(neg)
     xi = _embed(embedder, pos + neg)
     inj = fit(
-        xi, inj_labels, ["ok", "inj"], l2=1e-4, epochs=500, lr=0.05,
-        sample_weight=_balanced(inj_labels, "ok"), seed=args.seed,
+        xi,
+        inj_labels,
+        ["ok", "inj"],
+        l2=1e-4,
+        epochs=500,
+        lr=0.05,
+        sample_weight=_balanced(inj_labels, "ok"),
+        seed=args.seed,
     )
     inj.meta = {"embedder": embedder.name}
 
