@@ -285,3 +285,81 @@ def test_record_event_without_a_memory(store):
     assert store.has_user(user="alice")
     store.erase_user(user="alice")
     assert store.events(user="alice") == []
+
+
+# -- feedback -----------------------------------------------------------------------------
+
+
+def test_feedback_is_linked_ordered_exported_and_erased(store):
+    from personalign.types import FeedbackIn
+
+    x = _exchange("alice", "how do I boil an egg?")
+    store.log_exchange(x, user="alice")
+    good = store.add_feedback(
+        FeedbackIn(kind="rating", scale="thumbs", value=1, exchange_id=x.id, source="cli"),
+        user="alice",
+    )
+    pair = store.add_feedback(
+        FeedbackIn(kind="pairwise", prompt="egg?", chosen="Boil 7 min.", rejected="Well..."),
+        user="alice",
+    )
+    crit = store.add_feedback(
+        FeedbackIn(kind="critique", text="Too long.", exchange_id=x.id), user="alice"
+    )
+    assert good.user_id == "alice" and good.id and good.at.tzinfo is not None
+    assert store.feedback(user="alice") == [good, pair, crit]
+    assert store.feedback(user="alice", limit=2) == [pair, crit]
+    assert store.feedback(user="bob") == []
+    assert [e.action for e in store.events(user="alice")].count("feedback") == 3
+    # linked to the user's own exchanges only
+    with pytest.raises(NotFoundError):
+        store.add_feedback(FeedbackIn(kind="critique", text="no", exchange_id=x.id), user="bob")
+    with pytest.raises(NotFoundError):
+        store.add_feedback(
+            FeedbackIn(kind="critique", text="no", exchange_id="b" * 32), user="alice"
+        )
+    assert len(store.export(user="alice")["feedback"]) == 3
+    store.add_feedback(FeedbackIn(kind="override", weights={"warmth": 0.7}), user="bob")
+    assert store.erase_user(user="alice") > 0
+    assert store.feedback(user="alice") == []
+    assert [f.kind for f in store.feedback(user="bob")] == ["override"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"kind": "rating", "scale": "thumbs", "value": 3, "response": "r"},
+        {"kind": "rating", "scale": "stars", "value": 6, "response": "r"},
+        {"kind": "rating", "scale": "stars", "value": 4},
+        {"kind": "pairwise", "chosen": "same", "rejected": "same"},
+        {"kind": "edit", "exchange_id": "a" * 32},
+        {"kind": "critique", "text": "   ", "response": "r"},
+        {"kind": "override", "weights": {"warmth": 2.0}},
+        {"kind": "critique", "text": "x", "exchange_id": "not-hex"},
+    ],
+)
+def test_bad_feedback_rejected(bad):
+    from personalign.types import FeedbackIn
+
+    with pytest.raises(ValidationError):
+        FeedbackIn(**bad)
+
+
+def test_feedback_rows_are_append_only(store):
+    from personalign.types import FeedbackIn
+
+    store.add_feedback(FeedbackIn(kind="override", weights={"warmth": 0.7}), user="alice")
+    if hasattr(store, "_conn"):  # SQLite
+        import sqlite3
+
+        with pytest.raises(sqlite3.IntegrityError):
+            store._conn().execute("UPDATE feedback SET kind = 'rating'")
+        with pytest.raises(sqlite3.IntegrityError):
+            store._conn().execute("DELETE FROM feedback")
+    else:  # PostgreSQL
+        from personalign.errors import BackendError
+
+        for sql in ("UPDATE feedback SET kind = 'rating'", "DELETE FROM feedback"):
+            with pytest.raises(BackendError), store._tx() as conn:
+                conn.execute(sql)
+    assert len(store.feedback(user="alice")) == 1

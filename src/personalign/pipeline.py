@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from personalign.backends.models.base import GenerationOptions, LanguageModel
@@ -35,6 +35,7 @@ from personalign.types import (
 
 if TYPE_CHECKING:
     from personalign.backends.embedders import Embedder
+    from personalign.feedback.adapters import AdapterStore
     from personalign.memory.extract import Extractor, TopicTagger
     from personalign.safety.checkers import Checker
 
@@ -138,11 +139,18 @@ class Personalizer:
     """Personalized chat for many users over one memory and one language model."""
 
     def __init__(
-        self, memory: Memory, model: LanguageModel, *, checker: Checker | None = None
+        self,
+        memory: Memory,
+        model: LanguageModel,
+        *,
+        checker: Checker | None = None,
+        adapters: AdapterStore | None = None,
     ) -> None:
-        """``checker`` screens each request; by default the memory's own boundary."""
+        """``checker`` screens each request; by default the memory's own boundary.
+        ``adapters``: per-user adapters; a user who has one is answered with it."""
         self.memory = memory
         self.model = model
+        self.adapters = adapters
         self.checker = checker or getattr(memory.store, "checker", None)
         self._ingest = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
         self._pending: set[Future[object]] = set()
@@ -164,7 +172,13 @@ class Personalizer:
             from personalign.backends.models import load_model
 
             model = load_model(settings)
-        return cls(memory, model)
+        adapters = None
+        if getattr(model, "adapters", False) is None:  # a local model without an adapter store
+            from personalign.feedback.adapters import AdapterStore
+
+            adapters = AdapterStore.for_home(settings.home)
+            model.adapters = adapters  # type: ignore[attr-defined]
+        return cls(memory, model, adapters=adapters)
 
     # -- the request path ----------------------------------------------------------------
 
@@ -227,6 +241,7 @@ class Personalizer:
         history = _as_history(message)
         t0 = time.perf_counter()
         messages, hits, retrieval_ms = self.prepare(history, user=user, options=options)
+        options = self.with_adapter(options, user=user)
         refusal = self.screen(history, user=user)
         if refusal is not None:
             return self._finish(
@@ -248,6 +263,7 @@ class Personalizer:
         history = _as_history(message)
         t0 = time.perf_counter()
         messages, hits, retrieval_ms = self.prepare(history, user=user, options=options)
+        options = self.with_adapter(options, user=user)
         refusal = self.screen(history, user=user)
         if refusal is not None:
             yield REFUSAL
@@ -293,13 +309,30 @@ class Personalizer:
             preferences=_used(hits),
             latency_ms=(time.perf_counter() - t0) * 1000,
             retrieval_ms=retrieval_ms,
-            meta={"refusal": refusal} if refusal else {},
+            meta={"refusal": refusal} if refusal else self._adapter_meta(options, user),
         )
         self.memory.store.log_exchange(exchange, user=user)
         if options.ingest and not refusal:
             # the turn before gives context: options the assistant offered, a question asked
             self._ingest_later(history[-2:], user=user)
         return Reply(text=text, exchange=exchange)
+
+    def with_adapter(self, options: PersonalizeOptions, *, user: str) -> PersonalizeOptions:
+        """``options`` set to generate with the user's adapter, when they have one (and no
+        adapter was asked for explicitly)."""
+        if self.adapters is None or options.generation.adapter is not None:
+            return options
+        info = self.adapters.latest(user)
+        if info is None:
+            return options
+        return replace(options, generation=replace(options.generation, adapter=info.name))
+
+    def _adapter_meta(self, options: PersonalizeOptions, user: str) -> dict[str, object]:
+        name = options.generation.adapter
+        if name is None:
+            return {}
+        info = self.adapters.latest(user) if self.adapters is not None else None
+        return {"adapter": info.label if info is not None and info.name == name else name}
 
     def screen(self, history: Sequence[Message], *, user: str) -> dict[str, object] | None:
         """Check the user's latest message with the boundary, whatever their preferences say.

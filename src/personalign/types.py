@@ -224,3 +224,100 @@ class Profile(BaseModel):
     uncertainty: dict[str, float] = Field(default_factory=dict)
     source: str = "user"
     reason: str | None = None
+
+
+FeedbackKind = Literal["rating", "pairwise", "edit", "critique", "override"]
+"""``rating``: thumbs (``scale="thumbs"``, value -1 or 1) or stars (``scale="stars"``, 1-5) on
+one reply. ``pairwise``: ``chosen`` was preferred over ``rejected`` (answers to ``prompt``).
+``edit``: ``text`` is the user's corrected version of the reply. ``critique``: ``text`` says
+what was wrong. ``override``: the user set their dimension ``weights`` by hand."""
+FEEDBACK_KINDS: tuple[FeedbackKind, ...] = ("rating", "pairwise", "edit", "critique", "override")
+RatingScale = Literal["thumbs", "stars"]
+
+
+class FeedbackIn(BaseModel):
+    """What a caller supplies to record feedback; fields a ``kind`` needs are checked here.
+
+    ``exchange_id`` links the feedback to the logged exchange it is about (required for
+    ``rating``, ``edit`` and ``critique`` unless ``response`` holds the reply that was judged).
+    ``source`` says where it came from (``cli``, ``chat``, ``api``, ``calibrate``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: FeedbackKind
+    exchange_id: str | None = None
+    value: float | None = None
+    scale: RatingScale | None = None
+    prompt: str | None = None
+    response: str | None = None
+    """The reply judged (``rating``/``edit``/``critique``) when there is no exchange."""
+    chosen: str | None = None
+    rejected: str | None = None
+    text: str | None = None
+    weights: dict[str, float] = Field(default_factory=dict)
+    source: str = "user"
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        self._check()
+
+    def _check(self) -> None:
+        """Raise :class:`ValidationError` unless the fields ``kind`` needs are set and valid."""
+        for name in ("prompt", "response", "chosen", "rejected", "text"):
+            v = getattr(self, name)
+            if v is not None:
+                setattr(self, name, check_text(v, what=f"feedback {name}", max_chars=20_000))
+        if self.exchange_id is not None and not re.match(r"^[0-9a-f]{32}$", self.exchange_id):
+            raise ValidationError(f"bad exchange id {self.exchange_id!r}: expected 32 hex")
+        need_reply = self.exchange_id is None and self.response is None
+        if self.kind == "rating":
+            if self.scale is None or self.value is None:
+                raise ValidationError("a rating needs scale ('thumbs' or 'stars') and value")
+            ok = (
+                self.value in (-1.0, 1.0)
+                if self.scale == "thumbs"
+                else self.value in (1.0, 2.0, 3.0, 4.0, 5.0)
+            )
+            if not ok:
+                allowed = "-1 or 1" if self.scale == "thumbs" else "1, 2, 3, 4 or 5"
+                raise ValidationError(f"a {self.scale} rating is {allowed}, got {self.value!r}")
+            if need_reply:
+                raise ValidationError("a rating needs exchange_id (or the rated response)")
+        elif self.kind == "pairwise":
+            if self.chosen is None or self.rejected is None:
+                raise ValidationError("a pairwise choice needs chosen and rejected")
+            if self.chosen == self.rejected:
+                raise ValidationError("chosen and rejected are the same text")
+        elif self.kind in ("edit", "critique"):
+            if self.text is None:
+                raise ValidationError(f"{self.kind} needs text")
+            if need_reply:
+                raise ValidationError(f"{self.kind} needs exchange_id (or the response)")
+        elif self.kind == "override":
+            self.weights = check_weights(self.weights)
+
+    @property
+    def label(self) -> float | None:
+        """A rating as a probability that the reply beats a typical one: thumbs 0/1, stars
+        ``(value - 1) / 4``; None for other kinds."""
+        if self.kind != "rating" or self.value is None:
+            return None
+        return (self.value + 1.0) / 2.0 if self.scale == "thumbs" else (self.value - 1.0) / 4.0
+
+
+class Feedback(FeedbackIn):
+    """One stored feedback record (append-only; erased only with the user)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    user_id: str
+    at: datetime
+
+    @classmethod
+    def new(cls, fb: FeedbackIn, *, user: str) -> Feedback:
+        """A new record of ``fb`` for ``user``, with a fresh id, recorded now."""
+        fields = fb.model_dump(include=set(FeedbackIn.model_fields))
+        return cls(**fields, id=new_id(), user_id=user, at=utcnow())

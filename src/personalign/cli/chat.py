@@ -26,6 +26,9 @@ HELP = (
     "/memory  list your stored preferences\n"
     "/forget ID  forget one of them\n"
     "/why     which stored preferences shaped the last answer, and how\n"
+    "/good /bad  rate the last answer\n"
+    "/edit TEXT  give the last answer as it should have been\n"
+    "/prefer  show another answer; then /prefer 1 or /prefer 2 says which is better\n"
     "/quit    leave (Ctrl-D too)"
 )
 
@@ -56,8 +59,9 @@ def _options(method: str, max_tokens: int) -> PersonalizeOptions:
 def why_table(reply: Reply) -> Table:
     """The preferences behind a reply, with their fused scores and matching signals."""
     x = reply.exchange
+    adapter = f" adapter={x.meta['adapter']}" if x.meta.get("adapter") else ""
     table = Table(
-        title=f"method={x.method} model={x.model} latency={x.latency_ms:.0f} ms "
+        title=f"method={x.method} model={x.model}{adapter} latency={x.latency_ms:.0f} ms "
         f"(retrieval {x.retrieval_ms:.1f} ms)",
         title_justify="left",
     )
@@ -70,6 +74,10 @@ def why_table(reply: Reply) -> Table:
         table.add_row(p.id, p.kind, p.text, f"{p.score:.4f}", ",".join(p.matched))
     if not x.preferences:
         table.caption = "no stored preference was relevant: the answer is not personalized"
+    if adapter:
+        table.caption = (table.caption or "") + (
+            f"\nanswered with your own adapter {x.meta['adapter']}, trained on your feedback"
+        )
     return table
 
 
@@ -120,6 +128,7 @@ def chat(
         )
         history: list[Message] = []
         last: list[Reply] = []
+        pending: dict[str, str] = {}  # /prefer's alternative answer
         while True:
             try:
                 line = input("you> ").strip() if sys.stdin.isatty() else _read_line()
@@ -129,7 +138,7 @@ def chat(
             if not line:
                 continue
             if line.startswith("/"):
-                if not _command(p, line, user=user, last=last):
+                if not _command(p, line, user=user, last=last, pending=pending):
                     break
                 continue
             history.append(Message(role="user", content=line))
@@ -153,9 +162,21 @@ def _read_line() -> str:
     return line.strip()
 
 
-def _command(p: Personalizer, line: str, *, user: str, last: list[Reply]) -> bool:
+def _command(
+    p: Personalizer,
+    line: str,
+    *,
+    user: str,
+    last: list[Reply],
+    pending: dict[str, str] | None = None,
+) -> bool:
     """Run a slash command; False means leave the chat."""
     cmd, _, arg = line.partition(" ")
+    if cmd in ("/good", "/bad", "/edit", "/prefer"):
+        _feedback(
+            p, cmd, arg.strip(), user=user, last=last, pending={} if pending is None else pending
+        )
+        return True
     if cmd in ("/quit", "/exit"):
         return False
     if cmd == "/help":
@@ -217,3 +238,54 @@ def logs(
             f"{x.latency_ms:.0f}",
         )
     out.print(table)
+
+
+def _feedback(
+    p: Personalizer, cmd: str, arg: str, *, user: str, last: list[Reply], pending: dict[str, str]
+) -> None:
+    """/good, /bad, /edit TEXT, /prefer [1|2] on the last answer."""
+    from personalign.errors import PersonalignError
+    from personalign.feedback import events
+    from personalign.feedback.learn import memory_extractor, record_feedback
+
+    if not last:
+        out.print("no answer yet")
+        return
+    x = last[-1].exchange
+    try:
+        if cmd in ("/good", "/bad"):
+            fb = events.thumbs(cmd == "/good", exchange_id=x.id, source="chat")
+        elif cmd == "/edit":
+            fb = events.edit(arg, exchange_id=x.id, source="chat")
+        elif not arg:  # /prefer: show another answer to choose against
+            import random
+
+            from personalign.backends.models.base import GenerationOptions
+            from personalign.pipeline import PersonalizeOptions
+
+            opts = GenerationOptions(temperature=0.9, seed=random.randrange(1 << 30))
+            opts = p.with_adapter(PersonalizeOptions(generation=opts), user=user).generation
+            gen = p.model.generate(x.messages, options=opts)
+            pending.clear()
+            pending.update({"exchange": x.id, "text": gen.text})
+            out.print("answer 2> " + gen.text, highlight=False, markup=False)
+            out.print("[dim]which is better? /prefer 1 (the first) or /prefer 2[/]")
+            return
+        else:
+            if arg not in ("1", "2") or pending.get("exchange") != x.id:
+                err.print("[bold red]error:[/] /prefer first, then /prefer 1 or /prefer 2")
+                return
+            first, second = x.response, pending.pop("text")
+            chosen, rejected = (first, second) if arg == "1" else (second, first)
+            fb = events.pairwise(chosen, rejected, exchange_id=x.id, source="chat")
+        res = record_feedback(p.memory.store, fb, user=user, extractor=memory_extractor(p.memory))
+    except PersonalignError as e:
+        err.print(f"[bold red]error:[/] {e}")
+        return
+    from personalign.cli.feedback import weights_line
+
+    out.print(f"[dim]recorded {res.feedback.kind}[/]", highlight=False)
+    for text in res.memories:
+        out.print(f"[dim]learned: {text}[/]", highlight=False)
+    if res.profile is not None:
+        out.print(f"[dim]weights: {weights_line(res.profile)}[/]", highlight=False)

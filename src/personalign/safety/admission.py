@@ -18,6 +18,7 @@ from typing import Any
 from personalign.backends.stores.base import (
     Events,
     Exchanges,
+    Feedbacks,
     Hits,
     MemoryStore,
     Names,
@@ -29,7 +30,15 @@ from personalign.errors import RefusedError
 from personalign.safety.checkers import Checker
 from personalign.safety.injection import INJECTION_FLAG
 from personalign.safety.verdict import Verdict
-from personalign.types import Exchange, Kind, Preference, PreferenceIn, Profile
+from personalign.types import (
+    Exchange,
+    Feedback,
+    FeedbackIn,
+    Kind,
+    Preference,
+    PreferenceIn,
+    Profile,
+)
 
 
 def _pin(item: PreferenceIn | str) -> PreferenceIn:
@@ -192,6 +201,14 @@ class GuardedStore(MemoryStore):
 
     def profile_history(self, *, user: str) -> Profiles:
         return self.inner.profile_history(user=user)
+
+    def add_feedback(self, fb: FeedbackIn, *, user: str) -> Feedback:
+        """Stored as given, like exchanges: what it teaches the memory goes through
+        :meth:`add_many`, and so through the boundary."""
+        return self.inner.add_feedback(fb, user=user)
+
+    def feedback(self, *, user: str, limit: int | None = None) -> Feedbacks:
+        return self.inner.feedback(user=user, limit=limit)
 
     def close(self) -> None:
         self.inner.close()

@@ -41,8 +41,8 @@ from personalign.service.schemas import (
     ProfileIn,
     SearchIn,
 )
+from personalign.types import FeedbackIn, PreferenceIn
 from personalign.types import Message as ChatMessage
-from personalign.types import PreferenceIn
 
 MAX_BODY_BYTES = 1_000_000
 
@@ -282,9 +282,39 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
 
     @app.put("/v1/users/{user}/profile", tags=["profile"])
     def set_profile(user: str, body: ProfileIn, p: Auth) -> dict[str, Any]:
-        """Set the user's dimension weights (a new version; older ones stay)."""
-        prof = svc.store(p).set_profile(body.weights, user=user, source="user", reason=body.reason)
+        """Set the user's dimension weights (a new version; older ones stay). The override is
+        kept as feedback, and later estimates from feedback start from it."""
+        from personalign.feedback.learn import set_weights
+
+        _, prof = set_weights(svc.store(p), body.weights, user=user, reason=body.reason)
         return prof.model_dump(mode="json")
+
+    # -- feedback ------------------------------------------------------------------------
+
+    @app.post("/v1/users/{user}/feedback", tags=["feedback"], status_code=201)
+    def add_feedback(user: str, body: FeedbackIn, p: Auth) -> dict[str, Any]:
+        """Record a rating, pairwise choice, edit, critique or override (linked to an exchange
+        by ``exchange_id``) and learn from it: critique and edits reach the memory, choices
+        and ratings re-estimate the weights. Returns the record, the new profile (when the
+        weights changed) and the preferences learned."""
+        from personalign.feedback.learn import memory_extractor, record_feedback
+
+        fb = FeedbackIn(**body.model_dump(exclude={"source"}), source="api")  # checks the kind
+        res = record_feedback(
+            svc.store(p), fb, user=user, extractor=memory_extractor(personalizer.memory)
+        )
+        return {
+            "feedback": res.feedback.model_dump(mode="json"),
+            "profile": res.profile.model_dump(mode="json") if res.profile else None,
+            "learned": res.memories,
+        }
+
+    @app.get("/v1/users/{user}/feedback", tags=["feedback"])
+    def list_feedback(
+        user: str, p: Auth, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+    ) -> list[dict[str, Any]]:
+        """The user's feedback, oldest first (the newest ``limit``)."""
+        return [f.model_dump(mode="json") for f in svc.store(p).feedback(user=user, limit=limit)]
 
     @app.get("/v1/users/{user}/exchanges", tags=["users"])
     def exchanges(

@@ -18,10 +18,11 @@ import shutil
 import sys
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -144,6 +145,14 @@ def ensure_embedded_model(cache_dir: Path, *, quiet: bool = False) -> Path:
     return target
 
 
+class AdapterSource(Protocol):
+    """Where named per-user adapters live (e.g. :class:`personalign.feedback.AdapterStore`)."""
+
+    def adapter_path(self, name: str) -> Path:
+        """The PEFT directory of adapter ``name``'s newest version (NotFoundError if none)."""
+        ...
+
+
 @dataclass
 class _KV:
     """Backend data of a :class:`DecodeState`: the HF cache, attention mask, next positions."""
@@ -166,6 +175,12 @@ class TransformersLM(LanguageModel):
 
     ``dtype`` defaults to bfloat16; ``device`` to CUDA when available, else CPU.
     Generation is batched (left padding) with a KV cache under ``torch.inference_mode()``.
+
+    Per-user LoRA adapters: with ``adapters`` (an :class:`AdapterSource`),
+    ``GenerationOptions.adapter`` names the adapter a request uses; it is loaded with PEFT on
+    first use, kept in an LRU cache of ``max_adapters`` loaded adapters, and swapped in per
+    request (:meth:`activate_adapter`; ``last_swap_ms`` is the latest swap's time). The
+    token-level API (``forward``, ``logprobs``) always runs the base model.
     """
 
     supports_logits = True
@@ -177,6 +192,8 @@ class TransformersLM(LanguageModel):
         dtype: DType = "bfloat16",
         device: str | None = None,
         name: str | None = None,
+        adapters: AdapterSource | None = None,
+        max_adapters: int = 8,
     ) -> None:
         import torch
 
@@ -222,6 +239,15 @@ class TransformersLM(LanguageModel):
         self._pad_id = int(pad) if pad is not None else (min(eos) if eos else 0)
         self._vocab = int(self._model.get_output_embeddings().weight.shape[0])
         self._max_len = int(getattr(self._model.config, "max_position_embeddings", 0) or 1 << 30)
+        if max_adapters < 1:
+            raise ValidationError(f"max_adapters must be >= 1, got {max_adapters}")
+        self.adapters = adapters
+        self.max_adapters = max_adapters
+        self.last_swap_ms = 0.0
+        self._peft: Any = None  # the PeftModel wrapping self._model once an adapter is loaded
+        self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter dir -> PEFT name, LRU
+        self._active: str | None = None
+        self._n_loaded = 0
 
     @classmethod
     def embedded(
@@ -271,6 +297,7 @@ class TransformersLM(LanguageModel):
     def forward(
         self, input_ids: Sequence[Sequence[int]], past: DecodeState | None = None
     ) -> tuple[np.ndarray, DecodeState]:
+        self.activate_adapter(None)
         logits, state = self._prefill(input_ids) if past is None else self._extend(input_ids, past)
         return logits.cpu().numpy(), state
 
@@ -352,11 +379,48 @@ class TransformersLM(LanguageModel):
     # -- generation -------------------------------------------------------------------------
 
     def _check_options(self, options: GenerationOptions) -> None:
-        if options.adapter is not None:
-            # Hook for per-request LoRA adapters: resolve options.adapter in an adapter store.
-            raise BackendError(
-                f"no adapter store configured: cannot apply adapter {options.adapter!r}"
-            )
+        self.activate_adapter(options.adapter)
+
+    def activate_adapter(self, name: str | None) -> float:
+        """Make adapter ``name`` (None: the base model) the one generation uses; return the
+        milliseconds taken (a load from disk on a cache miss, else a switch)."""
+        t0 = time.perf_counter()
+        if name is None:
+            if self._active is not None:
+                self._peft.base_model.disable_adapter_layers()
+                self._active = None
+            return 0.0
+        if self.adapters is None:
+            raise BackendError(f"no adapter store configured: cannot apply adapter {name!r}")
+        path = str(self.adapters.adapter_path(name))
+        key = self._loaded.get(path)
+        if key is None:
+            key = f"adapter{self._n_loaded}"  # PEFT names cannot hold dots; user ids can
+            self._n_loaded += 1
+            try:
+                with _quiet_hf():
+                    if self._peft is None:
+                        from peft import PeftModel
+
+                        self._peft = PeftModel.from_pretrained(self._model, path, adapter_name=key)
+                    else:
+                        self._peft.load_adapter(path, adapter_name=key)
+            except Exception as e:
+                raise ModelNotAvailableError(
+                    f"cannot load adapter {name!r} from {path}: {e}"
+                ) from e
+            self._peft.eval()
+            self._loaded[path] = key
+            self._active = None  # forces the switch below
+        self._loaded.move_to_end(path)
+        if self._active != key:
+            self._peft.set_adapter(key)
+            self._peft.base_model.enable_adapter_layers()
+            self._active = key
+        while len(self._loaded) > self.max_adapters:  # unload the least recently used
+            self._peft.delete_adapter(self._loaded.popitem(last=False)[1])
+        self.last_swap_ms = (time.perf_counter() - t0) * 1000
+        return self.last_swap_ms
 
     def _pick(
         self, logits: torch.Tensor, options: GenerationOptions, gen: torch.Generator
@@ -467,6 +531,7 @@ class TransformersLM(LanguageModel):
     ) -> list[ContinuationScore]:
         import torch
 
+        self.activate_adapter(None)
         prompt = self.encode_chat(messages)
         conts = [self.encode(c) for c in continuations]
         for text, ids in zip(continuations, conts, strict=True):

@@ -16,6 +16,8 @@ from personalign.config import RetrievalConfig
 from personalign.types import (
     Event,
     Exchange,
+    Feedback,
+    FeedbackIn,
     Kind,
     Preference,
     PreferenceIn,
@@ -29,6 +31,7 @@ Hits = list[SearchHit]
 Events = list[Event]
 Exchanges = list[Exchange]
 Profiles = list[Profile]
+Feedbacks = list[Feedback]
 Names = list[str]
 
 
@@ -180,6 +183,16 @@ class MemoryStore(abc.ABC):
     @abc.abstractmethod
     def profile_history(self, *, user: str) -> Profiles:
         """Every version of the user's weights, oldest first."""
+
+    @abc.abstractmethod
+    def add_feedback(self, fb: FeedbackIn, *, user: str) -> Feedback:
+        """Append one feedback record (its ``exchange_id``, if set, must be one of the user's
+        exchanges, else :class:`~personalign.errors.NotFoundError`) and log a ``feedback``
+        event. Feedback is never updated; only :meth:`erase_user` deletes it."""
+
+    @abc.abstractmethod
+    def feedback(self, *, user: str, limit: int | None = None) -> Feedbacks:
+        """The user's feedback, oldest first (the newest ``limit`` if given)."""
 
     def get_profile(self, *, user: str) -> Profile | None:
         """The user's current weights, or None if never set."""

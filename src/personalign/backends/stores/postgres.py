@@ -44,6 +44,7 @@ from personalign.backends.embedders import Embedder
 from personalign.backends.stores.base import (
     Events,
     Exchanges,
+    Feedbacks,
     Hits,
     MemoryStore,
     Names,
@@ -63,6 +64,8 @@ from personalign.errors import (
 from personalign.types import (
     Event,
     Exchange,
+    Feedback,
+    FeedbackIn,
     Kind,
     Preference,
     PreferenceIn,
@@ -107,7 +110,7 @@ _ACTIVE_AT = (
 )
 _ACTIVE_NOW = "superseded_at IS NULL AND valid_to IS NULL"
 _MIGRATION_LOCK = 0x70657273_6D656D  # pg_advisory_xact_lock key for schema migrations
-USER_TABLES = ("memories", "events", "exchanges", "profiles", "users")
+USER_TABLES = ("memories", "events", "exchanges", "profiles", "feedback", "users")
 """Every table holding a user's data; ``erase_user`` deletes from each (users last)."""
 
 
@@ -629,6 +632,7 @@ class PostgresStore(MemoryStore):
             "events": [e.model_dump(mode="json") for e in self.events(user=user)],
             "exchanges": [x.model_dump(mode="json") for x in self.exchanges(user=user)],
             "profile": [p.model_dump(mode="json") for p in self.profile_history(user=user)],
+            "feedback": [f.model_dump(mode="json") for f in self.feedback(user=user)],
         }
 
     def erase_user(self, *, user: str) -> int:
@@ -765,6 +769,51 @@ class PostgresStore(MemoryStore):
                 (user,),
             )
             return [Profile.model_validate(r) for r in rows]
+
+    def add_feedback(self, fb: FeedbackIn, *, user: str) -> Feedback:
+        check_user(user)
+        rec = Feedback.new(fb, user=user)
+        now = rec.at
+        with self._tx() as conn:
+            if (
+                rec.exchange_id is not None
+                and not conn.execute(
+                    "SELECT 1 FROM exchanges WHERE id = %s AND user_id = %s",
+                    (rec.exchange_id, user),
+                ).fetchone()
+            ):
+                raise NotFoundError(f"no exchange {rec.exchange_id} for user {user!r}")
+            self._ensure_user(conn, user, now)
+            conn.execute(
+                "INSERT INTO feedback (id, user_id, at, kind, exchange_id, body) "
+                "VALUES (%s, %s, %s, %s, %s, %s::json)",
+                (rec.id, user, now, rec.kind, rec.exchange_id, rec.model_dump_json()),
+            )
+            self._events(
+                conn,
+                [
+                    self._event_row(
+                        user=user,
+                        action="feedback",
+                        record_id=rec.id,
+                        actor=rec.source,
+                        reason=None,
+                        payload={"kind": rec.kind, "exchange_id": rec.exchange_id},
+                        at=now,
+                    )
+                ],
+            )
+        return rec
+
+    def feedback(self, *, user: str, limit: int | None = None) -> Feedbacks:
+        check_user(user)
+        sql = "SELECT body::text AS body, seq FROM feedback WHERE user_id = %s ORDER BY seq"
+        args: list[Any] = [user]
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql} DESC LIMIT %s) s ORDER BY seq"
+            args.append(int(limit))
+        with self._tx() as conn:
+            return [Feedback.model_validate_json(r["body"]) for r in conn.execute(sql, args)]
 
     def has_user(self, *, user: str) -> bool:
         check_user(user)

@@ -182,4 +182,34 @@ MIGRATIONS: list[tuple[str, str]] = [
             FOR EACH STATEMENT EXECUTE FUNCTION personalign_no_truncate();
         """,
     ),
+    (
+        "0007_feedback",
+        """
+        CREATE TABLE feedback (
+            seq         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id          TEXT NOT NULL UNIQUE,
+            user_id     TEXT NOT NULL,
+            at          TIMESTAMPTZ NOT NULL,
+            kind        TEXT NOT NULL,
+            exchange_id TEXT,
+            body        JSON NOT NULL
+        );
+        CREATE INDEX feedback_user ON feedback (user_id, seq);
+
+        CREATE FUNCTION feedback_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'DELETE' THEN
+                IF personalign_erasing(OLD.user_id) THEN
+                    RETURN OLD;
+                END IF;
+            END IF;
+            RAISE EXCEPTION 'feedback is append-only (only erase_user deletes)';
+        END
+        $$;
+        CREATE TRIGGER feedback_append_only BEFORE UPDATE OR DELETE ON feedback
+            FOR EACH ROW EXECUTE FUNCTION feedback_append_only();
+        CREATE TRIGGER feedback_no_truncate BEFORE TRUNCATE ON feedback
+            FOR EACH STATEMENT EXECUTE FUNCTION personalign_no_truncate();
+        """,
+    ),
 ]

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from personalign.backends.stores.base import (
     Events,
     Exchanges,
+    Feedbacks,
     Hits,
     MemoryStore,
     Names,
@@ -24,7 +25,16 @@ from personalign.backends.stores.base import (
 )
 from personalign.config import RetrievalConfig
 from personalign.errors import PermissionDeniedError
-from personalign.types import Exchange, Kind, Preference, PreferenceIn, Profile, check_user
+from personalign.types import (
+    Exchange,
+    Feedback,
+    FeedbackIn,
+    Kind,
+    Preference,
+    PreferenceIn,
+    Profile,
+    check_user,
+)
 
 Scope = Literal["admin", "app", "user"]
 
@@ -178,3 +188,9 @@ class ScopedStore(MemoryStore):
 
     def profile_history(self, *, user: str) -> Profiles:
         return self.inner.profile_history(user=self._u(user))
+
+    def add_feedback(self, fb: FeedbackIn, *, user: str) -> Feedback:
+        return self.inner.add_feedback(fb, user=self._u(user))
+
+    def feedback(self, *, user: str, limit: int | None = None) -> Feedbacks:
+        return self.inner.feedback(user=self._u(user), limit=limit)

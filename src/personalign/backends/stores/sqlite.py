@@ -32,6 +32,7 @@ from personalign.backends.embedders import Embedder
 from personalign.backends.stores.base import (
     Events,
     Exchanges,
+    Feedbacks,
     Hits,
     MemoryStore,
     Names,
@@ -50,6 +51,8 @@ from personalign.errors import (
 from personalign.types import (
     Event,
     Exchange,
+    Feedback,
+    FeedbackIn,
     Kind,
     Preference,
     PreferenceIn,
@@ -74,7 +77,7 @@ _ACTIVE_AT = (
     "AND recorded_at <= :t AND (superseded_at IS NULL OR superseded_at > :t)"
 )
 _ACTIVE_NOW = "superseded_at IS NULL AND valid_to IS NULL"
-USER_TABLES = ("memories", "events", "exchanges", "profiles", "users")
+USER_TABLES = ("memories", "events", "exchanges", "profiles", "feedback", "users")
 """Every table holding a user's data; ``erase_user`` deletes from each (users last)."""
 
 
@@ -646,6 +649,7 @@ class SQLiteStore(MemoryStore):
             "events": [e.model_dump(mode="json") for e in self.events(user=user)],
             "exchanges": [x.model_dump(mode="json") for x in self.exchanges(user=user)],
             "profile": [p.model_dump(mode="json") for p in self.profile_history(user=user)],
+            "feedback": [f.model_dump(mode="json") for f in self.feedback(user=user)],
         }
 
     def erase_user(self, *, user: str) -> int:
@@ -765,6 +769,47 @@ class SQLiteStore(MemoryStore):
             )
             for r in rows
         ]
+
+    def add_feedback(self, fb: FeedbackIn, *, user: str) -> Feedback:
+        check_user(user)
+        rec = Feedback.new(fb, user=user)
+        now = rec.at
+        with self._write() as conn:
+            if (
+                rec.exchange_id is not None
+                and not conn.execute(
+                    "SELECT 1 FROM exchanges WHERE id = ? AND user_id = ?", (rec.exchange_id, user)
+                ).fetchone()
+            ):
+                raise NotFoundError(f"no exchange {rec.exchange_id} for user {user!r}")
+            conn.execute(
+                "INSERT OR IGNORE INTO users (user_id, created_at) VALUES (?, ?)", (user, _ts(now))
+            )
+            conn.execute(
+                "INSERT INTO feedback (id, user_id, at, kind, exchange_id, body) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (rec.id, user, _ts(now), rec.kind, rec.exchange_id, rec.model_dump_json()),
+            )
+            self._event(
+                conn,
+                user=user,
+                action="feedback",
+                record_id=rec.id,
+                actor=rec.source,
+                reason=None,
+                payload={"kind": rec.kind, "exchange_id": rec.exchange_id},
+                at=now,
+            )
+        return rec
+
+    def feedback(self, *, user: str, limit: int | None = None) -> Feedbacks:
+        check_user(user)
+        sql = "SELECT body, rowid FROM feedback WHERE user_id = ? ORDER BY rowid"
+        args: list[Any] = [user]
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql} DESC LIMIT ?) ORDER BY rowid"
+            args.append(int(limit))
+        return [Feedback.model_validate_json(r[0]) for r in self._conn().execute(sql, args)]
 
     def has_user(self, *, user: str) -> bool:
         check_user(user)

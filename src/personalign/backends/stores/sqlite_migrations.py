@@ -122,4 +122,26 @@ MIGRATIONS: list[tuple[str, str]] = [
         END;
         """,
     ),
+    (
+        "0006_feedback",
+        """
+        CREATE TABLE feedback (
+            rowid       INTEGER PRIMARY KEY,
+            id          TEXT NOT NULL UNIQUE,
+            user_id     TEXT NOT NULL,
+            at          TEXT NOT NULL,
+            kind        TEXT NOT NULL,
+            exchange_id TEXT,
+            body        TEXT NOT NULL
+        );
+        CREATE INDEX feedback_user ON feedback (user_id, rowid);
+        CREATE TRIGGER feedback_no_update BEFORE UPDATE ON feedback BEGIN
+            SELECT RAISE(ABORT, 'feedback is append-only');
+        END;
+        CREATE TRIGGER feedback_no_delete BEFORE DELETE ON feedback
+        WHEN NOT EXISTS (SELECT 1 FROM erasing WHERE user_id = old.user_id) BEGIN
+            SELECT RAISE(ABORT, 'feedback is append-only (only erase_user deletes)');
+        END;
+        """,
+    ),
 ]
