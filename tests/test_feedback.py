@@ -562,3 +562,68 @@ def test_feedback_routes_are_scoped_and_learn(tmp_path):
             "pairwise",
             "override",
         ]
+
+
+# -- chat slash commands and the pipeline's adapter hook ---------------------------------
+
+
+def test_chat_feedback_slash_commands(cli_env, monkeypatch):
+    import personalign.backends.models as models
+    from personalign.cli.main import app
+
+    replies = ["First answer, quite a long and winding one about tea and its history.", "Tea."]
+    monkeypatch.setattr(models, "load_model", lambda settings, **kw: FakeLM(replies))
+    script = "\n".join(
+        [
+            "/good",
+            "Tea or coffee?",
+            "/good",
+            "/bad",
+            "/prefer 1",
+            "/prefer",
+            "/prefer 2",
+            "/edit Tea, always.",
+            "/quit",
+        ]
+    )
+    r = CliRunner().invoke(app, ["chat", "-u", "hal"], input=script + "\n")
+    assert r.exit_code == 0, r.output
+    assert "no answer yet" in r.output and "answer 2> Tea." in r.output
+    assert "/prefer first, then /prefer 1 or /prefer 2" in r.output
+    r = CliRunner().invoke(app, ["feedback", "list", "-u", "hal", "--json"])
+    fbs = json.loads(r.stdout)
+    assert [(f["kind"], f["source"]) for f in fbs] == [
+        ("rating", "chat"),
+        ("rating", "chat"),
+        ("pairwise", "chat"),
+        ("edit", "chat"),
+    ]
+    assert fbs[2]["chosen"] == "Tea." and fbs[2]["rejected"].startswith("First answer")
+    assert len({f["exchange_id"] for f in fbs}) == 1
+
+
+@pytest.mark.slow
+def test_pipeline_answers_with_the_users_adapter_and_why_says_so(tiny, tmp_path):
+    from personalign.backends.models.local import TransformersLM
+    from personalign.cli.chat import why_table
+    from personalign.config import load_settings
+    from personalign.pipeline import PersonalizeOptions, Personalizer, open_guarded_memory
+    from personalign.testing import HashingEmbedder
+
+    settings = load_settings(home=tmp_path, embedder="hashing")
+    adapters = AdapterStore.for_home(tmp_path)
+    adapters.save("ivy", _random_adapter(tiny, tmp_path / "a", seed=3), {"data_hash": "h"})
+    lm = TransformersLM(tiny, dtype="float32")
+    pz = Personalizer.open(settings, model=lm, embedder=HashingEmbedder())
+    assert pz.adapters is not None and lm.adapters is pz.adapters  # attached to the local model
+    opts = PersonalizeOptions(ingest=False)
+    mine = pz.respond("Hello there", user="ivy", options=opts)
+    other = pz.respond("Hello there", user="joe", options=opts)
+    assert mine.exchange.meta == {"adapter": "ivy@v0001"} and other.exchange.meta == {}
+    assert mine.text != other.text
+    assert "adapter=ivy@v0001" in str(why_table(mine).title)
+    pz.close()
+    # a personalizer without an adapter store ignores adapters
+    plain = Personalizer(open_guarded_memory(settings, HashingEmbedder()), FakeLM())
+    assert plain.respond("Hi", user="ivy", options=opts).exchange.meta == {}
+    plain.close()
