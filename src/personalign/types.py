@@ -138,10 +138,12 @@ class SearchHit(BaseModel):
     """A search result.
 
     ``score`` is the fused score: higher is better, comparable only within one result list.
-    ``signals`` holds each signal's raw value: ``dense`` is cosine similarity in [-1, 1],
-    ``bm25`` is SQLite FTS5's BM25 relevance negated so that higher is better (>= 0),
-    ``recency`` is exp(-age / half-life * ln 2) in (0, 1]. ``matched`` lists the signals that
-    ranked this record among their own candidates.
+    ``signals`` holds each signal's raw value: ``dense`` is cosine similarity in [-1, 1];
+    ``bm25`` is full-text relevance, higher is better (SQLite: FTS5 BM25 negated; PostgreSQL:
+    ``ts_rank_cd``); ``recency`` is exp(-age / half-life * ln 2) in (0, 1]; ``entity`` is 1
+    when the record is tagged with a name the query mentions; ``preference`` is 1 for an
+    extracted preference (not a raw turn). ``matched`` lists the signals among dense, bm25,
+    entity and preference that selected this record.
     """
 
     record: Preference

@@ -23,7 +23,6 @@ dead tuples (and the WAL) until VACUUM and checkpoints recycle them: run ``VACUU
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -51,7 +50,13 @@ from personalign.backends.stores.base import (
     Profiles,
     Records,
 )
-from personalign.backends.stores.fusion import FUSIONS
+from personalign.backends.stores.hybrid import (
+    Candidate,
+    dense_query,
+    named_in_query,
+    query_terms,
+    rank,
+)
 from personalign.backends.stores.postgres_migrations import MIGRATIONS
 from personalign.config import RetrievalConfig
 from personalign.errors import (
@@ -81,7 +86,6 @@ from personalign.types import (
 Conn = Connection[DictRow]
 
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
-_TOKEN_RE = re.compile(r"\w+", re.UNICODE)
 _FIELDS = (
     "id",
     "user_id",
@@ -120,12 +124,11 @@ def _check_id(record_id: str) -> str:
     return record_id
 
 
-def _ts_query(text: str) -> str | None:
-    """A ``to_tsquery`` OR of the query's words (each quoted; ``\\w`` excludes quotes)."""
-    tokens = list(dict.fromkeys(t.lower() for t in _TOKEN_RE.findall(text)))[:64]
-    if not tokens:
+def _ts_query(terms: list[str]) -> str | None:
+    """A ``to_tsquery`` OR of ``terms`` (each quoted; ``\\w`` tokens hold no quotes)."""
+    if not terms:
         return None
-    return " | ".join(f"'{t}'" for t in tokens)
+    return " | ".join(f"'{t}'" for t in terms)
 
 
 def _row_to_pref(row: DictRow) -> Preference:
@@ -435,82 +438,86 @@ class PostgresStore(MemoryStore):
         if kinds:
             where += " AND kind = ANY(%(kinds)s)"
             params["kinds"] = list(kinds)
-        qvec = self._embed([query])[0]
-        params["q"] = qvec
-        tsq = _ts_query(query)
-
-        cand: dict[int, int] = {}  # seq -> candidate index
-        seqs: list[int] = []
-        starts: dict[int, datetime] = {}
-
-        def index(seq: int, valid_from: datetime) -> int:
-            if seq not in cand:
-                cand[seq] = len(seqs)
-                seqs.append(seq)
-                starts[cand[seq]] = valid_from
-            return cand[seq]
-
         with self._tx() as conn:
-            # dense: exact over a small user's rows, else HNSW with iterative filtering
             n_rows = conn.execute(
                 f"SELECT count(*) AS n FROM (SELECT 1 FROM memories WHERE {where} LIMIT %(cap)s) s",
                 {**params, "cap": self.exact_scan_max + 1},
             ).fetchone()
             if n_rows is None or n_rows["n"] == 0:
                 return []
-            if n_rows["n"] <= self.exact_scan_max:
-                dense_sql = (
-                    "WITH c AS MATERIALIZED (SELECT seq, valid_from, embedding <=> %(q)s AS d "
-                    f"FROM memories WHERE {where}) "
-                    "SELECT seq, valid_from, d FROM c ORDER BY d, seq LIMIT %(n)s"
+            known = [
+                r["name"]
+                for r in conn.execute(
+                    "SELECT DISTINCT lower(substring(t FROM '^(?:speaker|entity):(.+)$')) AS name "
+                    "FROM memories, json_array_elements_text(tags) AS t "
+                    f"WHERE {where} AND t ~ '^(speaker|entity):'",
+                    params,
                 )
-            else:
+            ]
+            named = named_in_query(query, known, cfg)
+            params["q"] = qvec = self._embed([dense_query(query, named)])[0]
+
+            # dense: exact over a small user's rows, else HNSW with iterative filtering;
+            # the best preferences always compete (a second, preference-only pass)
+            exact = n_rows["n"] <= self.exact_scan_max
+            if not exact:
                 conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
                 conn.execute(f"SET LOCAL hnsw.ef_search = {max(40, min(cfg.candidates, 1000))}")
-                dense_sql = (
-                    "SELECT seq, valid_from, embedding <=> %(q)s AS d FROM memories "
-                    f"WHERE {where} ORDER BY embedding <=> %(q)s LIMIT %(n)s"
+            passes = [where]
+            if cfg.preference_weight > 0:
+                passes.append(f"{where} AND kind <> 'episode'")
+            dense: dict[int, float] = {}
+            for cond in passes:
+                sql = (
+                    "WITH c AS MATERIALIZED (SELECT seq, embedding <=> %(q)s AS d "
+                    f"FROM memories WHERE {cond}) SELECT seq, d FROM c ORDER BY d, seq LIMIT %(n)s"
+                    if exact
+                    else f"SELECT seq, embedding <=> %(q)s AS d FROM memories WHERE {cond} "
+                    "ORDER BY embedding <=> %(q)s LIMIT %(n)s"
                 )
-            dense = {
-                index(r["seq"], r["valid_from"]): 1.0 - float(r["d"])
-                for r in conn.execute(dense_sql, params)
-            }
+                dense.update({r["seq"]: 1.0 - float(r["d"]) for r in conn.execute(sql, params)})
 
             # full text: ts_rank_cd of an OR of the query's words
             bm25: dict[int, float] = {}
+            tsq = _ts_query(query_terms(query, named))
             if tsq:
                 for r in conn.execute(
-                    "SELECT seq, valid_from, ts_rank_cd(tsv, tq) AS s "
+                    "SELECT seq, ts_rank_cd(tsv, tq) AS s "
                     "FROM memories, to_tsquery('english', %(tsq)s) AS tq "
                     f"WHERE {where} AND tsv @@ tq ORDER BY s DESC, seq LIMIT %(n)s",
                     {**params, "tsq": tsq},
                 ):
-                    bm25[index(r["seq"], r["valid_from"])] = float(r["s"])
+                    bm25[r["seq"]] = float(r["s"])
 
-            # recency of every candidate, by world-time start
-            half_life_s = cfg.recency_half_life_days * 86400.0
-            recency = {
-                ci: math.exp(-max((now - start).total_seconds(), 0.0) / half_life_s * math.log(2))
-                for ci, start in starts.items()
+            meta = conn.execute(
+                "SELECT seq, kind, tags, source_turn_ids, valid_from FROM memories "
+                "WHERE user_id = %(u)s AND seq = ANY(%(seqs)s)",
+                {"u": user, "seqs": list({**dense, **bm25})},
+            ).fetchall()
+            candidates = {
+                r["seq"]: Candidate(
+                    kind=r["kind"],
+                    tags=r["tags"],
+                    source_turn_ids=r["source_turn_ids"],
+                    valid_from=r["valid_from"],
+                )
+                for r in meta
             }
-            signals = {"dense": dense, "bm25": bm25, "recency": recency}
-            fused = FUSIONS[cfg.fusion](signals, len(seqs), cfg)
-            order = sorted(range(len(seqs)), key=lambda i: fused[i], reverse=True)[:k]
-
+            ranked = rank(candidates, dense, bm25, query=query, named=named, now=now, cfg=cfg, k=k)
             rows = conn.execute(
                 f"SELECT seq, {_COLUMNS}, embedding <=> %(q)s AS d FROM memories "
                 "WHERE user_id = %(u)s AND seq = ANY(%(seqs)s)",
-                {"q": qvec, "u": user, "seqs": [seqs[i] for i in order]},
+                {"q": qvec, "u": user, "seqs": [hit.key for hit in ranked]},
             ).fetchall()
-        by_seq = {r["seq"]: r for r in rows}
+        by_seq = {row["seq"]: row for row in rows}
         out = []
-        for i in order:
-            row = by_seq[seqs[i]]
-            sig = {name: vals[i] for name, vals in signals.items() if i in vals}
-            sig.setdefault("dense", 1.0 - float(row["d"]))
-            matched = [n for n in ("dense", "bm25") if i in signals[n]]
+        for hit in ranked:
+            row = by_seq[hit.key]
+            sig = {"dense": 1.0 - float(row["d"]), **hit.signals}
             out.append(
-                SearchHit(record=_row_to_pref(row), score=fused[i], signals=sig, matched=matched)
+                SearchHit(
+                    record=_row_to_pref(row), score=hit.score, signals=sig, matched=hit.matched
+                )
             )
         return out
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import re
 import sqlite3
 import threading
@@ -39,7 +38,14 @@ from personalign.backends.stores.base import (
     Profiles,
     Records,
 )
-from personalign.backends.stores.fusion import FUSIONS
+from personalign.backends.stores.hybrid import (
+    Candidate,
+    dense_query,
+    entities,
+    named_in_query,
+    query_terms,
+    rank,
+)
 from personalign.backends.stores.sqlite_migrations import MIGRATIONS
 from personalign.config import RetrievalConfig
 from personalign.errors import (
@@ -66,7 +72,6 @@ from personalign.types import (
 )
 
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
-_TOKEN_RE = re.compile(r"\w+", re.UNICODE)
 _COLUMNS = (
     "id, user_id, text, kind, topic, dimension, tags, strength, source, source_turn_ids, "
     "valid_from, valid_to, recorded_at, superseded_at, superseded_by, root_id, previous_id, "
@@ -97,34 +102,11 @@ def _check_id(record_id: str) -> str:
     return record_id
 
 
-_STOPWORD_LIST = (
-    "a an the of to in on and or is are was were be been do does did what when where who whom "
-    "which how why would could should has have had i you he she it they we her his their its my "
-    "your me him them this that for with at by from as about into can will not no yes s t"
-)
-_STOPWORDS = frozenset(_STOPWORD_LIST.split())
-_ENTITY_TAG = re.compile(r"^(?:speaker|entity):(.+)$")
-ADVICE_RE = re.compile(
-    r"\b(recommend\w*|suggest\w*|advice|advise|tips?|ideas?|options?|should i|what should|"
-    r"help me (?:choose|pick|plan|find|decide)|which (?:one|is better)|good (?:place|way)s?|"
-    r"best (?:way|place)s?|plan(?:ning)?|what (?:are|is) (?:some|a) (?:good|great|nice)|"
-    r"what are some|for me|would you|any (?:good|recommendations|suggestions)|"
-    r"how (?:can|should|do) i|i should|where can i|what'?s the best|the best \w+ for|"
-    r"recc?omm?end\w*)\b",
-    re.I,
-)
-"""A query that asks for advice or recommendations, where preferences weigh more."""
-
-
-def _fts_query(text: str, drop: frozenset[str] = frozenset()) -> str | None:
-    """An FTS5 OR-query of the text's distinct tokens, without stop words (kept if nothing
-    else is left) and without ``drop``."""
-    tokens = list(dict.fromkeys(t.lower() for t in _TOKEN_RE.findall(text)))
-    tokens = [t for t in tokens if t not in drop] or tokens
-    tokens = ([t for t in tokens if t not in _STOPWORDS] or tokens)[:64]
-    if not tokens:
+def _fts_query(terms: list[str]) -> str | None:
+    """An FTS5 OR-query of ``terms`` (see :func:`hybrid.query_terms`)."""
+    if not terms:
         return None
-    return " OR ".join('"' + t.replace('"', "") + '"' for t in tokens)
+    return " OR ".join('"' + t.replace('"', "") + '"' for t in terms)
 
 
 def _top(values: np.ndarray, n: int) -> np.ndarray:
@@ -132,13 +114,6 @@ def _top(values: np.ndarray, n: int) -> np.ndarray:
     if n >= len(values):
         return np.arange(len(values))
     return np.argpartition(-values, n - 1)[:n]
-
-
-def _entities(tags_json: str) -> list[str]:
-    """The lower-cased names of a record's ``speaker:``/``entity:`` tags."""
-    if tags_json == "[]":
-        return []
-    return [m.group(1).lower() for t in json.loads(tags_json) if (m := _ENTITY_TAG.match(t))]
 
 
 def _row_to_pref(row: sqlite3.Row) -> Preference:
@@ -399,7 +374,6 @@ class SQLiteStore(MemoryStore):
             where += f" AND kind IN ({','.join(names)})"
             params.update({f"k{i}": kind for i, kind in enumerate(kinds)})
 
-        # dense: cosine over the user's active vectors
         rows = conn.execute(
             f"SELECT rowid, embedding, valid_from, kind, tags, source_turn_ids FROM memories "
             f"WHERE {where}",
@@ -407,41 +381,22 @@ class SQLiteStore(MemoryStore):
         ).fetchall()
         if not rows:
             return []
-        # entity/speaker match: names the query mentions among the user's tagged records
-        row_entities = [_entities(r["tags"]) for r in rows]
-        known = {e for ents in row_entities for e in ents}
-        q_tokens = {t.lower() for t in _TOKEN_RE.findall(query)}
-        named = frozenset(known & q_tokens) if cfg.entity_weight > 0 else frozenset()
-        dense_query = query
-        if named:
-            stripped = " ".join(
-                w for w in re.split(r"(\W+)", query) if w.lower() not in named
-            ).strip()
-            dense_query = stripped if _TOKEN_RE.search(stripped) else query
-        qvec = self._embed([dense_query])[0]
+        known = {e for r in rows if r["tags"] != "[]" for e in entities(json.loads(r["tags"]))}
+        named = named_in_query(query, known, cfg)
+        qvec = self._embed([dense_query(query, named)])[0]
         matrix = np.frombuffer(b"".join(r["embedding"] for r in rows), dtype=np.float32)
-        matrix = matrix.reshape(len(rows), -1)
-        cos = matrix @ qvec
-        is_pref = np.fromiter((r["kind"] != "episode" for r in rows), dtype=bool, count=len(rows))
+        cos = matrix.reshape(len(rows), -1) @ qvec  # (n,) cosine: rows and query are unit
         top = _top(cos, cfg.candidates)
+        is_pref = np.fromiter((r["kind"] != "episode" for r in rows), dtype=bool, count=len(rows))
         if cfg.preference_weight > 0 and is_pref.any():  # the best preferences always compete
             pref_idx = np.flatnonzero(is_pref)
             top = np.union1d(top, pref_idx[_top(cos[pref_idx], cfg.candidates)])
-        cand: dict[int, int] = {}  # rowid -> candidate index
-        rowids: list[int] = []
-
-        def index(rowid: int) -> int:
-            if rowid not in cand:
-                cand[rowid] = len(rowids)
-                rowids.append(rowid)
-            return cand[rowid]
-
         by_rowid = {r["rowid"]: i for i, r in enumerate(rows)}
-        dense = {index(rows[i]["rowid"]): float(cos[i]) for i in top}
+        dense = {int(rows[i]["rowid"]): float(cos[i]) for i in top}
 
         # full text: BM25 within the user's scope token
         bm25: dict[int, float] = {}
-        fts = _fts_query(query, named)
+        fts = _fts_query(query_terms(query, named))
         if fts:
             hits = conn.execute(
                 "SELECT rowid, -bm25(memories_fts, 0.0, 1.0) AS s FROM memories_fts "
@@ -450,49 +405,19 @@ class SQLiteStore(MemoryStore):
             ).fetchall()
             for h in hits:
                 if h["rowid"] in by_rowid and len(bm25) < cfg.candidates:
-                    bm25[index(h["rowid"])] = float(h["s"])
+                    bm25[int(h["rowid"])] = float(h["s"])
 
-        # recency of every candidate, by world-time start; entity and preference matches
-        half_life_s = cfg.recency_half_life_days * 86400.0
-        recency: dict[int, float] = {}
-        entity: dict[int, float] = {}
-        preference: dict[int, float] = {}
-        for rowid, ci in cand.items():
-            ri = by_rowid[rowid]
-            start = datetime.fromisoformat(rows[ri]["valid_from"])
-            age = max((now - start).total_seconds(), 0.0)
-            recency[ci] = math.exp(-age / half_life_s * math.log(2))
-            if named and named.intersection(row_entities[ri]):
-                entity[ci] = 1.0
-            if is_pref[ri]:
-                preference[ci] = 1.0
-        signals = {
-            "dense": dense,
-            "bm25": bm25,
-            "recency": recency,
-            "entity": entity,
-            "preference": preference,
-        }
-        if preference and ADVICE_RE.search(query):
-            cfg = cfg.model_copy(
-                update={
-                    "preference_weight": max(cfg.preference_weight, cfg.advice_preference_weight)
-                }
+        candidates = {
+            rowid: Candidate(
+                kind=rows[by_rowid[rowid]]["kind"],
+                tags=json.loads(rows[by_rowid[rowid]]["tags"]),
+                source_turn_ids=json.loads(rows[by_rowid[rowid]]["source_turn_ids"]),
+                valid_from=datetime.fromisoformat(rows[by_rowid[rowid]]["valid_from"]),
             )
-        fused = FUSIONS[cfg.fusion](signals, len(rowids), cfg)
-        ranked = sorted(range(len(rowids)), key=lambda i: fused[i], reverse=True)
-        order: list[int] = []
-        covered: set[str] = set()
-        for i in ranked:
-            if len(order) == k:
-                break
-            sources = json.loads(rows[by_rowid[rowids[i]]]["source_turn_ids"])
-            if cfg.dedupe_sources and sources and covered.issuperset(sources):
-                continue  # every turn it comes from is already represented by a better hit
-            covered.update(sources)
-            order.append(i)
-
-        chosen = [rowids[i] for i in order]
+            for rowid in {**dense, **bm25}
+        }
+        ranked = rank(candidates, dense, bm25, query=query, named=named, now=now, cfg=cfg, k=k)
+        chosen = [r.key for r in ranked]
         marks = ",".join("?" * len(chosen))
         recs = {
             r["rowid"]: _row_to_pref(r)
@@ -501,13 +426,9 @@ class SQLiteStore(MemoryStore):
             )
         }
         out = []
-        for i in order:
-            sig = {name: vals[i] for name, vals in signals.items() if i in vals}
-            sig.setdefault("dense", float(cos[by_rowid[rowids[i]]]))
-            matched = [n for n in ("dense", "bm25", "entity", "preference") if i in signals[n]]
-            out.append(
-                SearchHit(record=recs[rowids[i]], score=fused[i], signals=sig, matched=matched)
-            )
+        for r in ranked:
+            sig = {"dense": float(cos[by_rowid[r.key]]), **r.signals}
+            out.append(SearchHit(record=recs[r.key], score=r.score, signals=sig, matched=r.matched))
         return out
 
     def update(
