@@ -7,14 +7,17 @@
    estimator (Bayesian Bradley-Terry, Laplace posterior) is scored by cosine(estimated
    profile weights, w) after q queries chosen actively (BALD) or at random, over ``--users``
    users; the curve is plotted to ``--out``. Target: >= 0.95 after 10 active queries.
-2. Per-user DPO (slow; ``--dpo-users 0`` skips it). The embedded SmolLM2-135M samples one
-   candidate per style hint for each of the training prompts (MT-Bench-101 first turns,
-   shared by all users: the base model does not know the user); each simulated user ranks
-   them by their own weighted reward and keeps the best-vs-worst pair of each prompt, up to
-   ``--pairs``; a LoRA adapter is trained with TRL's DPOTrainer. Figures: the user's weighted
-   reward of greedy replies to held-out prompts after minus before (target: a gain for at
-   least 80% of users), DPO minutes per user on this machine (target <= 3), adapter size,
-   adapter swap time in the local backend (target <= 50 ms).
+2. Per-user DPO (slow; ``--dpo-users 0`` skips it). Candidates for each training prompt
+   (MT-Bench-101 first turns), shared by all users: with ``--candidates variants`` (default,
+   no generation cost) the dataset's reference reply and three rule-based style variants of
+   it (its first sentence; its sentences as a bulleted list; with a warm opening and
+   closing); with ``--candidates model`` four samples of the embedded SmolLM2-135M under
+   style hints (the library's ``ranked_pairs`` path; slow on a loaded CPU). Each simulated
+   user ranks them by their own weighted reward and keeps the best-vs-worst pair of each
+   prompt, up to ``--pairs``; a LoRA adapter is trained with TRL's DPOTrainer. Figures: the
+   user's weighted reward of greedy replies to held-out prompts after minus before (target:
+   a gain for at least 80% of users), DPO minutes per user on this machine (target <= 3),
+   adapter size, adapter swap time in the local backend (target <= 50 ms).
 3. Ray (``--ray-users 0`` skips it): the same training jobs for N users, sequentially in this
    process (all cores) and as Ray tasks on a local cluster (one core each), same run.
 
@@ -44,16 +47,26 @@ DIMS = ("conciseness", "readability", "warmth", "structure")
 CHECKPOINTS = (1, 3, 5, 10, 15, 20)
 
 
-def mtbench(data: Path) -> tuple[list[str], list[str]]:
-    """(assistant replies, first user turns) of MT-Bench-101."""
-    replies, prompts = [], []
+def mtbench(data: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """(every assistant reply, (first user turn, its reply) pairs) of MT-Bench-101."""
+    replies, turns = [], []
     with (data / "mt-bench-101" / "mtbench101.jsonl").open() as fh:
         for line in fh:
             hist = json.loads(line)["history"]
             replies += [t["bot"] for t in hist]
-            if 20 <= len(hist[0]["user"]) <= 300:
-                prompts.append(hist[0]["user"])
-    return replies, prompts
+            if 20 <= len(hist[0]["user"]) <= 300 and 20 <= len(hist[0]["bot"]) <= 1200:
+                turns.append((hist[0]["user"], hist[0]["bot"]))
+    return replies, turns
+
+
+def style_variants(reply: str) -> list[str]:
+    """The reply and three rule-based style variants of it (see the module doc)."""
+    import re
+
+    sents = [x for x in re.split(r"(?<=[.!?])\s+", reply.strip()) if x]
+    bullets = "Key points:\n" + "\n".join(f"- {x}" for x in sents[:6])
+    warm = f"Great question, happy to help! {reply} I hope this helps, good luck!"
+    return list(dict.fromkeys([reply, sents[0] if sents else reply, bullets, warm]))
 
 
 def scores(texts: list[str]) -> np.ndarray:
@@ -153,19 +166,20 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=20.0, help="simulated users' consistency")
     p.add_argument("--dpo-users", type=int, default=20)
     p.add_argument("--pairs", type=int, default=32)
-    p.add_argument("--train-prompts", type=int, default=48)
+    p.add_argument("--train-prompts", type=int, default=40)
     p.add_argument("--eval-prompts", type=int, default=8)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=-1)
-    p.add_argument("--gen-tokens", type=int, default=96)
+    p.add_argument("--gen-tokens", type=int, default=64)
     p.add_argument("--ray-users", type=int, default=8)
     p.add_argument("--ray-steps", type=int, default=4)
     p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--candidates", choices=("variants", "model"), default="variants")
     args = p.parse_args()
     figures: dict[str, float | int | str] = {"load_avg_1min_start": round(os.getloadavg()[0], 2)}
 
     # -- 1. weights ------------------------------------------------------------------------
-    replies, prompts = mtbench(args.data)
+    replies, turns = mtbench(args.data)
     rng = random.Random(0)
     rng.shuffle(replies)
     pool = scores(replies[:2000])
@@ -194,14 +208,17 @@ def main() -> None:
     figures["plot"] = str(args.out / "weight_cosine.png")
 
     if args.dpo_users > 0 or args.ray_users > 0:
-        figures.update(dpo_and_ray(args, prompts))
+        figures.update(dpo_and_ray(args, turns))
+    figures["candidates"] = args.candidates
     figures["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "figures.json").write_text(json.dumps(figures, indent=2))
     emit(figures, title="feedback-based alignment", as_json=args.json)
 
 
-def dpo_and_ray(a: argparse.Namespace, all_prompts: list[str]) -> dict[str, float | int | str]:
+def dpo_and_ray(
+    a: argparse.Namespace, all_turns: list[tuple[str, str]]
+) -> dict[str, float | int | str]:
     """Parts 2 and 3 of the module doc."""
     import torch
 
@@ -216,7 +233,8 @@ def dpo_and_ray(a: argparse.Namespace, all_prompts: list[str]) -> dict[str, floa
     cache = a.cache_dir or load_settings().cache_dir
     base_dir = ensure_embedded_model(cache, quiet=True)
     rng = random.Random(1)
-    prompts = rng.sample(all_prompts, a.train_prompts + a.eval_prompts)
+    turns = rng.sample(all_turns, a.train_prompts + a.eval_prompts)
+    prompts = [t[0] for t in turns]
     train_prompts, eval_prompts = prompts[: a.train_prompts], prompts[a.train_prompts :]
     work = Path(tempfile.mkdtemp(prefix="pal-fb-"))
     torch.set_num_threads(os.cpu_count() or 1)
@@ -228,11 +246,14 @@ def dpo_and_ray(a: argparse.Namespace, all_prompts: list[str]) -> dict[str, floa
     greedy = GenerationOptions(max_new_tokens=a.gen_tokens)
     evals = [[Message(role="user", content=q)] for q in eval_prompts]
     saved = a.out / "candidates.json"  # the shared pool, reused by later runs
-    key = {"prompts": prompts, "tokens": a.gen_tokens}
+    key = {"prompts": prompts, "tokens": a.gen_tokens, "candidates": a.candidates}
     if saved.is_file() and json.loads(saved.read_text())["key"] == key:
         cands, before = (json.loads(saved.read_text())[k] for k in ("cands", "before"))
     else:
-        cands = sample_candidates(lm, train_prompts, n=4, options=sample)
+        if a.candidates == "model":
+            cands = sample_candidates(lm, train_prompts, n=4, options=sample)
+        else:
+            cands = [style_variants(reply) for _, reply in turns[: a.train_prompts]]
         figs["candidate_generation_minutes"] = round((time.perf_counter() - t0) / 60, 2)
         before = [g.text for g in lm.generate_batch(evals, options=greedy)]
         saved.parent.mkdir(parents=True, exist_ok=True)

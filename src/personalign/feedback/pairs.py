@@ -6,8 +6,8 @@ Sources, in order:
   the record's own, else its exchange's last user message);
 * ``edit`` feedback: the corrected text over the original reply;
 * ``ranked``: for prompts the user asked (their logged exchanges, topped up with
-  :data:`DEFAULT_PROMPTS`), the base model samples ``n`` candidates, the i-th with style hint
-  ``STYLE_HINTS[i % len]`` in the system prompt (the pair's prompt has no hint), each scored by
+  :data:`DEFAULT_PROMPTS`), the base model samples ``n`` candidates, each with a style hint
+  of :data:`STYLE_HINTS` in the system prompt (the pair's prompt has no hint), each scored by
   ``(1 - rm_weight) * weighted_reward(text, weights) + rm_weight * rm(text)`` where ``rm`` is
   an optional preference reward model over the user's stored preferences; the best and the
   worst become a pair when their rewards differ by at least ``min_margin``.
@@ -178,11 +178,12 @@ def best_vs_worst(
 def sample_candidates(
     model: LanguageModel, prompts: Sequence[str], *, n: int, options: GenerationOptions
 ) -> list[list[str]]:
-    """``n`` sampled replies per prompt, the i-th with style hint ``STYLE_HINTS[i % len]``."""
+    """``n`` sampled replies per prompt; the i-th reply of the k-th prompt has style hint
+    ``STYLE_HINTS[(k * n + i) % len]`` (so the hints rotate over the prompts)."""
     convs: list[list[Message]] = []
-    for p in prompts:
+    for k, p in enumerate(prompts):
         for i in range(n):
-            hint = STYLE_HINTS[i % len(STYLE_HINTS)]
+            hint = STYLE_HINTS[(k * n + i) % len(STYLE_HINTS)]
             sys_turn = [Message(role="system", content=hint)] if hint else []
             convs.append([*sys_turn, Message(role="user", content=p)])
     texts: list[str] = []

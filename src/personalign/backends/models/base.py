@@ -44,8 +44,8 @@ class GenerationOptions:
 
     ``seed`` makes sampling reproducible (same model, same inputs, same batch). ``stop`` strings
     end the reply and are not included in it. ``adapter`` names a per-user adapter: the OpenAI
-    backend sends it as the model name (as vLLM serves LoRA adapters); local backends have no
-    adapter store yet and raise :class:`BackendError`.
+    backend sends it as the model name (as vLLM serves LoRA adapters); the local backend loads
+    it from its adapter store (:class:`BackendError` when it has none).
     """
 
     max_new_tokens: int = 256
