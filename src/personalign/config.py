@@ -47,7 +47,8 @@ class RetrievalConfig(BaseModel):
     query names them (the name is then left out of the dense and full-text queries).
     ``preference_weight``: bonus for extracted preferences (kinds ``explicit``/``implicit``)
     over raw ``episode`` turns, raised to ``advice_preference_weight`` when the query asks for
-    advice or recommendations (where personal preferences matter most); the best
+    advice or recommendations (where personal preferences matter most) and dropped to 0
+    when the query names a tagged entity (a lookup about that person); the best
     preferences are always among the candidates.
     ``dedupe_sources``: drop a hit whose source turns are all covered by better hits.
     Defaults were chosen on the dev data (PrefEval surfacing, LoCoMo recall) in round steps.

@@ -123,7 +123,11 @@ def rank(
             signals["entity"][i] = 1.0
         if c.kind != "episode":
             signals["preference"][i] = 1.0
-    if signals["preference"] and ADVICE_RE.search(query):
+    if signals["preference"] and named:
+        # a question about a named person ("What did Caroline research?") is a lookup, not a
+        # request for advice: the entity signal ranks, preferences get no prior
+        cfg = cfg.model_copy(update={"preference_weight": 0.0})
+    elif signals["preference"] and ADVICE_RE.search(query):
         boost = max(cfg.preference_weight, cfg.advice_preference_weight)
         cfg = cfg.model_copy(update={"preference_weight": boost})
     fused = FUSIONS[cfg.fusion](signals, len(keys), cfg)
