@@ -54,7 +54,7 @@ def mtbench(data: Path) -> tuple[list[str], list[tuple[str, str]]]:
         for line in fh:
             hist = json.loads(line)["history"]
             replies += [t["bot"] for t in hist]
-            if 20 <= len(hist[0]["user"]) <= 300 and 20 <= len(hist[0]["bot"]) <= 1200:
+            if 20 <= len(hist[0]["user"]) <= 300 and 20 <= len(hist[0]["bot"]) <= 600:
                 turns.append((hist[0]["user"], hist[0]["bot"]))
     return replies, turns
 
@@ -340,7 +340,7 @@ def dpo_and_ray(
         jobs = []
         for u in range(a.ray_users):
             w = dict(zip(DIMS, np_rng.dirichlet(np.ones(len(DIMS))).tolist(), strict=True))
-            pairs = tuple(user_pairs(train_prompts, cands, w, 16))
+            pairs = tuple(user_pairs(train_prompts, cands, w, 4 * a.ray_steps))
             jobs.append((u, w, pairs))
 
         def make(threads: int, tag: str) -> list[UserJob]:
