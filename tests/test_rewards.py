@@ -283,3 +283,24 @@ def test_shipped_model_on_prefeval_mcq(data_dir: Path) -> None:
         int(np.argmax(rm.score([i.preference], i.question, i.options))) == i.answer for i in items
     ]
     assert np.mean(hits) > 0.4  # chance is 0.25
+
+
+# -- PrefEval task helpers (benchmarks and training) --------------------------------------------
+
+
+def test_mcq_items_are_shuffled_reproducibly(data_dir: Path) -> None:
+    import json
+
+    from personalign.eval.prefeval_tasks import cv_folds, load_mcq, reward_items, topics
+
+    names = topics(data_dir)
+    items = load_mcq(data_dir, names[:2])
+    raw = json.loads((data_dir / "prefeval/mcq_options" / f"{names[0]}.json").read_text())
+    for it in items[:10]:
+        assert it.options[it.answer] == raw[it.index]["classification_task_options"][0]
+    assert {it.answer for it in items} == {0, 1, 2, 3}  # the compliant one moves around
+    assert load_mcq(data_dir, names[:2]) == items
+    folds = cv_folds(names)
+    assert sorted(t for f in folds for t in f) == sorted(names) and len(folds) == 4
+    groups = reward_items(data_dir, names[:1])
+    assert all(len(options) == 4 for _, _, options in groups)

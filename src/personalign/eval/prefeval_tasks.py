@@ -5,7 +5,9 @@
   first) and cross-validation folds by topic.
 * The memory step of the PrefEval protocol: the preference is stored among 100 unrelated
   MT-Bench-101 user turns (episodes) in a SQLite memory, retrieved for the question as the
-  pipeline does (top ``k``, dense score >= ``min_score``), and rendered into the system prompt.
+  pipeline's defaults do (top ``k`` = 8; preferences with cosine >= 0.3, raw turns >= 0.5;
+  the topic-tag rule is left out), and rendered into the system prompt with the safety
+  layer's quoted block. Extraction is skipped: the preference is stored as stated.
 """
 
 from __future__ import annotations
@@ -136,30 +138,10 @@ class CachingEmbedder:
 
 
 def render_block(texts: Sequence[str]) -> str:
-    """The memory block as the pipeline renders it (the safety renderer when installed)."""
-    try:
-        from personalign.safety.render import render_memories_block
-    except ImportError:
-        lines = "\n".join(f"- {json.dumps(t, ensure_ascii=False)}" for t in texts)
-        return f"<user_memories>\n{lines}\n</user_memories>"
-    from datetime import UTC, datetime
+    """The memory block as the pipeline renders it (the safety layer's quoted data block)."""
+    from personalign.safety.injection import render_memories_block
 
-    from personalign.types import Preference
-
-    now = datetime.now(UTC)
-    records = [
-        Preference(
-            id=f"m{i}",
-            user_id="bench",
-            text=t,
-            kind="explicit",
-            valid_from=now,
-            recorded_at=now,
-            root_id=f"m{i}",
-        )
-        for i, t in enumerate(texts)
-    ]
-    return render_memories_block(records)
+    return render_memories_block(list(texts))
 
 
 @dataclass(frozen=True)
@@ -180,8 +162,9 @@ class MemoryHarness:
         embedder: Embedder,
         *,
         fillers: int = FILLER_TURNS,
-        k: int = 5,
-        min_score: float = 0.2,
+        k: int = 8,
+        min_score: float = 0.3,
+        episode_min_score: float = 0.5,
         seed: int = SEED,
     ) -> None:
         from personalign.backends.stores.sqlite import SQLiteStore
@@ -191,8 +174,10 @@ class MemoryHarness:
         self.embedder = CachingEmbedder(embedder)
         self.store = SQLiteStore(Path(self._dir.name) / "memory.db", self.embedder)
         self.retrieval = Settings(home=Path(self._dir.name)).retrieval
-        self.pool = filler_turns(data_dir)
-        self.fillers, self.k, self.min_score, self.seed = fillers, k, min_score, seed
+        # Fillers come from a fixed sample of 300 turns (embedded once, reused across users).
+        self.pool = random.Random(seed).sample(filler_turns(data_dir), 300)
+        self.fillers, self.k, self.seed = fillers, k, seed
+        self.min_score, self.episode_min_score = min_score, episode_min_score
 
     def contexts(self, key: str, preference: str, question: str) -> Contexts:
         """Store ``preference`` then the filler turns for a fresh user, retrieve for
@@ -205,7 +190,12 @@ class MemoryHarness:
         if not self.store.has_user(user=user):
             self.store.add_many(items, user=user)
         hits = self.store.search(question, user=user, k=self.k, config=self.retrieval)
-        kept = [h for h in hits if h.signals.get("dense", 1.0) >= self.min_score]
+        kept = [
+            h
+            for h in hits
+            if h.signals.get("dense", 0.0)
+            >= (self.episode_min_score if h.record.kind == "episode" else self.min_score)
+        ]
         kept.sort(key=lambda h: h.record.kind == "episode")
         texts = [h.record.text for h in kept]
         history = [Message(role="user", content=question)]
@@ -248,3 +238,10 @@ def reward_items(
                 rest = [o for i, o in enumerate(options) if i != aligned]
                 items.append((raw["preference"], raw["implicit_query"], [options[aligned], *rest]))
     return [it for it in items if len(it[2]) == 4]
+
+
+def option_logprobs(lm: Any, messages: Sequence[Message], options: Sequence[str]) -> np.ndarray:
+    """``(len(options), 2)``: each option's summed log-probability as the assistant's reply
+    to ``messages`` and its token count (``LanguageModel.logprobs``)."""
+    scores = lm.logprobs(messages, list(options))
+    return np.array([[s.sum_logprob, s.num_tokens] for s in scores], dtype=np.float64)
