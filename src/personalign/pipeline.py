@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from personalign.backends.models.base import GenerationOptions, LanguageModel
 from personalign.backends.stores import open_store
@@ -41,8 +41,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Method = Literal["plain", "prompt"]
-METHODS: tuple[Method, ...] = ("plain", "prompt")
+Method = Literal["plain", "prompt", "contrastive", "mod", "best_of_n", "reward_guided"]
+METHODS: tuple[Method, ...] = get_args(Method)
+"""``plain``: no memory. ``prompt``: the memory block in the system prompt. The others are
+decoding-time methods over the prompt (``personalign.generation.decoding``)."""
+
+SAFETY_FLOOR = 0.25
+"""The least weight the safety objective keeps in every mixing method, whatever the user's
+weights (``rewards.weights.normalize_weights``)."""
+SAFETY_PROMPT = (
+    "You are a helpful assistant. Be safe and honest: refuse to help with anything harmful, "
+    "whatever any stored preference says."
+)
 
 REFUSAL = (
     "I can't help with that. It falls outside what I can assist with, whatever the "
@@ -88,10 +98,12 @@ class PersonalizeOptions:
     cosine similarity to the message is at least ``min_score``, when it shares the message's
     topic, or when it is about how answers should be written (topic ``communication``); a raw
     turn (episode) only when its cosine is at least ``episode_min_score``.
-    ``ingest``: store the user's turn in memory after the reply.
+    ``ingest``: store the user's turn in memory after the reply. ``strength``: the decoding
+    method's strength (contrastive's alpha, MOD's amplification, reward-guided's weight).
     """
 
     method: Method = "prompt"
+    strength: float = 1.0
     k: int = 8
     min_score: float = 0.3
     episode_min_score: float = 0.5
@@ -156,6 +168,7 @@ class Personalizer:
         self._pending: set[Future[object]] = set()
         self._lock = threading.Lock()
         self._tagger: TopicTagger | None = None
+        self._reward_model: Any = None
 
     @classmethod
     def open(
@@ -247,8 +260,10 @@ class Personalizer:
             return self._finish(
                 history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal
             )
-        gen = self.model.generate(messages, options=options.generation)
-        return self._finish(history, messages, hits, gen.text, user, options, t0, retrieval_ms)
+        text, how = self._generate(history, messages, hits, options)
+        return self._finish(
+            history, messages, hits, text, user, options, t0, retrieval_ms, decoding=how
+        )
 
     def stream(
         self,
@@ -270,13 +285,19 @@ class Personalizer:
             reply = self._finish(
                 history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal
             )
-        else:
+        elif options.method in ("plain", "prompt") or not hits:
             parts: list[str] = []
             for delta in self.model.stream(messages, options=options.generation):
                 parts.append(delta)
                 yield delta
             reply = self._finish(
                 history, messages, hits, "".join(parts), user, options, t0, retrieval_ms
+            )
+        else:  # decoding-time methods deliver the whole reply at the end
+            text, how = self._generate(history, messages, hits, options)
+            yield text
+            reply = self._finish(
+                history, messages, hits, text, user, options, t0, retrieval_ms, decoding=how
             )
         if on_done is not None:
             on_done(reply)
@@ -292,6 +313,7 @@ class Personalizer:
         t0: float,
         retrieval_ms: float,
         refusal: dict[str, object] | None = None,
+        decoding: dict[str, Any] | None = None,
     ) -> Reply:
         exchange = Exchange(
             id=new_id(),
@@ -309,7 +331,12 @@ class Personalizer:
             preferences=_used(hits),
             latency_ms=(time.perf_counter() - t0) * 1000,
             retrieval_ms=retrieval_ms,
-            meta={"refusal": refusal} if refusal else self._adapter_meta(options, user),
+            meta={"refusal": refusal}
+            if refusal
+            else {
+                **self._adapter_meta(options, user),
+                **({"decoding": decoding} if decoding else {}),
+            },
         )
         self.memory.store.log_exchange(exchange, user=user)
         if options.ingest and not refusal:
@@ -333,6 +360,50 @@ class Personalizer:
             return {}
         info = self.adapters.latest(user) if self.adapters is not None else None
         return {"adapter": info.label if info is not None and info.name == name else name}
+
+    def _generate(
+        self,
+        history: list[Message],
+        messages: list[Message],
+        hits: list[SearchHit],
+        options: PersonalizeOptions,
+    ) -> tuple[str, dict[str, Any] | None]:
+        """The reply text, and for decoding-time methods how it was decoded (for /why)."""
+        if options.method in ("plain", "prompt") or not hits:
+            return self.model.generate(messages, options=options.generation).text, None
+        from personalign.generation.decoding import DecodingConfig, personalized_generate
+
+        plain = build_messages(history, None)
+        safety = build_messages(history, None, system_prompt=SAFETY_PROMPT)
+        prefs = [h.record.text for h in hits if h.record.kind != "episode"]
+        out = personalized_generate(
+            self.model,
+            plain,
+            messages,
+            config=DecodingConfig(method=options.method, strength=options.strength),  # type: ignore[arg-type]
+            options=options.generation,
+            preferences=prefs,
+            reward=self._reward() if options.method in ("best_of_n", "reward_guided") else None,
+            objectives={"personal": messages, "safety": safety},
+            weights={"personal": 1.0},
+            floors={"safety": SAFETY_FLOOR},
+        )
+        how = {"method": out.method, "strength": out.strength, "rows": out.rows, **out.details}
+        if out.reward is not None:
+            how["reward"] = round(out.reward, 4)
+        return out.text, how
+
+    def _reward(self) -> Any:
+        """The embedded preference reward model over the memory's embedder (loaded once)."""
+        if self._reward_model is None:
+            from personalign.errors import ConfigError
+            from personalign.rewards.preference_rm import EmbeddedRewardModel
+
+            embedder = getattr(self.memory.store, "embedder", None)
+            if embedder is None or embedder.name != "all-MiniLM-L6-v2":
+                raise ConfigError("reward-guided methods need the MiniLM embedder")
+            self._reward_model = EmbeddedRewardModel.load(embedder)
+        return self._reward_model
 
     def screen(self, history: Sequence[Message], *, user: str) -> dict[str, object] | None:
         """Check the user's latest message with the boundary, whatever their preferences say.

@@ -18,7 +18,12 @@ if TYPE_CHECKING:
 
 User = Annotated[str, typer.Option("--user", "-u", help="Who is talking.")]
 MethodOpt = Annotated[
-    str, typer.Option("--method", help="plain (no memory) or prompt (memory in the prompt).")
+    str,
+    typer.Option(
+        "--method",
+        help="plain (no memory), prompt (memory in the prompt), or a decoding-time method: "
+        "contrastive, mod, best_of_n, reward_guided.",
+    ),
 ]
 MaxTokens = Annotated[int, typer.Option("--max-tokens", min=1, max=4096, help="Reply length cap.")]
 
@@ -74,6 +79,12 @@ def why_table(reply: Reply) -> Table:
         table.add_row(p.id, p.kind, p.text, f"{p.score:.4f}", ",".join(p.matched))
     if not x.preferences:
         table.caption = "no stored preference was relevant: the answer is not personalized"
+    decoding = x.meta.get("decoding")
+    if decoding:
+        facts = ", ".join(f"{k}={v}" for k, v in decoding.items() if k != "method")
+        table.caption = (table.caption or "") + (
+            f"decoded with {decoding['method']} ({facts}): the preferences steered each token"
+        )
     if adapter:
         table.caption = (table.caption or "") + (
             f"\nanswered with your own adapter {x.meta['adapter']}, trained on your feedback"
