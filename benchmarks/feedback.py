@@ -123,6 +123,7 @@ def plot(curves: dict[str, np.ndarray], path: Path, *, beta: float, users: int) 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode, c in curves.items():
@@ -130,8 +131,9 @@ def plot(curves: dict[str, np.ndarray], path: Path, *, beta: float, users: int) 
         m = c.mean(0)
         se = c.std(0) / np.sqrt(len(c))
         ax.plot(q, m, marker="o", ms=3, label=f"{mode} queries")
-        ax.fill_between(q, m - 2 * se, m + 2 * se, alpha=0.2)
+        ax.fill_between(q, m - 2 * se, m + 2 * se, alpha=0.2)  # +-2 standard errors
     ax.axhline(0.95, color="grey", ls="--", lw=1, label="target 0.95")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("pairwise queries answered")
     ax.set_ylabel("cosine(estimated, true weights)")
     ax.set_title(f"Bayesian Bradley-Terry, K={len(DIMS)}, beta={beta:g}, {users} users")
@@ -207,8 +209,10 @@ def main() -> None:
     plot(curves, args.out / "weight_cosine.png", beta=args.beta, users=args.users)
     figures["plot"] = str(args.out / "weight_cosine.png")
 
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "figures.json").write_text(json.dumps(figures, indent=2))
     if args.dpo_users > 0 or args.ray_users > 0:
-        figures.update(dpo_and_ray(args, turns))
+        figures.update(dpo_and_ray(args, turns, figures))
     figures["candidates"] = args.candidates
     figures["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -217,9 +221,9 @@ def main() -> None:
 
 
 def dpo_and_ray(
-    a: argparse.Namespace, all_turns: list[tuple[str, str]]
+    a: argparse.Namespace, all_turns: list[tuple[str, str]], done: dict[str, float | int | str]
 ) -> dict[str, float | int | str]:
-    """Parts 2 and 3 of the module doc."""
+    """Parts 2 and 3 of the module doc (figures so far are saved after each step)."""
     import torch
 
     from personalign.backends.models.base import GenerationOptions
@@ -334,6 +338,7 @@ def dpo_and_ray(
     figs["adapter_swap_p95_ms"] = round(percentile(warm, 95), 3)
     figs["adapter_load_ms"] = round(percentile(cold[1:] or cold, 50), 1)
     figs["adapter_swap_evicting_ms"] = round(percentile(evict, 50), 1)
+    (a.out / "figures.json").write_text(json.dumps({**done, **figs}, indent=2))
 
     # -- 3. Ray vs sequential ------------------------------------------------------------------
     if a.ray_users > 0:
