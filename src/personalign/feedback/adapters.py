@@ -86,8 +86,8 @@ class AdapterStore:
     def _user_dir(self, user: str) -> Path:
         return self.root / adapter_name(user)
 
-    def versions(self, user: str) -> list[AdapterInfo]:
-        """Every complete version of the user's adapter, oldest first."""
+    def _complete(self, user: str) -> list[tuple[int, Path]]:
+        """(version, directory) of every complete version, oldest first."""
         base = self._user_dir(user)
         if not base.is_dir():
             return []
@@ -95,14 +95,21 @@ class AdapterStore:
         for d in base.iterdir():
             m = _VERSION_RE.match(d.name)
             if m and all((d / f).is_file() for f in (*ADAPTER_FILES, RECIPE_FILE)):
-                recipe = json.loads((d / RECIPE_FILE).read_text())
-                out.append(AdapterInfo(user, int(m.group(1)), d, recipe))
-        return sorted(out, key=lambda a: a.version)
+                out.append((int(m.group(1)), d))
+        return sorted(out)
+
+    def _info(self, user: str, version: int, path: Path) -> AdapterInfo:
+        return AdapterInfo(user, version, path, json.loads((path / RECIPE_FILE).read_text()))
+
+    def versions(self, user: str) -> list[AdapterInfo]:
+        """Every complete version of the user's adapter, oldest first."""
+        return [self._info(user, v, d) for v, d in self._complete(user)]
 
     def latest(self, user: str) -> AdapterInfo | None:
-        """The newest version, or None when the user has no adapter."""
-        vs = self.versions(user)
-        return vs[-1] if vs else None
+        """The newest version, or None when the user has no adapter (reads one recipe: this
+        runs on every request of the pipeline)."""
+        done = self._complete(user)
+        return self._info(user, *done[-1]) if done else None
 
     def find(self, user: str, data_hash: str) -> AdapterInfo | None:
         """The newest version trained on data with this hash (for resuming), or None."""
@@ -116,7 +123,7 @@ class AdapterStore:
         if not self.root.is_dir():
             return []
         names = [d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")]
-        return sorted(u for u in map(user_of, names) if self.versions(u))
+        return sorted(u for u in map(user_of, names) if self._complete(u))
 
     def adapter_path(self, name: str) -> Path:
         """The directory of the newest version of adapter ``name`` (a user's adapter name);
