@@ -21,8 +21,12 @@ One run, four parts (subsets by default on a small CPU; the sizes are flags):
 4. ``cost_ratio_<method>``: seconds per generated token relative to plain decoding
    (``lm.generate`` on the same personal prompt), measured interleaved in this run.
 
-    python benchmarks/decoding.py [--data DIR] [--json] [--mcq-per-topic N] [--gen-per-topic N]
-        [--users N] [--cost-prompts N] [--max-new-tokens N]
+    OMP_NUM_THREADS=1 python benchmarks/decoding.py [--data DIR] [--json] [--mcq-per-topic N]
+        [--gen-per-topic N] [--users N] [--cost-prompts N] [--max-new-tokens N]
+
+On a shared CPU set ``OMP_NUM_THREADS=1``: with 2 threads on busy cores, torch's batched
+steps (2+ rows) ran 10x slower than single-row steps (thread oversubscription), which
+falsifies every cost ratio.
 """
 
 from __future__ import annotations
