@@ -105,7 +105,7 @@ class PersonalizeOptions:
     method: Method = "prompt"
     strength: float = 1.0
     k: int = 8
-    min_score: float = 0.3
+    min_score: float = 0.15
     episode_min_score: float = 0.5
     ingest: bool = True
     generation: GenerationOptions = field(default_factory=GenerationOptions)
