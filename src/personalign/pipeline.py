@@ -17,11 +17,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from personalign.backends.models.base import GenerationOptions, LanguageModel
-from personalign.backends.stores import open_store
 from personalign.config import Settings, load_settings
 from personalign.errors import ValidationError
 from personalign.generation.prompt import build_messages
-from personalign.memory import Memory
+from personalign.memory import Memory, open_memory
 from personalign.types import (
     Exchange,
     Message,
@@ -81,12 +80,8 @@ def open_guarded_memory(
     embedder = embedder or load_embedder(settings.embedder, settings.cache_dir)
     if checker is None:
         checker = load_boundary(embedder if settings.embedder == "minilm" else None)
-    if extractor is None and settings.embedder == "hashing":
-        from personalign.testing import CueExtractor
-
-        extractor = CueExtractor()  # the embedded extractor needs MiniLM vectors
-    store = GuardedStore(open_store(settings, embedder), checker)
-    return Memory(store, settings, extractor)
+    plain = open_memory(settings, embedder, extractor=extractor)
+    return Memory(GuardedStore(plain.store, checker), settings, plain.extractor)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from personalign.types import (
     PreferenceIn,
     Profile,
     SearchHit,
+    check_user,
+    utcnow,
 )
 
 # Aliases for result types: inside the store classes the name ``list`` is the ``list`` verb.
@@ -140,9 +142,20 @@ class MemoryStore(abc.ABC):
     def events(self, *, user: str, limit: int | None = None) -> Events:
         """The user's event log, oldest first."""
 
-    @abc.abstractmethod
     def export(self, *, user: str) -> dict[str, Any]:
-        """All of the user's data as a JSON-serializable dict."""
+        """All of the user's data as a JSON-serializable dict (built from the read verbs)."""
+        check_user(user)
+        return {
+            "user": user,
+            "exported_at": utcnow().isoformat(),
+            "memories": [
+                m.model_dump(mode="json") for m in self.list(user=user, include_history=True)
+            ],
+            "events": [e.model_dump(mode="json") for e in self.events(user=user)],
+            "exchanges": [x.model_dump(mode="json") for x in self.exchanges(user=user)],
+            "profile": [p.model_dump(mode="json") for p in self.profile_history(user=user)],
+            "feedback": [f.model_dump(mode="json") for f in self.feedback(user=user)],
+        }
 
     @abc.abstractmethod
     def erase_user(self, *, user: str) -> int:

@@ -559,20 +559,6 @@ class SQLiteStore(MemoryStore):
             for r in self._conn().execute(sql, args)
         ]
 
-    def export(self, *, user: str) -> dict[str, Any]:
-        check_user(user)
-        return {
-            "user": user,
-            "exported_at": utcnow().isoformat(),
-            "memories": [
-                m.model_dump(mode="json") for m in self.list(user=user, include_history=True)
-            ],
-            "events": [e.model_dump(mode="json") for e in self.events(user=user)],
-            "exchanges": [x.model_dump(mode="json") for x in self.exchanges(user=user)],
-            "profile": [p.model_dump(mode="json") for p in self.profile_history(user=user)],
-            "feedback": [f.model_dump(mode="json") for f in self.feedback(user=user)],
-        }
-
     def erase_user(self, *, user: str) -> int:
         check_user(user)
         with self._write() as conn:
