@@ -89,6 +89,21 @@ def test_bad_input_gives_one_line_error(cli, args, message):
     assert r.output.strip().count("\n") == 0
 
 
+def test_erase_deletes_the_users_adapters_too(cli, tmp_path):
+    from personalign.feedback.adapters import AdapterStore
+
+    files = {"adapter_model.safetensors": b"w", "adapter_config.json": b"{}"}
+    adapters = AdapterStore.for_home(tmp_path)
+    adapters.save("alice", files, {})
+    adapters.save("alice", files, {})
+    adapters.save("bob", files, {})
+    r = cli("memory", "erase", "--user", "alice", "--yes")  # no memories, but adapters
+    assert r.exit_code == 0, r.output
+    assert "0 rows deleted, 2 adapter versions deleted" in r.output
+    assert adapters.users() == ["bob"]
+    assert cli("memory", "erase", "--user", "alice", "--yes").exit_code == 1  # unknown now
+
+
 def test_erase_asks_for_confirmation(cli):
     cli("memory", "add", "keep me", "--user", "alice")
     r = cli("memory", "erase", "--user", "alice", stdin="n\n")

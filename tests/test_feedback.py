@@ -562,6 +562,21 @@ def test_feedback_routes_are_scoped_and_learn(tmp_path):
             "pairwise",
             "override",
         ]
+        # erasing the user deletes their trained adapters too, and only theirs
+        adapters = AdapterStore.for_home(tmp_path)
+        adapters.save("acme:ann", FILES, {})
+        adapters.save("globex:ann", FILES, {})
+        with httpx.Client(base_url=server.url, headers=h2, timeout=30) as c:
+            assert c.delete("/v1/users/ann").json() == {
+                "erased": "ann",
+                "rows": 0,
+                "adapters": 1,
+            }
+        assert adapters.users() == ["acme:ann"]
+        with httpx.Client(base_url=server.url, headers=h, timeout=30) as c:
+            r = c.delete("/v1/users/ann").json()
+            assert r["adapters"] == 1 and r["rows"] > 0
+        assert adapters.users() == []
 
 
 # -- chat slash commands and the pipeline's adapter hook ---------------------------------
@@ -622,6 +637,11 @@ def test_pipeline_answers_with_the_users_adapter_and_why_says_so(tiny, tmp_path)
     assert mine.exchange.meta == {"adapter": "ivy@v0001"} and other.exchange.meta == {}
     assert mine.text != other.text
     assert "adapter=ivy@v0001" in str(why_table(mine).title)
+    # erasing ivy's adapters deletes the files and unloads the weights
+    assert pz.erase_adapters("ivy") == 1 and adapters.latest("ivy") is None
+    assert lm._loaded == {}
+    again = pz.respond("Hello there", user="ivy", options=opts)
+    assert again.exchange.meta == {} and again.text == other.text
     pz.close()
     # a personalizer without an adapter store ignores adapters
     plain = Personalizer(open_guarded_memory(settings, HashingEmbedder()), FakeLM())

@@ -339,6 +339,21 @@ class Personalizer:
             self._ingest_later(history[-2:], user=user)
         return Reply(text=text, exchange=exchange)
 
+    def erase_adapters(self, user: str) -> int:
+        """Delete every adapter version of ``user`` (under the memory's data directory and
+        the model's adapter store) and unload them from the model; return how many versions
+        were deleted. Part of erasing a user: adapters are trained on their data."""
+        from personalign.feedback.adapters import AdapterStore
+
+        stores = {AdapterStore.for_home(self.memory.settings.home).root: None}
+        if self.adapters is not None:
+            stores[self.adapters.root] = None
+        n = sum(AdapterStore(root).erase(user) for root in stores)
+        unload = getattr(self.model, "unload_missing_adapters", None)
+        if callable(unload):
+            unload()
+        return n
+
     def with_adapter(self, options: PersonalizeOptions, *, user: str) -> PersonalizeOptions:
         """``options`` set to generate with the user's adapter, when they have one (and no
         adapter was asked for explicitly)."""

@@ -181,9 +181,16 @@ def erase(
     user: User,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Delete everything of a user, history and logs included. Cannot be undone."""
-    with _memory(user) as mem:
+    """Delete everything of a user, history, logs and trained adapters included. Cannot be
+    undone."""
+    from personalign.feedback.adapters import AdapterStore
+
+    with _memory(user, must_exist=False) as mem:
+        adapters = AdapterStore.for_home(mem.settings.home)
+        if not mem.has_user(user=user) and not adapters.versions(user):
+            mem.require_user(user=user)  # the usual unknown-user error
         if not yes and not typer.confirm(f"Erase every record of {user!r}?"):
             raise typer.Exit(1)
         n = mem.erase_user(user=user)
-    out.print(f"erased {user}: {n} rows deleted")
+        k = adapters.erase(user)
+    out.print(f"erased {user}: {n} rows deleted, {k} adapter versions deleted")

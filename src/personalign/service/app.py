@@ -330,8 +330,10 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
 
     @app.delete("/v1/users/{user}", tags=["users"])
     def erase(user: str, p: Auth) -> dict[str, Any]:
-        """Hard-delete everything of the user (history and logs too)."""
-        return {"erased": user, "rows": svc.store(p).erase_user(user=user)}
+        """Hard-delete everything of the user (history and logs too) and their adapters."""
+        rows = svc.store(p).erase_user(user=user)  # checks the key's rights first
+        adapters = svc.personalizer.erase_adapters(p.resolve(user))
+        return {"erased": user, "rows": rows, "adapters": adapters}
 
     if dashboard:
         from personalign.service.dashboard import mount_dashboard

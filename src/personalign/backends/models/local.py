@@ -422,6 +422,18 @@ class TransformersLM(LanguageModel):
         self.last_swap_ms = (time.perf_counter() - t0) * 1000
         return self.last_swap_ms
 
+    def unload_missing_adapters(self) -> int:
+        """Unload every cached adapter whose directory is gone from disk (an erased user's);
+        return how many were unloaded."""
+        gone = [path for path in self._loaded if not Path(path).is_dir()]
+        for path in gone:
+            key = self._loaded.pop(path)
+            if self._active == key:
+                self._peft.base_model.disable_adapter_layers()
+                self._active = None
+            self._peft.delete_adapter(key)
+        return len(gone)
+
     def _pick(
         self, logits: torch.Tensor, options: GenerationOptions, gen: torch.Generator
     ) -> list[int]:
