@@ -647,3 +647,17 @@ def test_pipeline_answers_with_the_users_adapter_and_why_says_so(tiny, tmp_path)
     plain = Personalizer(open_guarded_memory(settings, HashingEmbedder()), FakeLM())
     assert plain.respond("Hi", user="ivy", options=opts).exchange.meta == {}
     plain.close()
+
+
+def test_train_users_cli_ranks_with_the_reward_model_when_minilm_is_the_embedder(tmp_path):
+    import pickle
+
+    from personalign.cli.feedback import _reward_model_factory
+    from personalign.config import load_settings
+    from personalign.rewards.preference_rm import EmbeddedRewardModel
+
+    assert _reward_model_factory(load_settings(home=tmp_path, embedder="hashing")) is None
+    factory = _reward_model_factory(load_settings(home=tmp_path, embedder="minilm"))
+    assert factory is not None
+    again = pickle.loads(pickle.dumps(factory))  # travels to pool workers and Ray tasks
+    assert again.func == EmbeddedRewardModel.embedded  # type: ignore[attr-defined]

@@ -7,8 +7,9 @@ memory, choices and ratings re-estimate the user's weights (``personalign profil
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,7 +20,9 @@ from personalign.cli._common import err, errors, fail, out, print_json, state
 from personalign.types import FeedbackIn, Profile
 
 if TYPE_CHECKING:
+    from personalign.config import Settings
     from personalign.feedback.learn import FeedbackOutcome
+    from personalign.feedback.pairs import RewardScorer
     from personalign.memory import Memory
 
 app = typer.Typer(no_args_is_help=True)
@@ -361,6 +364,13 @@ def train_users_cmd(
     max_steps: Annotated[int, typer.Option(help="Stop after N steps (-1: epochs).")] = -1,
     threads: Annotated[int, typer.Option(min=1, help="Torch threads per job.")] = 1,
     force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False,
+    reward_model: Annotated[
+        bool,
+        typer.Option(
+            help="Rank candidates by the preference reward model over the user's stored "
+            "preferences too (not only by their style weights)."
+        ),
+    ] = True,
     json_out: Json = False,
 ) -> None:
     """Train per-user LoRA adapters with DPO on their preference pairs (resumable: users
@@ -391,6 +401,7 @@ def train_users_cmd(
             workers=workers,
             address=address,
             cache_dir=settings.cache_dir,
+            scorer_factory=_reward_model_factory(settings) if reward_model else None,
             force=force,
             progress=not json_out,
         )
@@ -408,6 +419,16 @@ def train_users_cmd(
     out.print(table)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
+
+
+def _reward_model_factory(settings: Settings) -> Callable[[], RewardScorer] | None:
+    """A picklable factory of the embedded preference reward model (it runs over MiniLM, so
+    none with another embedder)."""
+    if settings.embedder != "minilm":
+        return None
+    from personalign.rewards.preference_rm import EmbeddedRewardModel
+
+    return functools.partial(EmbeddedRewardModel.embedded, settings.cache_dir)
 
 
 @train_app.command("export")
