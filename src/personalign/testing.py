@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -345,4 +345,33 @@ class CueExtractor:
                             reason="cue-extractor: opens with a first-person preference",
                         )
                     )
+        return out
+
+
+class KeywordClassifier:
+    """A model-free stand-in for :class:`personalign.backends.finetuned.FinetunedClassifier`.
+
+    ``keywords`` maps a label to words; a text's probability mass goes to the labels whose
+    words it contains (``labels[0]`` when none), so tests can steer every class. Pairs are
+    appended to their texts.
+    """
+
+    def __init__(self, labels: Sequence[str], keywords: Mapping[str, Sequence[str]]) -> None:
+        self.labels: tuple[str, ...] = tuple(labels)
+        self.keywords = {k: [w.lower() for w in ws] for k, ws in keywords.items()}
+        self.calls = 0
+
+    def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
+        """Rows of probabilities, one per text (0.9 spread over the matching labels)."""
+        self.calls += 1
+        out = np.full((len(texts), len(self.labels)), 0.1 / len(self.labels), dtype=np.float32)
+        for i, text in enumerate(texts):
+            t = (text + " " + (pairs[i] if pairs is not None else "")).lower()
+            hits = [
+                j
+                for j, lab in enumerate(self.labels)
+                if any(w in t for w in self.keywords.get(lab, []))
+            ]
+            for j in hits or [0]:
+                out[i, j] += 0.9 / len(hits or [0])
         return out

@@ -21,6 +21,8 @@ API (stable):
   ``<cache_dir>/finetuned/<artifact hash>/model.onnx`` under a file lock, then run with
   onnxruntime + tokenizers. Thread-safe.
 * :func:`read_artifact_meta` — the artifact's metadata without loading anything.
+* :class:`TextClassifier` — the protocol (``labels``, ``predict_proba``) consumers type
+  against; :class:`personalign.testing.KeywordClassifier` is a model-free fake of it.
 
 The artifact is one ``.safetensors`` file (about 1-2 MB): the PEFT adapter's weights (LoRA
 matrices, pooler and head) in float16, with JSON metadata in the safetensors header:
@@ -44,7 +46,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -57,6 +59,17 @@ EXPORT_VERSION = "1"
 KEY = "personalign_finetuned"
 BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 FORMAT = "personalign-finetuned-1"
+
+
+@runtime_checkable
+class TextClassifier(Protocol):
+    """What :class:`FinetunedClassifier` offers (and what test fakes implement)."""
+
+    labels: tuple[str, ...]
+
+    def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
+        """Softmax probabilities, shape ``(len(texts), len(labels))``."""
+        ...
 
 
 def base_model_dir() -> Path:

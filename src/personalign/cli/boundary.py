@@ -92,7 +92,7 @@ def check(
                 base_url=guard_url or settings.openai_base_url,
                 api_key=settings.openai_api_key,
             )
-        boundary = load_boundary(embedder, guard=guard)
+        boundary = load_boundary(embedder, guard=guard, cache_dir=settings.cache_dir)
         verdicts = boundary.check(items)
     for text, v in zip(items, verdicts, strict=True):
         if as_json:

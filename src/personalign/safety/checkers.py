@@ -4,16 +4,22 @@ Interface: :class:`Checker` (``check(texts) -> list[Verdict]``, batched, one ver
 in order). Implementations:
 
 * :class:`PatternChecker` — the policy's per-category regular expressions (high precision).
-* :class:`ClassifierChecker` — the embedded classifier: a numpy model over the texts' sentence
-  embeddings (weights in ``artifacts/boundary_minilm.npz``, trained by
-  ``scripts/train_boundary.py``).
+* :class:`FinetunedChecker` — the boundary's classifier: all-MiniLM-L6-v2 fine-tuned with
+  LoRA as one sequence classifier over the labels ``benign``, ``injection`` and the policy
+  categories (``artifacts/boundary_minilm_lora.safetensors``, trained by
+  ``scripts/train_boundary.py``; run with onnxruntime, see
+  :mod:`personalign.backends.finetuned`). It also scores prompt injection, so one model run
+  per text gives both the harm verdict and the injection flag.
+* :class:`ClassifierChecker` — the earlier embedded classifier: a numpy model over the texts'
+  frozen sentence embeddings (``artifacts/boundary_minilm.npz``). Used when the fine-tuned
+  artifact is absent, and as the baseline in ``benchmarks/boundary.py``.
 * :class:`~personalign.safety.guard.OpenAIGuardChecker` — an optional guard model
   (Llama-Guard style) behind an OpenAI-compatible server.
 * :class:`Boundary` — runs several checkers in order (the first refusal wins) and adds the
   injection flag from an :class:`~personalign.safety.injection.InjectionDetector`.
 
-:func:`load_boundary` builds the default: patterns, then the classifier, then (if given) a
-guard, with injection detection sharing the classifier's embeddings.
+:func:`load_boundary` builds the default: patterns, then the fine-tuned classifier (or the
+embedded one), then (if given) a guard, with injection detection sharing the classifier's run.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from personalign.backends.embedders import Embedder
+from personalign.backends.finetuned import FinetunedClassifier, TextClassifier
 from personalign.errors import ConfigError, RefusedError, ValidationError
 from personalign.safety.classifier import EmbeddingClassifier, load_artifact
 from personalign.safety.injection import INJECTION_FLAG, InjectionDetector
@@ -32,7 +39,11 @@ from personalign.safety.policy import Policy, load_policy
 from personalign.safety.verdict import NONE, Verdict
 
 DEFAULT_ARTIFACT = Path(__file__).with_name("artifacts") / "boundary_minilm.npz"
+#: The fine-tuned boundary classifier (MiniLM + LoRA; labels benign, injection, categories).
+DEFAULT_FINETUNED = Path(__file__).with_name("artifacts") / "boundary_minilm_lora.safetensors"
 BENIGN = "benign"
+#: The fine-tuned classifier's prompt-injection label (flags, never refuses).
+INJECTION_LABEL = "injection"
 
 
 @runtime_checkable
@@ -143,8 +154,7 @@ class ClassifierChecker:
         if BENIGN not in model.classes:
             raise ConfigError("the safety classifier has no 'benign' class")
         self._benign = model.classes.index(BENIGN)
-        enabled = {c.name for c in self.policy.enabled()}
-        self._harm_idx = [i for i, c in enumerate(model.classes) if c != BENIGN and c in enabled]
+        self._harm_idx = _harm_indices(model.classes, self.policy)
 
     def check(self, texts: Sequence[str]) -> list[Verdict]:
         """One verdict per text (one batched embedding call)."""
@@ -155,31 +165,100 @@ class ClassifierChecker:
 
     def check_vectors(self, vectors: np.ndarray) -> list[Verdict]:
         """Verdicts from precomputed embeddings (rows in the order of the texts)."""
-        probs = self.model.predict_proba(vectors)
-        out = []
-        for row in probs:
-            harm_probs = row[self._harm_idx] if self._harm_idx else np.zeros(1)
-            # Disabled categories count as benign: they cannot cause a refusal.
-            score = float(harm_probs.sum())
-            if not self._harm_idx:
-                out.append(_admit(self.name, self.policy))
-                continue
-            cat = self.model.classes[self._harm_idx[int(np.argmax(harm_probs))]]
-            threshold = self.policy.threshold_for(cat)
-            if score >= threshold:
-                description = self.policy.categories[cat].description
-                out.append(
-                    _refuse(
-                        self.name,
-                        self.policy,
-                        cat,
-                        score,
-                        f"{description} (classifier score {score:.2f} >= {threshold:.2f})",
-                    )
+        return _verdicts(
+            self.name,
+            self.policy,
+            self.model.predict_proba(vectors),
+            self.model.classes,
+            self._harm_idx,
+        )
+
+
+def _harm_indices(classes: Sequence[str], policy: Policy) -> list[int]:
+    """Indices of the enabled policy categories among ``classes``."""
+    enabled = {c.name for c in policy.enabled()}
+    return [i for i, c in enumerate(classes) if c in enabled]
+
+
+def _verdicts(
+    name: str, policy: Policy, probs: np.ndarray, classes: Sequence[str], harm_idx: list[int]
+) -> list[Verdict]:
+    """Harm score = the summed probability of the enabled categories (disabled categories and
+    non-harm classes such as ``injection`` cannot cause a refusal); refused when it reaches the
+    most likely category's threshold."""
+    out = []
+    for row in probs:
+        if not harm_idx:
+            out.append(_admit(name, policy))
+            continue
+        harm_probs = row[harm_idx]
+        score = float(harm_probs.sum())
+        cat = classes[harm_idx[int(np.argmax(harm_probs))]]
+        threshold = policy.threshold_for(cat)
+        if score >= threshold:
+            description = policy.categories[cat].description
+            out.append(
+                _refuse(
+                    name,
+                    policy,
+                    cat,
+                    score,
+                    f"{description} (classifier score {score:.2f} >= {threshold:.2f})",
                 )
-            else:
-                out.append(_admit(self.name, self.policy, score))
+            )
+        else:
+            out.append(_admit(name, policy, score))
+    return out
+
+
+class FinetunedChecker:
+    """The fine-tuned boundary classifier (see the module doc).
+
+    Harm score = the summed probability of the enabled categories; refused when it reaches the
+    most likely category's policy threshold. :meth:`injection_scores` is p(``injection``), the
+    scorer of the boundary's :class:`InjectionDetector`.
+    """
+
+    name = "classifier"
+
+    def __init__(self, model: TextClassifier, *, policy: Policy | None = None) -> None:
+        """Check that ``model`` has a ``benign`` label."""
+        self.model = model
+        self.policy = policy or load_policy()
+        self.classes = model.labels
+        if BENIGN not in self.classes:
+            raise ConfigError("the fine-tuned safety classifier has no 'benign' label")
+        self._harm_idx = _harm_indices(self.classes, self.policy)
+        self._inj = self.classes.index(INJECTION_LABEL) if INJECTION_LABEL in self.classes else None
+
+    @property
+    def scores_injection(self) -> bool:
+        """Whether the model has an ``injection`` label."""
+        return self._inj is not None
+
+    def probs(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities, one row per text (one batched model run)."""
+        return self.model.predict_proba(_texts(texts))
+
+    def check(self, texts: Sequence[str]) -> list[Verdict]:
+        """One verdict per text."""
+        items = _texts(texts)
+        return self.check_probs(self.probs(items)) if items else []
+
+    def check_probs(self, probs: np.ndarray) -> list[Verdict]:
+        """Verdicts from precomputed :meth:`probs` rows."""
+        return _verdicts(self.name, self.policy, probs, self.classes, self._harm_idx)
+
+    def injection_column(self, probs: np.ndarray) -> np.ndarray:
+        """p(injection) from :meth:`probs` rows (zeros without an ``injection`` label)."""
+        if self._inj is None:
+            return np.zeros(len(probs), dtype=np.float32)
+        out: np.ndarray = probs[:, self._inj].astype(np.float32)
         return out
+
+    def injection_scores(self, texts: list[str]) -> np.ndarray:
+        """p(injection) per text."""
+        return self.injection_column(self.probs(texts)) if texts else np.zeros(0, np.float32)
 
 
 class Boundary:
@@ -209,6 +288,7 @@ class Boundary:
         """One verdict per text: admitted only when every checker admits it."""
         items = _texts(texts)
         vectors, segment_vectors = self._shared_vectors(items)
+        probs, inj_scores = self._shared_probs(items)
         verdicts: list[Verdict | None] = [None] * len(items)
         best: list[Verdict | None] = [None] * len(items)
         pending = list(range(len(items)))
@@ -217,6 +297,8 @@ class Boundary:
                 break
             if vectors is not None and isinstance(checker, ClassifierChecker):
                 results = checker.check_vectors(vectors[pending])
+            elif probs is not None and isinstance(checker, FinetunedChecker):
+                results = checker.check_probs(probs[pending])
             else:
                 results = checker.check([items[i] for i in pending])
             still = []
@@ -237,7 +319,7 @@ class Boundary:
                 else _admit(self.name, self.policy)
             )
         if self.injection is not None:
-            flags = self.injection.detect(items, vectors, segment_vectors)
+            flags = self.injection.detect(items, vectors, segment_vectors, scores=inj_scores)
             for i, res in enumerate(flags):
                 current = verdicts[i]
                 if res.flagged and current is not None:
@@ -260,6 +342,21 @@ class Boundary:
         both = clf.embedder.embed(items + extra)
         return both[: len(items)], (both[len(items) :] if extra else None)
 
+    def _shared_probs(self, items: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """One fine-tuned run over the texts (and, when the injection detector scores with the
+        same model, their sentences): (class probabilities of the texts, injection scores of
+        the texts then sentences); ``(None, None)`` without a fine-tuned checker."""
+        ft = next((c for c in self.checkers if isinstance(c, FinetunedChecker)), None)
+        if ft is None or not items:
+            return None, None
+        scorer = self.injection.scorer if self.injection is not None else None
+        shared = getattr(scorer, "__self__", None) is ft
+        extra: list[str] = []
+        if shared and self.injection is not None:
+            extra, _ = self.injection.segments_to_embed(items)
+        probs = ft.probs(items + extra)
+        return probs[: len(items)], (ft.injection_column(probs) if shared else None)
+
     def admit(self, text: str) -> Verdict:
         """Check one text; raise :class:`RefusedError` (with the verdict) when it is refused."""
         verdict = self.check([text])[0]
@@ -274,16 +371,42 @@ def load_boundary(
     policy: Policy | None = None,
     artifact: Path | None = None,
     guard: Checker | None = None,
+    finetuned: Path | bool = True,
+    cache_dir: Path | None = None,
+    num_threads: int | None = None,
 ) -> Boundary:
-    """The default boundary: patterns, the embedded classifier, then ``guard`` if given.
+    """The default boundary: patterns, the classifier, then ``guard`` if given.
 
-    With ``embedder=None`` the classifier and the injection classifier are left out
-    (patterns only: for tests and emergencies, not for production).
+    The classifier is the fine-tuned one (``finetuned``: its artifact, default
+    :data:`DEFAULT_FINETUNED`, used when the file exists; ``False``: never), scoring harm and
+    injection in one run, exported to ONNX on first use into ``cache_dir`` (default: the
+    embedder's, else the settings'); ``num_threads``: its onnxruntime threads (default up to
+    2). Otherwise the embedded numpy classifiers of ``artifact`` over ``embedder``'s vectors.
+    With ``embedder=None`` both classifiers are left out (patterns only: for tests and
+    emergencies, not for production).
     """
     policy = policy or load_policy()
     checkers: list[Checker] = [PatternChecker(policy)]
     injection = InjectionDetector(threshold=policy.injection_threshold)
-    if embedder is not None:
+    ft_path = DEFAULT_FINETUNED if finetuned is True else (finetuned or None)
+    use_ft = ft_path is not None and (finetuned is not True or ft_path.is_file())
+    if embedder is not None and use_ft and ft_path is not None:
+        if cache_dir is None:
+            cache_dir = getattr(embedder, "cache_dir", None)
+        if cache_dir is None:
+            from personalign.config import load_settings
+
+            cache_dir = load_settings().cache_dir
+        ft = FinetunedChecker(
+            FinetunedClassifier.load(Path(ft_path), cache_dir, num_threads=num_threads),
+            policy=policy,
+        )
+        checkers.append(ft)
+        if ft.scores_injection:
+            injection = InjectionDetector(
+                threshold=policy.injection_threshold, scorer=ft.injection_scores
+            )
+    elif embedder is not None:
         models, _ = load_artifact(artifact or DEFAULT_ARTIFACT)
         if "harm" not in models:
             raise ConfigError("the safety artifact has no 'harm' model")

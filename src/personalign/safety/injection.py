@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,7 +150,12 @@ class InjectionResult:
 
 
 class InjectionDetector:
-    """Flags injection-like text. Without a classifier, patterns only."""
+    """Flags injection-like text. Without a classifier, patterns only.
+
+    The classifier is either ``model`` (classes ``ok``/``inj``) over ``embedder``'s vectors,
+    or ``scorer``: a function from texts to p(injection) per text (the fine-tuned boundary
+    classifier's ``injection`` class, :class:`~personalign.safety.checkers.FinetunedChecker`).
+    """
 
     name = "injection"
 
@@ -160,12 +165,16 @@ class InjectionDetector:
         model: EmbeddingClassifier | None = None,
         *,
         threshold: float = 0.5,
+        scorer: Callable[[list[str]], np.ndarray] | None = None,
     ) -> None:
-        """Use ``model`` (classes ``ok``/``inj``) over ``embedder``'s vectors, if both given."""
+        """Use ``model`` over ``embedder``'s vectors (both or neither), or ``scorer``."""
         if (embedder is None) != (model is None):
             raise ValueError("InjectionDetector: give both embedder and model, or neither")
+        if scorer is not None and model is not None:
+            raise ValueError("InjectionDetector: give an embedding model or a scorer, not both")
         self.embedder = embedder
         self.model = model
+        self.scorer = scorer
         self.threshold = threshold
 
     def detect(
@@ -173,15 +182,21 @@ class InjectionDetector:
         texts: Sequence[str],
         vectors: np.ndarray | None = None,
         segment_vectors: np.ndarray | None = None,
+        *,
+        scores: np.ndarray | None = None,
     ) -> list[InjectionResult]:
         """Check ``texts``.
 
         ``vectors`` (the texts' embeddings) and ``segment_vectors`` (the embeddings of
         :meth:`segments_to_embed`, in order) are optional: a caller that embeds anyway passes
-        them to save embedding calls.
+        them to save embedding calls. With a ``scorer``, ``scores`` may likewise hold the
+        scorer's output for ``texts`` followed by :meth:`segments_to_embed`'s sentences.
         """
         texts = list(texts)
-        clf = self._classifier_scores(texts, vectors, segment_vectors)
+        if self.scorer is not None:
+            clf = self._scorer_scores(texts, scores)
+        else:
+            clf = self._classifier_scores(texts, vectors, segment_vectors)
         out: list[InjectionResult] = []
         for i, text in enumerate(texts):
             strong, weak = pattern_signals(text)
@@ -199,7 +214,7 @@ class InjectionDetector:
         """The sentences of multi-sentence texts, and the index of the text each belongs to."""
         extra: list[str] = []
         owner: list[int] = []
-        if self.model is None:
+        if self.model is None and self.scorer is None:
             return extra, owner
         for i, text in enumerate(texts):
             segs = segments(text)
@@ -207,6 +222,22 @@ class InjectionDetector:
                 extra += segs
                 owner += [i] * len(segs)
         return extra, owner
+
+    def _scorer_scores(self, texts: list[str], scores: np.ndarray | None) -> np.ndarray:
+        """p(injection) per text from the scorer: the max over the text and its segments."""
+        out = np.zeros(len(texts), dtype=np.float32)
+        if self.scorer is None or not texts:
+            return out
+        extra, owner = self.segments_to_embed(texts)
+        if scores is None:
+            scores = self.scorer(texts + extra)
+        scores = np.asarray(scores, dtype=np.float32)
+        if scores.shape != (len(texts) + len(extra),):
+            raise ValueError("InjectionDetector: scores must cover the texts and their segments")
+        out[:] = scores[: len(texts)]
+        if extra:
+            np.maximum.at(out, np.array(owner), scores[len(texts) :])
+        return out
 
     def _classifier_scores(
         self,
