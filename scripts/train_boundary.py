@@ -1,13 +1,26 @@
-"""Train the safety boundary's embedded classifiers and write the artifact.
+"""Train the safety boundary's classifiers and write the artifacts.
 
     .venv/bin/python scripts/train_boundary.py [--data ../shared/data] [--seed 0]
         [--out src/personalign/safety/artifacts/boundary_minilm.npz] [--embedder minilm]
+        [--finetuned-out src/personalign/safety/artifacts/boundary_minilm_lora.safetensors]
+        [--skip-finetune] [--epochs 1.0] [--max-length 64]
 
-Reproducible: fixed seed, deterministic full-batch training, data read in sorted order. The
-held-out protocol (:data:`personalign.safety.datasets.HELDOUT_PROTOCOL`) is stored in the
-artifact together with the keys of every training text, so that ``benchmarks/boundary.py``
-scores only what the artifact never saw. Prints the held-out figures of the classifiers
-alone (the benchmark measures the whole boundary: patterns + classifier).
+Two artifacts from the same training data:
+
+* ``boundary_minilm_lora.safetensors`` (the boundary's classifier): all-MiniLM-L6-v2
+  fine-tuned with LoRA (:mod:`personalign.backends.finetuned`) as ONE sequence classifier
+  with the labels ``benign``, ``injection`` and the harm categories, so that an admission
+  check is one model run (harm verdict and injection flag). About 12 minutes on one CPU
+  thread (``OMP_NUM_THREADS=1``; 1 epoch, 64 tokens).
+* ``boundary_minilm.npz``: the earlier numpy softmax regressions over frozen MiniLM
+  embeddings (harm and injection). Seconds to train; kept as the baseline the benchmark
+  prints beside the fine-tuned boundary, and used when the fine-tuned artifact is absent.
+
+Reproducible: fixed seed, deterministic training (one thread), data read in sorted order. The
+held-out protocol (:data:`personalign.safety.datasets.HELDOUT_PROTOCOL`) is stored in both
+artifacts together with the keys of every training text, so that ``benchmarks/boundary.py``
+scores only what the artifacts never saw. Prints the held-out figures of the numpy
+classifiers alone (the benchmark measures the whole boundary: patterns + classifier).
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from personalign.backends.embedders import load_embedder  # noqa: E402
 from personalign.safety import datasets as D  # noqa: E402
-from personalign.safety.checkers import DEFAULT_ARTIFACT  # noqa: E402
+from personalign.safety.checkers import DEFAULT_ARTIFACT, DEFAULT_FINETUNED  # noqa: E402
 from personalign.safety.classifier import EmbeddingClassifier, fit, save_artifact  # noqa: E402
 from personalign.safety.injection import segments  # noqa: E402
 from personalign.safety.policy import load_policy  # noqa: E402
@@ -91,6 +104,42 @@ def injection_training_set(data: Path) -> tuple[list[str], list[str], list[str]]
     neg += [e.text for e in emails[::2]]
     keys = sorted({D.text_key(t) for t in pos} | {D.text_key(e.text) for e in emails[::2]})
     return pos, neg, keys
+
+
+INJECTION = "injection"
+#: Share of the total loss weight of each side in the fine-tuned model's training set.
+GROUP_WEIGHTS = {D.BENIGN: 0.45, "harm": 0.40, INJECTION: 0.15}
+
+
+def finetune_training_set(
+    data: Path, seed: int
+) -> tuple[list[str], list[str], np.ndarray, list[str]]:
+    """(texts, labels, weights, train keys) of the one fine-tuned boundary classifier.
+
+    The harm set of :func:`harm_training_set` (its CyberSecEval attacks relabelled
+    ``injection``) plus the texts of :func:`injection_training_set` it lacks (positives as
+    ``injection``, negatives as ``benign``). Weights
+    give benign, harmful and injection texts :data:`GROUP_WEIGHTS` of the total each.
+    """
+    examples, harm_keys = harm_training_set(data, seed)
+    pos, neg, inj_keys = injection_training_set(data)
+    pos_set = set(pos)
+    texts = [e.text for e in examples]  # repeats kept (the contrast pairs weigh triple)
+    labels = [
+        INJECTION if e.text in pos_set or e.source == "cyberseceval" else e.label for e in examples
+    ]
+    seen = set(texts)
+    for text, label in [(t, INJECTION) for t in pos] + [(t, D.BENIGN) for t in neg]:
+        if text not in seen:
+            seen.add(text)
+            texts.append(text)
+            labels.append(label)
+    group = [lab if lab in (D.BENIGN, INJECTION) else "harm" for lab in labels]
+    counts = Counter(group)
+    weights = np.array([GROUP_WEIGHTS[g] / counts[g] for g in group], dtype=np.float64)
+    weights *= len(texts) / weights.sum()  # mean weight 1
+    keys = sorted(set(harm_keys) | set(inj_keys))
+    return texts, labels, weights, keys
 
 
 def _balanced(labels: list[str], positive: object) -> np.ndarray:
@@ -159,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--embedder", default="minilm")
+    ap.add_argument("--finetuned-out", type=Path, default=DEFAULT_FINETUNED)
+    ap.add_argument("--skip-finetune", action="store_true", help="only the numpy baseline")
+    ap.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs")
+    ap.add_argument("--max-length", type=int, default=64, help="fine-tuning max tokens")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for fine-tuning")
     ap.add_argument(
         "--cache-dir",
         type=Path,
@@ -223,7 +277,48 @@ def main(argv: list[str] | None = None) -> int:
     print("held-out figures (classifier alone; the benchmark measures the whole boundary):")
     for key, value in figures.items():
         print(f"  {key}: {value}")
+    if not args.skip_finetune:
+        finetune(args, meta)
     return 0
+
+
+def finetune(args: argparse.Namespace, npz_meta: dict[str, object]) -> None:
+    """Fine-tune the one MiniLM boundary classifier (LoRA) and write its artifact."""
+    from personalign.backends.finetuned import train_classifier
+
+    texts, labels, weights, keys = finetune_training_set(args.data, args.seed)
+    names = [D.BENIGN, INJECTION, *D.GOLD_CATEGORIES]
+    print(
+        f"fine-tuning MiniLM (LoRA) on {len(texts)} texts {dict(Counter(labels).most_common())}",
+        flush=True,
+    )
+    report = train_classifier(
+        texts,
+        labels,
+        args.finetuned_out,
+        label_names=names,
+        sample_weight=weights,
+        max_length=args.max_length,
+        epochs=args.epochs,
+        batch_size=32,
+        lr=8e-4,
+        lora_r=8,
+        lora_alpha=16,
+        seed=args.seed,
+        threads=args.threads,
+        log_every=100,
+        extra_meta={
+            "purpose": "personalign safety boundary: harm categories + prompt injection",
+            "policy_version_at_training": npz_meta["policy_version_at_training"],
+            "heldout_protocol": D.HELDOUT_PROTOCOL,
+            "train_keys": " ".join(keys),
+            "group_weights": GROUP_WEIGHTS,
+        },
+    )
+    print(
+        f"wrote {report.path} ({report.size_bytes / 1024:.0f} kB): {report.steps} steps in "
+        f"{report.seconds:.0f}s, final loss {report.final_loss:.4f}"
+    )
 
 
 if __name__ == "__main__":

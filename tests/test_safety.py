@@ -189,6 +189,21 @@ def test_shipped_artifact_is_small_and_documented() -> None:
     assert len(meta["train_keys"].split()) > 1000
 
 
+def test_shipped_finetuned_artifact_is_small_and_documented() -> None:
+    from personalign.backends.finetuned import read_artifact_meta
+    from personalign.safety.checkers import DEFAULT_FINETUNED
+
+    assert DEFAULT_FINETUNED.is_file()
+    assert DEFAULT_FINETUNED.stat().st_size < 4 * 1024 * 1024
+    meta = read_artifact_meta(DEFAULT_FINETUNED)
+    assert meta["labels"][:2] == ["benign", "injection"]
+    assert set(load_policy().categories) <= set(meta["labels"])
+    assert meta["max_length"] <= 128 and meta["train"]["seed"] == 0
+    assert meta["base_model"]["id"].endswith("all-MiniLM-L6-v2") and meta["data_sha256"]
+    assert "held" in meta["heldout_protocol"].lower()
+    assert len(meta["train_keys"].split()) > 1000
+
+
 def test_boundary_first_refusal_wins_and_flags_injection() -> None:
     emb = HashingEmbedder()
     policy = load_policy()
