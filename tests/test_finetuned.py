@@ -131,6 +131,10 @@ def test_onnx_inference_without_torch(trained, tmp_path: Path) -> None:  # type:
     one = np.vstack([clf.predict_proba([t]) for t in TEXTS[:6]])
     assert np.allclose(clf.predict_proba(TEXTS[:6]), one, atol=1e-4)
     assert np.allclose(probs, one, atol=1e-4)
+    q = FinetunedClassifier.load(d / "a.safetensors", tmp_path, quantize=True)
+    assert q.onnx_path != clf.onnx_path
+    assert np.abs(q.predict_proba(TEXTS[:6]) - one).max() < 0.2  # int8 weights: close
+    assert q.onnx_path.is_file()
     pc = FinetunedClassifier.load(d / "p.safetensors", tmp_path)
     assert pc.labels == ("x", "y", "z") and read_artifact_meta(pc.artifact)["pair"]
     out = pc.logits(TEXTS[:3], pairs=["a", "b", "c"])

@@ -19,7 +19,8 @@ API (stable):
   on first use the artifact is merged into the base model and exported to ONNX by a
   subprocess (``python -m personalign.backends.finetuned export ARTIFACT OUT``) into
   ``<cache_dir>/finetuned/<artifact hash>/model.onnx`` under a file lock, then run with
-  onnxruntime + tokenizers. Thread-safe.
+  onnxruntime + tokenizers. Thread-safe. ``quantize=True`` runs a dynamically
+  int8-quantized export instead (``model.int8.onnx``; about 3x faster on CPU).
 * :func:`read_artifact_meta` — the artifact's metadata without loading anything.
 * :class:`TextClassifier` — the protocol (``labels``, ``predict_proba``) consumers type
   against; :class:`personalign.testing.KeywordClassifier` is a model-free fake of it.
@@ -431,8 +432,11 @@ def _merged_model(artifact: Path) -> tuple[Any, dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 
 
-def export_onnx(artifact: Path, out: Path) -> None:
-    """Merge base + adapter and write ``out`` (ONNX, atomically), checked with onnxruntime."""
+def export_onnx(artifact: Path, out: Path, *, quantize: bool = False) -> None:
+    """Merge base + adapter and write ``out`` (ONNX, atomically), checked with onnxruntime.
+
+    ``quantize``: then dynamic int8 quantization of the weights (onnxruntime's
+    ``quantize_dynamic``; about 3x faster on CPU, logits within a few tenths)."""
     import warnings
 
     import onnx
@@ -441,7 +445,7 @@ def export_onnx(artifact: Path, out: Path) -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     model, _meta = _merged_model(artifact)
-    key = f"{_sha256_file(artifact)}:{EXPORT_VERSION}"
+    key = f"{_sha256_file(artifact)}:{EXPORT_VERSION}" + (":int8" if quantize else "")
 
     class Wrapper(torch.nn.Module):
         def __init__(self, inner: Any) -> None:
@@ -480,6 +484,20 @@ def export_onnx(artifact: Path, out: Path) -> None:
         entry.key, entry.value = KEY, key
         onnx.save(proto, str(tmp))
         _check_export(tmp, wrapped)
+        if quantize:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            fp32 = tmp.with_name(tmp.name + ".fp32")
+            os.replace(tmp, fp32)
+            try:
+                quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+            finally:
+                fp32.unlink(missing_ok=True)
+            proto = onnx.load(str(tmp))
+            if not any(p.key == KEY for p in proto.metadata_props):
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = KEY, key
+                onnx.save(proto, str(tmp))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -529,8 +547,11 @@ class FinetunedClassifier:
         num_threads: int | None = None,
         batch_size: int = 32,
         export_timeout_s: float = 900.0,
+        quantize: bool = False,
     ) -> None:
-        """Read the artifact's metadata; load nothing else yet (see :meth:`load`)."""
+        """Read the artifact's metadata; load nothing else yet (see :meth:`load`).
+
+        ``quantize``: run a dynamically int8-quantized export (about 3x faster on CPU)."""
         _require("onnxruntime", "onnxruntime", "the fine-tuned classifier")
         _require("tokenizers", "tokenizers", "the fine-tuned classifier")
         self.artifact = Path(artifact)
@@ -547,6 +568,7 @@ class FinetunedClassifier:
         self.num_threads = max(1, num_threads)
         self.batch_size = max(1, batch_size)
         self.export_timeout_s = export_timeout_s
+        self.quantize = quantize
         self.model_dir = base_model_dir()
         self._lock = threading.Lock()
         self._session: Any = None
@@ -560,14 +582,18 @@ class FinetunedClassifier:
         *,
         num_threads: int | None = None,
         batch_size: int = 32,
+        quantize: bool = False,
     ) -> FinetunedClassifier:
         """The classifier of ``artifact``, exported into ``cache_dir`` on first use."""
-        return cls(artifact, cache_dir, num_threads=num_threads, batch_size=batch_size)
+        return cls(
+            artifact, cache_dir, num_threads=num_threads, batch_size=batch_size, quantize=quantize
+        )
 
     @property
     def onnx_path(self) -> Path:
         """Where the merged, exported model lives (keyed by the artifact's hash)."""
-        return self.cache_dir / "finetuned" / self.sha256[:24] / "model.onnx"
+        name = "model.int8.onnx" if self.quantize else "model.onnx"
+        return self.cache_dir / "finetuned" / self.sha256[:24] / name
 
     def warm_up(self) -> None:
         """Export (if needed) and load the model now rather than on the first call."""
@@ -615,7 +641,7 @@ class FinetunedClassifier:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        want = f"{self.sha256}:{EXPORT_VERSION}"
+        want = f"{self.sha256}:{EXPORT_VERSION}" + (":int8" if self.quantize else "")
 
         def open_current() -> Any:
             if not self.onnx_path.is_file():
@@ -650,6 +676,7 @@ class FinetunedClassifier:
             "export",
             str(self.artifact),
             str(self.onnx_path),
+            *(["--quantize"] if self.quantize else []),
         ]
         try:
             proc = subprocess.run(
@@ -680,8 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     ex = sub.add_parser("export", help="merge base + adapter and write model.onnx")
     ex.add_argument("artifact", type=Path)
     ex.add_argument("out", type=Path)
+    ex.add_argument("--quantize", action="store_true", help="dynamic int8 weights")
     args = ap.parse_args(argv)
-    export_onnx(args.artifact, args.out)
+    export_onnx(args.artifact, args.out, quantize=args.quantize)
     return 0
 
 

@@ -374,6 +374,7 @@ def load_boundary(
     finetuned: Path | bool = True,
     cache_dir: Path | None = None,
     num_threads: int | None = None,
+    quantize: bool = True,
 ) -> Boundary:
     """The default boundary: patterns, the classifier, then ``guard`` if given.
 
@@ -381,7 +382,9 @@ def load_boundary(
     :data:`DEFAULT_FINETUNED`, used when the file exists; ``False``: never), scoring harm and
     injection in one run, exported to ONNX on first use into ``cache_dir`` (default: the
     embedder's, else the settings'); ``num_threads``: its onnxruntime threads (default up to
-    2). Otherwise the embedded numpy classifiers of ``artifact`` over ``embedder``'s vectors.
+    2); ``quantize``: run its dynamically int8-quantized export (default; about 3x faster,
+    the figures in ``benchmarks/boundary.py`` are measured that way). Otherwise the embedded
+    numpy classifiers of ``artifact`` over ``embedder``'s vectors.
     With ``embedder=None`` both classifiers are left out (patterns only: for tests and
     emergencies, not for production).
     """
@@ -398,7 +401,9 @@ def load_boundary(
 
             cache_dir = load_settings().cache_dir
         ft = FinetunedChecker(
-            FinetunedClassifier.load(Path(ft_path), cache_dir, num_threads=num_threads),
+            FinetunedClassifier.load(
+                Path(ft_path), cache_dir, num_threads=num_threads, quantize=quantize
+            ),
             policy=policy,
         )
         checkers.append(ft)
