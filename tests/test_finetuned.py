@@ -140,3 +140,13 @@ def test_onnx_inference_without_torch(trained, tmp_path: Path) -> None:  # type:
     out = pc.logits(TEXTS[:3], pairs=["a", "b", "c"])
     assert out.shape == (3, 3) and out.dtype == np.float32
     assert not np.allclose(out, pc.logits(TEXTS[:3], pairs=["z z z", "y", "x x"]))
+
+
+def test_group_size_must_divide_the_examples(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from personalign.backends.finetuned import train_classifier
+    from personalign.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="group_size"):
+        train_classifier(["a", "b", "c"], ["x", "y", "y"], tmp_path / "m", group_size=2)

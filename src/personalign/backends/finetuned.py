@@ -9,7 +9,8 @@ API (stable):
 
 * :func:`train_classifier` — ``train_classifier(texts, labels, out, *, pairs=None,
   label_names=None, sample_weight=None, max_length=64, epochs=1, batch_size=32, lr=5e-4,
-  lora_r=8, seed=0, threads=1, extra_meta=None) -> TrainReport``. Needs torch,
+  lora_r=8, seed=0, threads=1, extra_meta=None, group_size=1, listwise_weight=0.0) ->
+  TrainReport`` (groups: a listwise ranking loss over consecutive examples). Needs torch,
   transformers and peft (the ``ml`` extra), imported only inside the function. Deterministic
   for a given seed (one thread, deterministic algorithms). Writes the artifact ``out``.
 * :class:`FinetunedClassifier` — ``FinetunedClassifier.load(artifact, cache_dir, *,
@@ -238,6 +239,8 @@ def train_classifier(
     extra_meta: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = print,
     log_every: int = 50,
+    group_size: int = 1,
+    listwise_weight: float = 0.0,
 ) -> TrainReport:
     """Fine-tune MiniLM with LoRA on ``(texts[, pairs]) -> labels`` and write the artifact.
 
@@ -247,6 +250,12 @@ def train_classifier(
     windows of 50 batches (less padding); the learning rate warms up linearly over
     ``warmup`` of the steps and decays linearly to 0. ``threads`` is the torch thread count
     (1 on a shared machine).
+
+    ``group_size`` > 1: the examples come in consecutive groups of that size (an item and its
+    alternatives, the first one the best), which are batched whole (``batch_size`` rows,
+    rounded down to whole groups). ``listwise_weight`` > 0 adds to the loss, per group, the
+    softmax cross-entropy that ranks the group's first example first by its score
+    ``logit[its label] - logsumexp(other logits)`` (a listwise ranking loss).
     """
     _require("torch", "torch", "training a fine-tuned classifier")
     _require("transformers", "transformers", "training a fine-tuned classifier")
@@ -278,6 +287,11 @@ def train_classifier(
     )
     if weights.shape != (len(items),) or not np.all(np.isfinite(weights)) or weights.min() < 0:
         raise ValidationError("sample_weight must hold one finite non-negative weight per text")
+    if group_size < 1 or len(items) % group_size or not listwise_weight >= 0:
+        raise ConfigError(
+            f"group_size must divide the {len(items)} examples and listwise_weight be >= 0"
+        )
+    g = group_size
 
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
@@ -304,22 +318,26 @@ def train_classifier(
     model = get_peft_model(model, peft_config)
     model.train()
 
-    # batches: seeded shuffle per epoch, length-grouped within windows of 50 batches
+    # batches of whole groups (one example each unless group_size > 1): seeded shuffle per
+    # epoch, length-grouped within windows of 50 batches
     rng = random.Random(seed)
-    n_steps = max(1, round(epochs * len(items) / batch_size))
+    per_batch = max(1, batch_size // g)
+    n_units = len(items) // g
+    unit_len = [max(len(encodings[u * g + j].ids) for j in range(g)) for u in range(n_units)]
+    n_steps = max(1, round(epochs * n_units / per_batch))
     order: list[int] = []
-    while len(order) < n_steps * batch_size:
-        perm = list(range(len(items)))
+    while len(order) < n_steps * per_batch:
+        perm = list(range(n_units))
         rng.shuffle(perm)
         order += perm
-    order = order[: n_steps * batch_size]
+    order = order[: n_steps * per_batch]
     batches: list[list[int]] = []
-    window = 50 * batch_size
+    window = 50 * per_batch
     for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: len(encodings[i].ids))
-        group = [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+        chunk = sorted(order[start : start + window], key=lambda u: unit_len[u])
+        group = [chunk[k : k + per_batch] for k in range(0, len(chunk), per_batch)]
         rng.shuffle(group)
-        batches += [b for b in group if b]
+        batches += [[u * g + j for u in b for j in range(g)] for b in group if b]
 
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -342,8 +360,16 @@ def train_classifier(
             token_type_ids=torch.from_numpy(types),
         ).logits
         w = torch.from_numpy(weights[batch].astype(np.float32))
-        losses = loss_fn(logits, torch.from_numpy(y[batch]))
+        target = torch.from_numpy(y[batch])
+        losses = loss_fn(logits, target)
         loss = (losses * w).sum() / w.sum().clamp(min=1e-12)
+        if listwise_weight > 0:
+            first = target.view(-1, g)[:, :1].expand(-1, g).reshape(-1, 1)  # (B, 1)
+            own = logits.gather(1, first).squeeze(1)  # (B,)
+            others = logits.scatter(1, first, float("-inf")).logsumexp(1)  # (B,)
+            ranks = (own - others).view(-1, g)  # (B / g, g): first of each group is best
+            zeros = torch.zeros(len(ranks), dtype=torch.long)
+            loss = loss + listwise_weight * loss_fn(ranks, zeros).mean()
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -380,6 +406,7 @@ def train_classifier(
             "warmup": warmup,
             "seed": seed,
             "torch": torch.__version__,
+            **({"group_size": g, "listwise_weight": listwise_weight} if g > 1 else {}),
         },
         **dict(extra_meta or {}),
     }
