@@ -108,7 +108,7 @@ def injection_training_set(data: Path) -> tuple[list[str], list[str], list[str]]
 
 INJECTION = "injection"
 #: Share of the total loss weight of each side in the fine-tuned model's training set.
-GROUP_WEIGHTS = {D.BENIGN: 0.45, "harm": 0.40, INJECTION: 0.15}
+GROUP_WEIGHTS = {D.BENIGN: 0.45, "harm": 0.35, INJECTION: 0.20}
 
 
 def finetune_training_set(

@@ -152,9 +152,10 @@ class InjectionResult:
 class InjectionDetector:
     """Flags injection-like text. Without a classifier, patterns only.
 
-    The classifier is either ``model`` (classes ``ok``/``inj``) over ``embedder``'s vectors,
-    or ``scorer``: a function from texts to p(injection) per text (the fine-tuned boundary
+    The classifier is ``model`` (classes ``ok``/``inj``) over ``embedder``'s vectors, and/or
+    ``scorer``: a function from texts to p(injection) per text (the fine-tuned boundary
     classifier's ``injection`` class, :class:`~personalign.safety.checkers.FinetunedChecker`).
+    With both, a text's classifier score is the larger of the two.
     """
 
     name = "injection"
@@ -167,11 +168,9 @@ class InjectionDetector:
         threshold: float = 0.5,
         scorer: Callable[[list[str]], np.ndarray] | None = None,
     ) -> None:
-        """Use ``model`` over ``embedder``'s vectors (both or neither), or ``scorer``."""
+        """Use ``model`` over ``embedder``'s vectors (both or neither), and/or ``scorer``."""
         if (embedder is None) != (model is None):
             raise ValueError("InjectionDetector: give both embedder and model, or neither")
-        if scorer is not None and model is not None:
-            raise ValueError("InjectionDetector: give an embedding model or a scorer, not both")
         self.embedder = embedder
         self.model = model
         self.scorer = scorer
@@ -193,10 +192,9 @@ class InjectionDetector:
         scorer's output for ``texts`` followed by :meth:`segments_to_embed`'s sentences.
         """
         texts = list(texts)
+        clf = self._classifier_scores(texts, vectors, segment_vectors)
         if self.scorer is not None:
-            clf = self._scorer_scores(texts, scores)
-        else:
-            clf = self._classifier_scores(texts, vectors, segment_vectors)
+            clf = np.maximum(clf, self._scorer_scores(texts, scores))
         out: list[InjectionResult] = []
         for i, text in enumerate(texts):
             strong, weak = pattern_signals(text)
