@@ -10,8 +10,9 @@ Two artifacts from the same training data:
 * ``boundary_minilm_lora.safetensors`` (the boundary's classifier): all-MiniLM-L6-v2
   fine-tuned with LoRA (:mod:`personalign.backends.finetuned`) as ONE sequence classifier
   with the labels ``benign``, ``injection`` and the harm categories, so that an admission
-  check is one model run (harm verdict and injection flag). About 12 minutes on one CPU
-  thread (``OMP_NUM_THREADS=1``; 1 epoch, 64 tokens).
+  check needs one run of it (harm verdict and injection score). About 9 minutes on one CPU
+  thread (``OMP_NUM_THREADS=1``; 1 epoch over ~26k texts, batches of 32, 64 tokens; 820
+  steps at ~0.7 s on a 2-core machine shared with other jobs); the whole script ~14 minutes.
 * ``boundary_minilm.npz``: the earlier numpy softmax regressions over frozen MiniLM
   embeddings (harm and injection). Seconds to train; kept as the baseline the benchmark
   prints beside the fine-tuned boundary, and used when the fine-tuned artifact is absent.
