@@ -17,19 +17,17 @@ Pick one by name with :func:`load_embedder`.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from personalign.backends._onnx import cached_session, run_exporter
 from personalign.errors import ConfigError, ModelNotAvailableError, ValidationError
 
 
@@ -71,23 +69,6 @@ def _default_threads() -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return max(1, min(4, cores))
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (a no-op where ``fcntl`` is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: the atomic rename alone keeps readers safe
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 class MiniLMEmbedder:
@@ -213,71 +194,27 @@ class MiniLMEmbedder:
 
     def _make_session(self) -> Any:
         """Open an onnxruntime session on the cached model, exporting it first if needed."""
-        import onnxruntime as ort
-
         from personalign.backends._export_minilm import EXPORT_VERSION, VERSION_KEY
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.num_threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-
-        def open_current() -> Any:
-            if not self.onnx_path.is_file():
-                return None
-            try:
-                sess = ort.InferenceSession(
-                    str(self.onnx_path), options, providers=["CPUExecutionProvider"]
-                )
-            except Exception:  # truncated or corrupt file: export again
-                return None
-            meta = sess.get_modelmeta().custom_metadata_map
-            return sess if meta.get(VERSION_KEY) == EXPORT_VERSION else None
-
-        session = open_current()
-        if session is None:
-            with _file_lock(self.onnx_path.with_name(".export.lock")):
-                session = open_current()  # another process may have exported meanwhile
-                if session is None:
-                    self._export()
-                    session = open_current()
-        if session is None:
-            raise ModelNotAvailableError(f"could not load the exported model {self.onnx_path}")
-        return session
+        return cached_session(
+            self.onnx_path,
+            threads=self.num_threads,
+            stamp=(VERSION_KEY, EXPORT_VERSION),
+            export=self._export,
+        )
 
     def _export(self) -> None:
         """Run the exporter subprocess, turning its failures into clear errors."""
-        src_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH", "")) if p)
-        cmd = [
-            sys.executable,
-            "-m",
-            "personalign.backends._export_minilm",
-            str(self.onnx_path),
-            "--model-dir",
-            str(self.model_dir),
-        ]
-        try:
-            proc = subprocess.run(
-                cmd, env=env, capture_output=True, text=True, timeout=self.export_timeout_s
-            )
-        except subprocess.TimeoutExpired as e:
-            raise ModelNotAvailableError(
-                f"exporting {self.MODEL_NAME} to ONNX took over {self.export_timeout_s:.0f}s"
-            ) from e
-        if proc.returncode == 0:
-            return
-        tail = proc.stderr.strip()[-2000:]
-        for module, package in (("torch", "torch"), ("onnx", "onnx")):
-            if f"No module named '{module}'" in tail or f'No module named "{module}"' in tail:
-                raise ModelNotAvailableError(
-                    f"the first use of the MiniLM embedder exports it to ONNX, which needs "
-                    f"{package!r}: pip install 'personalign[ml]' (or set embedder = 'hashing')"
-                )
-        raise ModelNotAvailableError(
-            f"exporting {self.MODEL_NAME} to ONNX failed (exit {proc.returncode}):\n{tail}"
+        run_exporter(
+            [
+                "personalign.backends._export_minilm",
+                str(self.onnx_path),
+                "--model-dir",
+                str(self.model_dir),
+            ],
+            what=f"the {self.MODEL_NAME} embedder",
+            timeout_s=self.export_timeout_s,
+            needs=("torch", "onnx"),
         )
 
 

@@ -41,7 +41,6 @@ import hashlib
 import json
 import os
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -52,7 +51,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from personalign.backends.embedders import _file_lock, _require
+from personalign.backends._onnx import cached_session, run_exporter
+from personalign.backends.embedders import _require
 from personalign.errors import ConfigError, ModelNotAvailableError, ValidationError
 
 #: Bumped when the exported graph changes; part of the ONNX cache key.
@@ -661,69 +661,18 @@ class FinetunedClassifier:
             return self._session, self._tokenizer
 
     def _make_session(self) -> Any:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.num_threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
         want = f"{self.sha256}:{EXPORT_VERSION}" + (":int8" if self.quantize else "")
-
-        def open_current() -> Any:
-            if not self.onnx_path.is_file():
-                return None
-            try:
-                sess = ort.InferenceSession(
-                    str(self.onnx_path), options, providers=["CPUExecutionProvider"]
-                )
-            except Exception:  # truncated or corrupt: export again
-                return None
-            return sess if sess.get_modelmeta().custom_metadata_map.get(KEY) == want else None
-
-        session = open_current()
-        if session is None:
-            with _file_lock(self.onnx_path.with_name(".export.lock")):
-                session = open_current()
-                if session is None:
-                    self._export()
-                    session = open_current()
-        if session is None:
-            raise ModelNotAvailableError(f"could not load the exported model {self.onnx_path}")
-        return session
+        return cached_session(
+            self.onnx_path, threads=self.num_threads, stamp=(KEY, want), export=self._export
+        )
 
     def _export(self) -> None:
-        src_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH", "")) if p)
-        cmd = [
-            sys.executable,
-            "-m",
-            "personalign.backends.finetuned",
-            "export",
-            str(self.artifact),
-            str(self.onnx_path),
-            *(["--quantize"] if self.quantize else []),
-        ]
-        try:
-            proc = subprocess.run(
-                cmd, env=env, capture_output=True, text=True, timeout=self.export_timeout_s
-            )
-        except subprocess.TimeoutExpired as e:
-            raise ModelNotAvailableError(
-                f"exporting {self.artifact.name} to ONNX took over {self.export_timeout_s:.0f}s"
-            ) from e
-        if proc.returncode == 0:
-            return
-        tail = proc.stderr.strip()[-2000:]
-        for module in ("torch", "transformers", "peft", "onnx"):
-            if f"No module named '{module}'" in tail:
-                raise ModelNotAvailableError(
-                    f"the first use of the fine-tuned classifier {self.artifact.name} exports it "
-                    f"to ONNX, which needs {module!r}: pip install 'personalign[ml]'"
-                )
-        raise ModelNotAvailableError(
-            f"exporting {self.artifact.name} to ONNX failed (exit {proc.returncode}):\n{tail}"
+        run_exporter(
+            ["personalign.backends.finetuned", "export", str(self.artifact), str(self.onnx_path)]
+            + (["--quantize"] if self.quantize else []),
+            what=f"the fine-tuned classifier {self.artifact.name}",
+            timeout_s=self.export_timeout_s,
+            needs=("torch", "transformers", "peft", "onnx"),
         )
 
 

@@ -1,0 +1,101 @@
+"""ONNX models exported once into a cache and run with onnxruntime (shared by the MiniLM
+embedder and the fine-tuned classifiers).
+
+The export needs torch and runs in a subprocess, so the calling process never imports torch.
+:func:`cached_session` opens the cached file when its metadata stamp is current, else exports
+under an advisory file lock (another process may be exporting the same file) and opens the
+result; :func:`run_exporter` runs the exporter and turns its failures into clear errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from personalign.errors import ModelNotAvailableError
+
+SRC_ROOT = str(Path(__file__).resolve().parents[2])
+"""The folder holding the ``personalign`` package, put on the exporter's PYTHONPATH."""
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (a no-op where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the atomic rename alone keeps readers safe
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def cached_session(
+    path: Path, *, threads: int, stamp: tuple[str, str], export: Callable[[], None]
+) -> Any:
+    """An onnxruntime session on ``path``, running ``export`` first when the file is missing,
+    unreadable or its metadata ``stamp`` (key, value) differs (a stale export)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    key, value = stamp
+
+    def open_current() -> Any:
+        if not path.is_file():
+            return None
+        try:
+            sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception:  # truncated or corrupt file: export again
+            return None
+        return sess if sess.get_modelmeta().custom_metadata_map.get(key) == value else None
+
+    session = open_current()
+    if session is None:
+        with file_lock(path.with_name(".export.lock")):
+            session = open_current()  # another process may have exported meanwhile
+            if session is None:
+                export()
+                session = open_current()
+    if session is None:
+        raise ModelNotAvailableError(f"could not load the exported model {path}")
+    return session
+
+
+def run_exporter(
+    module_args: Sequence[str], *, what: str, timeout_s: float, needs: Sequence[str]
+) -> None:
+    """Run ``python -m <module_args...>`` offline; a missing package among ``needs`` or any
+    other failure becomes a :class:`ModelNotAvailableError` that names ``what``."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC_ROOT, env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", *module_args]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as e:
+        raise ModelNotAvailableError(f"exporting {what} to ONNX took over {timeout_s:.0f}s") from e
+    if proc.returncode == 0:
+        return
+    tail = proc.stderr.strip()[-2000:]
+    for module in needs:
+        if f"No module named '{module}'" in tail or f'No module named "{module}"' in tail:
+            raise ModelNotAvailableError(
+                f"the first use of {what} exports it to ONNX, which needs {module!r}: "
+                "pip install 'personalign[ml]'"
+            )
+    raise ModelNotAvailableError(
+        f"exporting {what} to ONNX failed (exit {proc.returncode}):\n{tail}"
+    )
