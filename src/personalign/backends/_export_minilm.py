@@ -25,6 +25,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from personalign.backends._onnx import torch_to_onnx
+
 #: Bumped when the exported graph changes; stored in the ONNX metadata and checked on load.
 EXPORT_VERSION = "1"
 #: ONNX metadata key holding :data:`EXPORT_VERSION`.
@@ -125,7 +127,6 @@ def _build_model(model_dir: Path) -> Any:
 
 def export(out: Path, model_dir: Path) -> None:
     """Export the model in ``model_dir`` to ``out`` (atomically), checking it with onnxruntime."""
-    import onnx
     import torch
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter
@@ -136,27 +137,9 @@ def export(out: Path, model_dir: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with torch.no_grad():
-            torch.onnx.export(
-                model,
-                (ids, mask),
-                str(tmp),
-                dynamo=False,
-                input_names=["input_ids", "attention_mask"],
-                output_names=["sentence_embedding"],
-                dynamic_axes={
-                    "input_ids": {0: "batch", 1: "seq"},
-                    "attention_mask": {0: "batch", 1: "seq"},
-                    "sentence_embedding": {0: "batch"},
-                },
-                opset_version=17,
-                do_constant_folding=True,
-            )
-            proto = onnx.load(str(tmp))
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = VERSION_KEY, EXPORT_VERSION
-            onnx.save(proto, str(tmp))
-            _check(tmp, model)
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        torch_to_onnx(model, inputs, "sentence_embedding", tmp, stamp=(VERSION_KEY, EXPORT_VERSION))
+        _check(tmp, model)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

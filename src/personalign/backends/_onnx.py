@@ -99,3 +99,37 @@ def run_exporter(
     raise ModelNotAvailableError(
         f"exporting {what} to ONNX failed (exit {proc.returncode}):\n{tail}"
     )
+
+
+def torch_to_onnx(
+    model: Any, inputs: dict[str, Any], output: str, path: Path, *, stamp: tuple[str, str]
+) -> None:
+    """Export ``model(*inputs.values())`` to ``path`` (inputs dynamic in batch and sequence,
+    the output in batch; opset 17, TorchScript exporter) and stamp its metadata. Exporter
+    subprocesses only: imports torch and onnx."""
+    import torch
+
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            tuple(inputs.values()),
+            str(path),
+            dynamo=False,
+            input_names=list(inputs),
+            output_names=[output],
+            dynamic_axes={**{n: {0: "batch", 1: "seq"} for n in inputs}, output: {0: "batch"}},
+            opset_version=17,
+            do_constant_folding=True,
+        )
+    set_stamp(path, *stamp)
+
+
+def set_stamp(path: Path, key: str, value: str) -> None:
+    """Write metadata ``key = value`` into the ONNX file at ``path`` (kept if already there)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    if not any(p.key == key for p in proto.metadata_props):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+        onnx.save(proto, str(path))

@@ -51,7 +51,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from personalign.backends._onnx import cached_session, run_exporter
+from personalign.backends._onnx import cached_session, run_exporter, set_stamp, torch_to_onnx
 from personalign.backends.embedders import _require
 from personalign.errors import ConfigError, ModelNotAvailableError, ValidationError
 
@@ -466,7 +466,6 @@ def export_onnx(artifact: Path, out: Path, *, quantize: bool = False) -> None:
     ``quantize_dynamic``; about 3x faster on CPU, logits within a few tenths)."""
     import warnings
 
-    import onnx
     import torch
 
     warnings.filterwarnings("ignore")
@@ -489,27 +488,9 @@ def export_onnx(artifact: Path, out: Path, *, quantize: bool = False) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with torch.no_grad():
-            torch.onnx.export(
-                wrapped,
-                (ids, mask, types),
-                str(tmp),
-                dynamo=False,
-                input_names=["input_ids", "attention_mask", "token_type_ids"],
-                output_names=["logits"],
-                dynamic_axes={
-                    "input_ids": {0: "batch", 1: "seq"},
-                    "attention_mask": {0: "batch", 1: "seq"},
-                    "token_type_ids": {0: "batch", 1: "seq"},
-                    "logits": {0: "batch"},
-                },
-                opset_version=17,
-                do_constant_folding=True,
-            )
-        proto = onnx.load(str(tmp))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = KEY, key
-        onnx.save(proto, str(tmp))
+        stamp = (KEY, key)
+        inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        torch_to_onnx(wrapped, inputs, "logits", tmp, stamp=stamp)
         _check_export(tmp, wrapped)
         if quantize:
             from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -520,11 +501,7 @@ def export_onnx(artifact: Path, out: Path, *, quantize: bool = False) -> None:
                 quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
             finally:
                 fp32.unlink(missing_ok=True)
-            proto = onnx.load(str(tmp))
-            if not any(p.key == KEY for p in proto.metadata_props):
-                entry = proto.metadata_props.add()
-                entry.key, entry.value = KEY, key
-                onnx.save(proto, str(tmp))
+            set_stamp(tmp, *stamp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
