@@ -12,6 +12,9 @@ One run, four parts (subsets by default on a small CPU; the sizes are flags):
    >= 0.5. The judge for a topic is trained on the other topics under ``--data`` only (4 folds
    by topic); so are the reward models the methods use (they share the judge's fold, so
    best-of-N and reward-guided optimize the judge: read their compliance as an upper bound).
+   ``--reward`` picks the kind (default the shipped one, the cross-encoder + feature-model
+   ensemble); the retrieved preferences (not the raw turns) are what the methods' reward
+   models condition on, as in the pipeline.
    ``compliance_personalized`` is the default method's. 10 sampled pairs are printed.
 3. ``user_reward_<method>``: simulated users (PersonalLLM protocol): random Dirichlet weights
    over the style dimensions, prompts from MT-Bench-101 first turns and PrefEval questions;
@@ -34,7 +37,7 @@ from __future__ import annotations
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,12 +51,11 @@ from personalign.eval.prefeval_tasks import (
     Contexts,
     McqItem,
     MemoryHarness,
-    cv_folds,
+    fold_reward_models,
     load_mcq,
     mtbench_first_turns,
     option_logprobs,
     render_block,
-    reward_items,
     topics,
 )
 from personalign.generation.decoding import (
@@ -67,7 +69,7 @@ from personalign.generation.decoding import (
 )
 from personalign.generation.prompt import build_messages
 from personalign.rewards.dimensions import DIMENSION_NAMES, weighted_reward
-from personalign.rewards.preference_rm import FEATURE_NAMES, EmbeddedRewardModel, train
+from personalign.rewards.preference_rm import PreferenceRewardModel
 from personalign.rewards.weights import normalize_weights
 from personalign.types import Message
 
@@ -90,17 +92,6 @@ def log(message: str) -> None:
     print(f"[{time.perf_counter() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def fold_models(
-    data: Any, names: list[str], base: EmbeddedRewardModel
-) -> dict[str, EmbeddedRewardModel]:
-    """For each topic, a reward model trained on the topics outside its fold."""
-    out: dict[str, EmbeddedRewardModel] = {}
-    for fold in cv_folds(names):
-        rm = train(base, reward_items(data, [t for t in names if t not in fold]))
-        out.update(dict.fromkeys(fold, rm))
-    return out
-
-
 def memory_contexts(ctx: Contexts, question: str, k: int = 3) -> dict[str, list[Message]]:
     """MOD objectives: one personal context per retrieved memory (top ``k``)."""
     history = [Message(role="user", content=question)]
@@ -117,7 +108,7 @@ def mcq_e2e(
     lm: LanguageModel,
     items: Sequence[McqItem],
     memory: MemoryHarness,
-    rms: dict[str, EmbeddedRewardModel],
+    rms: Mapping[str, PreferenceRewardModel],
     *,
     strength: float,
     reward_weight: float,
@@ -131,7 +122,7 @@ def mcq_e2e(
         objectives = memory_contexts(ctx, it.question)
         mix = normalize_weights(dict.fromkeys(objectives, 1.0))
         sums = np.stack([option_logprobs(lm, c, it.options)[:, 0] for c in objectives.values()])
-        rewards = rms[it.topic].score(ctx.retrieved, it.question, it.options)  # (4,)
+        rewards = rms[it.topic].score(ctx.preferences, it.question, it.options)  # (4,)
         scores = {
             "plain": plain[:, 0] / n,
             "prompt": personal[:, 0] / n,
@@ -152,7 +143,7 @@ def compliance(
     lm: LanguageModel,
     items: Sequence[McqItem],
     memory: MemoryHarness,
-    rms: dict[str, EmbeddedRewardModel],
+    rms: Mapping[str, PreferenceRewardModel],
     *,
     methods: Sequence[DecodingMethod],
     options: GenerationOptions,
@@ -172,7 +163,7 @@ def compliance(
                 ctx.personal,
                 config=DecodingConfig(method=method, strength=strength),
                 options=options,
-                preferences=ctx.retrieved,
+                preferences=ctx.preferences,
                 reward=judge,
                 objectives=memory_contexts(ctx, it.question) if method == "mod" else None,
             )
@@ -250,7 +241,7 @@ def cost(
     lm: LanguageModel,
     contexts: Sequence[Contexts],
     questions: Sequence[str],
-    rm: EmbeddedRewardModel,
+    rm: PreferenceRewardModel,
     *,
     options: GenerationOptions,
 ) -> dict[str, float]:
@@ -268,7 +259,7 @@ def cost(
         three = [ctx.personal, *objectives, ctx.plain][:3]
 
         def scorer(texts: Sequence[str], ctx: Contexts = ctx, q: str = q) -> np.ndarray:
-            return rm.score(ctx.retrieved, q, texts)
+            return rm.score(ctx.preferences, q, texts)
 
         timed("plain", lambda ctx=ctx: lm.generate(ctx.personal, options=options).completion_tokens)
         timed(
@@ -317,6 +308,12 @@ def main() -> None:
     p.add_argument("--strength", type=float, default=1.0, help="contrastive alpha")
     p.add_argument("--reward-weight", type=float, default=2.0, help="reward-guided weight")
     p.add_argument("--parts", default="mcq,compliance,users,cost")
+    p.add_argument(
+        "--reward",
+        default="ensemble",
+        choices=["ensemble", "cross_encoder", "embedded"],
+        help="reward model kind (fold models, each trained without the topics it judges)",
+    )
     args = p.parse_args()
     parts = set(args.parts.split(","))
     start = time.perf_counter()
@@ -325,11 +322,13 @@ def main() -> None:
     embedder = load_embedder("minilm", settings.cache_dir)
     names = topics(args.data)
     items = load_mcq(args.data, names)
-    rms = fold_models(args.data, names, EmbeddedRewardModel(embedder, np.zeros(len(FEATURE_NAMES))))
-    log("reward models trained (4 folds by topic)")
+    rms = fold_reward_models(
+        args.data, names, settings.cache_dir, kind=args.reward, embedder=embedder, log=log
+    )
+    log("reward models ready (4 folds by topic, each trained without the topics it scores)")
     memory = MemoryHarness(args.data, embedder)
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, seed=SEED)
-    figures: dict[str, float | int | str] = {"model": lm.name}
+    figures: dict[str, float | int | str] = {"model": lm.name, "reward_model": args.reward}
     pairs: list[dict[str, Any]] = []
     try:
         if "mcq" in parts:

@@ -1,12 +1,17 @@
-"""Train the embedded preference reward model and write its artifact.
+"""Train the preference reward model and write its artifact.
 
-Data: PrefEval MCQ (one compliant, three violating options per preference), choice-based
-items (aligned option vs the others) and our hard negatives (the compliant option followed by
-a violating one), for every topic under ``--data`` (or ``--topics``). Features: all-MiniLM-L6-v2
-(see ``personalign.rewards.preference_rm.FEATURE_NAMES``). Training is full-batch Adam from
-zero weights, so it is deterministic: the same data gives the same artifact.
+The shipped model is all-MiniLM-L6-v2 fine-tuned with LoRA as a cross-encoder over
+(preference + prompt, response) pairs (``personalign.rewards.preference_rm``:
+``CrossEncoderRewardModel``, recipe ``CROSS_ENCODER_RECIPE``). Data, for every topic under
+``--data`` (or ``--topics``): PrefEval MCQ (one compliant, three violating options per
+preference), choice-based items (the aligned option against the other three) and our hard
+negatives (the compliant option followed by a violating one). Training is seeded on one
+thread, so the same data gives the same artifact (about 1-2 MB of float16 LoRA weights).
 
-    python scripts/train_reward_model.py [--data ../shared/data] [--out PATH]
+``--embedded`` instead retrains the earlier embedded feature model (the baseline,
+``preference_rm.npz``; numpy, deterministic).
+
+    python scripts/train_reward_model.py [--data ../shared/data] [--out PATH] [--embedded]
 """
 
 from __future__ import annotations
@@ -17,34 +22,33 @@ from pathlib import Path
 
 import numpy as np
 
-from personalign.backends.embedders import load_embedder
-from personalign.config import load_settings
 from personalign.eval.bench import parser
 from personalign.eval.prefeval_tasks import load_mcq, reward_items, topics
 from personalign.rewards.preference_rm import (
     ARTIFACT,
+    CROSS_ENCODER_ARTIFACT,
+    CROSS_ENCODER_RECIPE,
     FEATURE_NAMES,
     EmbeddedRewardModel,
     train,
+    train_cross_encoder,
 )
 
 L2 = 1e-3
 EPOCHS = 800
 
 
-def main() -> None:
-    p = parser(__doc__ or "")
-    p.add_argument("--out", type=Path, default=ARTIFACT, help="artifact path (.npz)")
-    p.add_argument("--topics", nargs="*", default=None, help="topics (default: all)")
-    args = p.parse_args()
-    names = args.topics or topics(args.data)
-    start = time.perf_counter()
+def train_embedded(data: Path, names: list[str], out: Path) -> dict[str, object]:
+    """The baseline embedded feature model (numpy, full-batch Adam from zero weights)."""
+    from personalign.backends.embedders import load_embedder
+    from personalign.config import load_settings
+
     base = EmbeddedRewardModel(
         load_embedder("minilm", load_settings().cache_dir), np.zeros(len(FEATURE_NAMES))
     )
-    items = reward_items(args.data, names)
+    items = reward_items(data, names)
     rm = train(base, items, l2=L2, epochs=EPOCHS)
-    mcq = load_mcq(args.data, names)
+    mcq = load_mcq(data, names)
     correct = [
         int(np.argmax(rm.score([it.preference], it.question, it.options))) == it.answer
         for it in mcq
@@ -58,14 +62,42 @@ def main() -> None:
         "epochs": EPOCHS,
         "train_mcq_accuracy": round(float(np.mean(correct)), 4),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
-        args.out,
+        out,
         weights=rm.weights.astype(np.float64),
         bias=np.float64(rm.bias),
         scale=np.float64(rm.scale),
         meta=np.array(json.dumps(meta)),
     )
+    return meta
+
+
+def main() -> None:
+    p = parser(__doc__ or "")
+    p.add_argument("--out", type=Path, default=None, help="artifact path")
+    p.add_argument("--topics", nargs="*", default=None, help="topics (default: all)")
+    p.add_argument("--embedded", action="store_true", help="the baseline feature model")
+    args = p.parse_args()
+    names = args.topics or topics(args.data)
+    start = time.perf_counter()
+    if args.embedded:
+        meta = train_embedded(args.data, names, args.out or ARTIFACT)
+    else:
+        items = reward_items(args.data, names)
+        report = train_cross_encoder(
+            items,
+            args.out or CROSS_ENCODER_ARTIFACT,
+            extra_meta={"topics": sorted(names), "groups": len(items)},
+        )
+        meta = {
+            "topics": sorted(names),
+            "groups": len(items),
+            "recipe": CROSS_ENCODER_RECIPE,
+            "steps": report.steps,
+            "final_loss": round(report.final_loss, 4),
+            "bytes": report.size_bytes,
+        }
     meta["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(meta))
 

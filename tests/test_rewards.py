@@ -270,14 +270,82 @@ def test_load_refuses_other_features(tmp_path: Path) -> None:
         EmbeddedRewardModel.load(HashingEmbedder(), tmp_path / "missing.npz")
 
 
+def test_cross_encoder_scores_through_its_classifier() -> None:
+    from personalign.errors import ModelNotAvailableError
+    from personalign.rewards.preference_rm import CrossEncoderRewardModel, cross_encoder_input
+    from personalign.testing import KeywordClassifier
+
+    # the fake reads "violating" where a reply mentions coffee or spice
+    clf = KeywordClassifier(
+        ["compliant", "violating"], {"violating": ["espresso", "spicy curry", "hot wings"]}
+    )
+    rm = CrossEncoderRewardModel(clf)
+    assert isinstance(rm, PreferenceRewardModel)
+    s = rm.score(["I hate coffee."], "What drink?", ["Green tea.", "An espresso."])
+    assert s.shape == (2,) and s[0] > 0.5 > s[1]
+    both = rm.score(["I hate coffee.", "I avoid spicy food."], "q", ["tea", "A spicy curry."])
+    assert both[1] < 0.5 and both[0] > 0.5  # the minimum over preferences
+    assert rm.score([], "q", ["espresso"]).tolist() == [1.0]
+    assert rm.score(["I hate coffee."], "q", []).shape == (0,)
+    assert cross_encoder_input(" I hate coffee. ", "What drink?") == "I hate coffee. What drink?"
+    with pytest.raises(ValidationError):
+        rm.score("I hate coffee.", "q", ["tea"])  # type: ignore[arg-type]
+    with pytest.raises(ModelNotAvailableError, match="compliant"):
+        CrossEncoderRewardModel(KeywordClassifier(["a", "b"], {}))
+
+
+def test_ensemble_averages_log_odds() -> None:
+    from personalign.rewards.preference_rm import EnsembleRewardModel
+
+    class Fixed:
+        def __init__(self, p: list[float]) -> None:
+            self.p = np.array(p)
+
+        def score(self, preferences: Any, prompt: str, responses: Any) -> np.ndarray:
+            return self.p
+
+    rm = EnsembleRewardModel([Fixed([0.9, 0.5]), Fixed([0.1, 0.8])])
+    assert isinstance(rm, PreferenceRewardModel)
+    s = rm.score(["pref"], "q", ["a", "b"])
+    assert s[0] == pytest.approx(0.5) and s[1] == pytest.approx(2 / 3)  # logit: (0 + ln 4) / 2
+    weighted = EnsembleRewardModel([Fixed([0.9]), Fixed([0.1])], weights=[3, 1])
+    assert weighted.score(["p"], "q", ["a"])[0] == pytest.approx(1 / (1 + np.exp(-np.log(9) / 2)))
+    assert rm.score([], "q", ["a", "b"]).tolist() == [1.0, 1.0]
+    with pytest.raises(ValidationError):
+        EnsembleRewardModel([])
+    with pytest.raises(ValidationError):
+        EnsembleRewardModel([Fixed([0.5])], weights=[-1.0])
+
+
+def test_cross_encoder_examples_balance_the_classes() -> None:
+    from personalign.rewards.preference_rm import cross_encoder_examples
+
+    texts, pairs, labels, weights = cross_encoder_examples(ITEMS)
+    assert len(texts) == len(pairs) == len(labels) == 9
+    assert labels[:3] == ["compliant", "violating", "violating"]
+    assert pairs[:3] == ITEMS[0][2] and texts[0] == "I avoid spicy food. What should I eat?"
+    assert weights[:3].tolist() == [2.0, 1.0, 1.0]
+
+
+def test_shipped_cross_encoder_artifact() -> None:
+    from personalign.backends.finetuned import read_artifact_meta
+    from personalign.rewards.preference_rm import CROSS_ENCODER_ARTIFACT
+
+    assert CROSS_ENCODER_ARTIFACT.is_file() and CROSS_ENCODER_ARTIFACT.stat().st_size < 5_000_000
+    meta = read_artifact_meta(CROSS_ENCODER_ARTIFACT)
+    assert meta["labels"] == ["violating", "compliant"] and meta["pair"]
+    assert meta["task"] == "preference_reward" and len(meta["topics"]) >= 1
+
+
 @pytest.mark.slow
 def test_shipped_model_on_prefeval_mcq(data_dir: Path) -> None:
     from personalign.backends.embedders import load_embedder
     from personalign.config import load_settings
     from personalign.eval.prefeval_tasks import load_mcq
-    from personalign.rewards.preference_rm import EmbeddedRewardModel
+    from personalign.rewards.preference_rm import load_reward_model
 
-    rm = EmbeddedRewardModel.load(load_embedder("minilm", load_settings().cache_dir))
+    settings = load_settings()
+    rm = load_reward_model(settings.cache_dir, load_embedder("minilm", settings.cache_dir))
     items = load_mcq(data_dir, ["travel_restaurant"])[:20]
     hits = [
         int(np.argmax(rm.score([i.preference], i.question, i.options))) == i.answer for i in items

@@ -404,15 +404,20 @@ class Personalizer:
         return out.text, how
 
     def _reward(self) -> Any:
-        """The embedded preference reward model over the memory's embedder (loaded once)."""
+        """The shipped preference reward model (``load_reward_model``: the MiniLM
+        cross-encoder with the embedded feature model over the memory's MiniLM embedder;
+        the cross-encoder alone under another embedder), loaded once."""
         if self._reward_model is None:
-            from personalign.errors import ConfigError
-            from personalign.rewards.preference_rm import EmbeddedRewardModel
+            from personalign.errors import ConfigError, ModelNotAvailableError
+            from personalign.rewards.preference_rm import load_reward_model
 
             embedder = getattr(self.memory.store, "embedder", None)
-            if embedder is None or embedder.name != "all-MiniLM-L6-v2":
-                raise ConfigError("reward-guided methods need the MiniLM embedder")
-            self._reward_model = EmbeddedRewardModel.load(embedder)
+            if embedder is not None and embedder.name != "all-MiniLM-L6-v2":
+                embedder = None
+            try:
+                self._reward_model = load_reward_model(self.memory.settings.cache_dir, embedder)
+            except ModelNotAvailableError as e:
+                raise ConfigError(f"reward-guided methods need a reward model: {e}") from e
         return self._reward_model
 
     def screen(self, history: Sequence[Message], *, user: str) -> dict[str, object] | None:

@@ -2,12 +2,14 @@
 ``benchmarks/reward_model.py`` and ``scripts/train_reward_model.py``.
 
 * MCQ items with their options shuffled by a fixed seed (the data lists the compliant option
-  first) and cross-validation folds by topic.
+  first) and cross-validation folds by topic; reward-model training groups and the fold
+  reward models (each trained without the topics it scores, cached).
 * The memory step of the PrefEval protocol: the preference is stored among 100 unrelated
   MT-Bench-101 user turns (episodes) in a SQLite memory, retrieved for the question as the
-  pipeline's defaults do (top ``k`` = 8; preferences with cosine >= 0.3, raw turns >= 0.5;
-  the topic-tag rule is left out), and rendered into the system prompt with the safety
-  layer's quoted block. Extraction is skipped: the preference is stored as stated.
+  pipeline's defaults do (``PersonalizeOptions``: top ``k`` = 8; preferences with cosine >=
+  0.15, raw turns >= 0.5; the topic-tag rule is left out), and rendered into the system
+  prompt with the safety layer's quoted block. Extraction is skipped: the preference is
+  stored as stated.
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ from __future__ import annotations
 import json
 import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from personalign.backends.embedders import Embedder
 from personalign.generation.prompt import build_messages
 from personalign.types import Message, PreferenceIn
+
+if TYPE_CHECKING:
+    from personalign.rewards.preference_rm import CrossEncoderRewardModel, PreferenceRewardModel
 
 SEED = 20250611
 FILLER_TURNS = 100
@@ -146,11 +151,14 @@ def render_block(texts: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class Contexts:
-    """The plain and the personal conversation for one question, and what memory gave."""
+    """The plain and the personal conversation for one question, and what memory gave:
+    ``retrieved`` every memory shown (preferences first, then raw turns), ``preferences`` the
+    preferences among them (what the pipeline hands a reward model)."""
 
     plain: list[Message]
     personal: list[Message]
     retrieved: list[str]
+    preferences: list[str]
 
 
 class MemoryHarness:
@@ -162,9 +170,9 @@ class MemoryHarness:
         embedder: Embedder,
         *,
         fillers: int = FILLER_TURNS,
-        k: int = 8,
-        min_score: float = 0.3,
-        episode_min_score: float = 0.5,
+        k: int | None = None,
+        min_score: float | None = None,
+        episode_min_score: float | None = None,
         seed: int = SEED,
     ) -> None:
         from personalign.backends.stores.sqlite import SQLiteStore
@@ -176,8 +184,15 @@ class MemoryHarness:
         self.retrieval = Settings(home=Path(self._dir.name)).retrieval
         # Fillers come from a fixed sample of 300 turns (embedded once, reused across users).
         self.pool = random.Random(seed).sample(filler_turns(data_dir), 300)
-        self.fillers, self.k, self.seed = fillers, k, seed
-        self.min_score, self.episode_min_score = min_score, episode_min_score
+        from personalign.pipeline import PersonalizeOptions
+
+        defaults = PersonalizeOptions()  # retrieval as the pipeline does it
+        self.fillers, self.seed = fillers, seed
+        self.k = defaults.k if k is None else k
+        self.min_score = defaults.min_score if min_score is None else min_score
+        self.episode_min_score = (
+            defaults.episode_min_score if episode_min_score is None else episode_min_score
+        )
 
     def contexts(self, key: str, preference: str, question: str) -> Contexts:
         """Store ``preference`` then the filler turns for a fresh user, retrieve for
@@ -198,9 +213,11 @@ class MemoryHarness:
         ]
         kept.sort(key=lambda h: h.record.kind == "episode")
         texts = [h.record.text for h in kept]
+        prefs = [h.record.text for h in kept if h.record.kind != "episode"]
         history = [Message(role="user", content=question)]
         block = render_block(texts) if texts else None
-        return Contexts(build_messages(history, None), build_messages(history, block), texts)
+        personal = build_messages(history, block)
+        return Contexts(build_messages(history, None), personal, texts, prefs)
 
     def close(self) -> None:
         self.store.close()
@@ -238,6 +255,80 @@ def reward_items(
                 rest = [o for i, o in enumerate(options) if i != aligned]
                 items.append((raw["preference"], raw["implicit_query"], [options[aligned], *rest]))
     return [it for it in items if len(it[2]) == 4]
+
+
+def trained_reward_model(
+    data_dir: Path,
+    names: Sequence[str],
+    cache_dir: Path,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> CrossEncoderRewardModel:
+    """The cross-encoder reward model trained on the topics ``names`` only (the shipped
+    recipe), trained once and kept under ``<cache_dir>/reward_folds/`` by the hash of its
+    training data and recipe (training is seeded, so a cached model is the one training
+    would give)."""
+    import hashlib
+
+    from personalign.backends.finetuned import data_hash
+    from personalign.rewards.preference_rm import (
+        CROSS_ENCODER_RECIPE,
+        CrossEncoderRewardModel,
+        cross_encoder_examples,
+        train_cross_encoder,
+    )
+
+    items = reward_items(data_dir, names)
+    texts, pairs, labels, weights = cross_encoder_examples(items)
+    key = hashlib.sha256(
+        (data_hash(texts, labels, pairs, weights) + json.dumps(CROSS_ENCODER_RECIPE)).encode()
+    ).hexdigest()[:20]
+    path = Path(cache_dir) / "reward_folds" / f"{key}.safetensors"
+    if not path.is_file():
+        if log is not None:
+            log(f"training the reward model on {len(names)} topics ({len(items)} groups)")
+        train_cross_encoder(items, path, extra_meta={"topics": sorted(names)}, log=log)
+    return CrossEncoderRewardModel.load(cache_dir, path)
+
+
+def fold_reward_models(
+    data_dir: Path,
+    names: Sequence[str],
+    cache_dir: Path,
+    *,
+    kind: str = "ensemble",
+    embedder: Embedder | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, PreferenceRewardModel]:
+    """For each topic of ``names``, the reward model trained on the topics outside its
+    fold (:func:`cv_folds`): it never saw the topic it scores. ``kind``: ``cross_encoder``
+    (:func:`trained_reward_model`), ``embedded`` (the feature model over ``embedder``) or
+    ``ensemble`` (both, as :func:`personalign.rewards.preference_rm.load_reward_model`)."""
+    from personalign.errors import ConfigError
+    from personalign.rewards.preference_rm import (
+        FEATURE_NAMES,
+        EmbeddedRewardModel,
+        EnsembleRewardModel,
+        train,
+    )
+
+    if kind not in ("cross_encoder", "embedded", "ensemble"):
+        raise ConfigError(f"unknown reward model kind {kind!r}")
+    if kind != "cross_encoder" and embedder is None:
+        raise ConfigError(f"the {kind} reward model needs the MiniLM embedder")
+    out: dict[str, PreferenceRewardModel] = {}
+    for fold in cv_folds(names):
+        rest = [t for t in names if t not in fold]
+        models: list[PreferenceRewardModel] = []
+        if kind != "embedded":
+            models.append(trained_reward_model(data_dir, rest, cache_dir, log=log))
+        if kind != "cross_encoder":
+            assert embedder is not None
+            base = EmbeddedRewardModel(embedder, np.zeros(len(FEATURE_NAMES)))
+            models.append(train(base, reward_items(data_dir, rest)))
+        rm = models[0] if len(models) == 1 else EnsembleRewardModel(models)
+        out.update(dict.fromkeys(fold, rm))
+    return out
 
 
 def option_logprobs(lm: Any, messages: Sequence[Message], options: Sequence[str]) -> np.ndarray:

@@ -6,10 +6,16 @@ respects every preference (1 = compliant, 0 = violates), comparable across respo
 
 Implementations:
 
-* :class:`EmbeddedRewardModel` — the default: numpy only at run time, over all-MiniLM-L6-v2
-  embeddings of the preference's clauses and the response's sentences, with a small linear
-  scorer trained offline by ``scripts/train_reward_model.py`` (artifact under
-  ``rewards/artifacts/``). See its docstring for the features.
+* :class:`CrossEncoderRewardModel` — all-MiniLM-L6-v2 fine-tuned with LoRA as a cross-encoder
+  over (preference + prompt, response) pairs (:mod:`personalign.backends.finetuned`;
+  torch-free onnxruntime at run time), trained offline by ``scripts/train_reward_model.py``
+  (artifact ``rewards/artifacts/preference_rm.safetensors``).
+* :class:`EnsembleRewardModel` — several models' mean log-odds. The shipped default
+  (:func:`load_reward_model`) is the cross-encoder with the embedded feature model.
+* :class:`EmbeddedRewardModel` — the earlier model: numpy only at run time, over
+  all-MiniLM-L6-v2 embeddings of the preference's clauses and the response's sentences, with
+  a small linear scorer (artifact ``rewards/artifacts/preference_rm.npz``). See its docstring
+  for the features.
 * :class:`JudgeRewardModel` — an LLM judge (any :class:`LanguageModel`, typically
   :class:`~personalign.backends.models.openai_compat.OpenAICompatLM`) with PrefEval's
   violation prompt: score 1 when the judge answers "No" (no violation), 0 for "Yes",
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -32,6 +38,7 @@ from personalign.types import Message
 
 if TYPE_CHECKING:
     from personalign.backends.embedders import Embedder
+    from personalign.backends.finetuned import TextClassifier, TrainReport
     from personalign.backends.models.base import GenerationOptions, LanguageModel
 
 
@@ -424,6 +431,198 @@ class EmbeddedRewardModel:
         if not prefs:
             return np.ones(len(resps))
         return 1.0 / (1.0 + np.exp(-(self.scale * z + self.bias)))
+
+
+# -- the fine-tuned cross-encoder ---------------------------------------------------------------
+
+CROSS_ENCODER_ARTIFACT = Path(__file__).with_name("artifacts") / "preference_rm.safetensors"
+COMPLIANT, VIOLATING = "compliant", "violating"
+"""The cross-encoder's labels (``label_names`` order: violating, compliant)."""
+
+
+def cross_encoder_input(preference: str, prompt: str) -> str:
+    """Segment A of the cross-encoder's input: the preference, then the user's prompt."""
+    return f"{preference.strip()} {prompt.strip()}".strip()
+
+
+class CrossEncoderRewardModel:
+    """The default reward model: a MiniLM cross-encoder reads (preference + prompt, response)
+    and says whether the response respects the preference.
+
+    all-MiniLM-L6-v2 fine-tuned with LoRA (:mod:`personalign.backends.finetuned`) on PrefEval
+    MCQ and choice-based groups plus hard negatives, with a class-balanced pointwise loss
+    (compliant vs violating) and a listwise loss ranking the compliant answer first in its
+    group (``scripts/train_reward_model.py``). The score of one preference is
+    ``P(compliant)``; several preferences score the minimum over them; none scores 1. Runs on
+    onnxruntime (the artifact is merged and exported to ONNX in the cache on first use).
+    """
+
+    def __init__(self, classifier: TextClassifier, meta: dict[str, object] | None = None) -> None:
+        labels = tuple(classifier.labels)
+        if COMPLIANT not in labels:
+            raise ModelNotAvailableError(
+                f"the reward classifier has labels {labels}, expected {COMPLIANT!r} among them"
+            )
+        self.classifier = classifier
+        self._column = labels.index(COMPLIANT)
+        self.meta = dict(meta or {})
+
+    @classmethod
+    def load(
+        cls, cache_dir: Path, path: Path | None = None, *, num_threads: int | None = None
+    ) -> CrossEncoderRewardModel:
+        """The trained cross-encoder at ``path`` (default: the shipped artifact), exported to
+        ONNX under ``cache_dir`` on first use."""
+        from personalign.backends.finetuned import FinetunedClassifier
+
+        path = Path(path or CROSS_ENCODER_ARTIFACT)
+        if not path.is_file():
+            raise ModelNotAvailableError(
+                f"no reward model at {path}: run scripts/train_reward_model.py"
+            )
+        clf = FinetunedClassifier.load(path, cache_dir, num_threads=num_threads)
+        return cls(clf, dict(clf.meta))
+
+    def compliance(self, preference: str, prompt: str, responses: Sequence[str]) -> np.ndarray:
+        """``P(compliant)`` ``(len(responses),)`` of each response against one preference."""
+        if not responses:
+            return np.zeros(0)
+        first = cross_encoder_input(preference, prompt)
+        proba = self.classifier.predict_proba([first] * len(responses), list(responses))
+        return np.asarray(proba, dtype=np.float64)[:, self._column]
+
+    def score(
+        self, preferences: Sequence[str], prompt: str, responses: Sequence[str]
+    ) -> np.ndarray:
+        """Compliance in [0, 1], the minimum over ``preferences`` (1 if none)."""
+        prefs, resps = _check(preferences, responses)
+        out = np.ones(len(resps))
+        for p in prefs:
+            out = np.minimum(out, self.compliance(p, prompt, resps))
+        return out
+
+
+CROSS_ENCODER_RECIPE: dict[str, float | int] = {
+    "max_length": 128,
+    "epochs": 1.0,
+    "batch_size": 32,
+    "lr": 5e-4,
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "listwise_weight": 1.0,
+    "seed": 0,
+}
+"""Hyper-parameters of :func:`train_cross_encoder` (the shipped model and the CV folds)."""
+
+
+def cross_encoder_examples(
+    items: Sequence[tuple[str, str, Sequence[str]]],
+) -> tuple[list[str], list[str], list[str], np.ndarray]:
+    """(texts, pairs, labels, weights) of (preference, prompt, options) groups whose first
+    option is compliant: one example per option, the compliant one weighted ``K - 1`` so
+    both classes weigh the same."""
+    texts: list[str] = []
+    pairs: list[str] = []
+    labels: list[str] = []
+    weights: list[float] = []
+    for pref, prompt, options in items:
+        first = cross_encoder_input(pref, prompt)
+        for j, option in enumerate(options):
+            texts.append(first)
+            pairs.append(option)
+            labels.append(VIOLATING if j else COMPLIANT)
+            weights.append(1.0 if j else float(len(options) - 1))
+    return texts, pairs, labels, np.array(weights)
+
+
+def train_cross_encoder(
+    items: Sequence[tuple[str, str, Sequence[str]]],
+    out: Path,
+    *,
+    extra_meta: dict[str, object] | None = None,
+    log: Callable[[str], None] | None = print,
+    **recipe: float | int,
+) -> TrainReport:
+    """Fine-tune the cross-encoder on (preference, prompt, options) groups of equal size
+    (first option compliant) and write its artifact to ``out`` (needs torch and PEFT).
+    ``recipe`` overrides :data:`CROSS_ENCODER_RECIPE`."""
+    from personalign.backends.finetuned import train_classifier
+
+    sizes = {len(options) for _, _, options in items}
+    if len(sizes) != 1 or min(sizes) < 2:
+        raise ValidationError(f"reward groups need one size >= 2 options, got sizes {sizes}")
+    hp = {**CROSS_ENCODER_RECIPE, **recipe}
+    texts, pairs, labels, weights = cross_encoder_examples(items)
+    return train_classifier(
+        texts,
+        labels,
+        out,
+        pairs=pairs,
+        label_names=[VIOLATING, COMPLIANT],
+        sample_weight=weights,
+        max_length=int(hp["max_length"]),
+        epochs=float(hp["epochs"]),
+        batch_size=int(hp["batch_size"]),
+        lr=float(hp["lr"]),
+        lora_r=int(hp["lora_r"]),
+        lora_alpha=int(hp["lora_alpha"]),
+        seed=int(hp["seed"]),
+        group_size=sizes.pop(),
+        listwise_weight=float(hp["listwise_weight"]),
+        extra_meta={"task": "preference_reward", **(extra_meta or {})},
+        log=log,
+    )
+
+
+class EnsembleRewardModel:
+    """Several reward models combined: the sigmoid of the ``weights``-weighted mean of their
+    log-odds (a product of experts; equal weights by default). The cross-encoder and the
+    embedded feature model err on different items, so together they rank better than either.
+    """
+
+    def __init__(
+        self, models: Sequence[PreferenceRewardModel], weights: Sequence[float] | None = None
+    ) -> None:
+        if not models:
+            raise ValidationError("an ensemble needs at least one reward model")
+        w = np.ones(len(models)) if weights is None else np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(models),) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
+            raise ValidationError("ensemble weights: one finite weight >= 0 per model, sum > 0")
+        self.models = list(models)
+        self.weights = w / w.sum()
+
+    def score(
+        self, preferences: Sequence[str], prompt: str, responses: Sequence[str]
+    ) -> np.ndarray:
+        """Compliance in [0, 1] (1 with no preference)."""
+        prefs, resps = _check(preferences, responses)
+        if not prefs:
+            return np.ones(len(resps))
+        z = np.zeros(len(resps))
+        for w, model in zip(self.weights, self.models, strict=True):
+            p = np.clip(np.asarray(model.score(preferences, prompt, responses)), 1e-6, 1 - 1e-6)
+            z += w * np.log(p / (1 - p))
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def load_reward_model(cache_dir: Path, embedder: Embedder | None = None) -> PreferenceRewardModel:
+    """The shipped reward model: the cross-encoder and the embedded feature model over the
+    MiniLM ``embedder`` as an :class:`EnsembleRewardModel` (the best by-topic CV figure,
+    ``benchmarks/reward_model.py``); either alone when only it can run (no embedder given,
+    or the cross-encoder's artifact or runtimes missing). Raises
+    :class:`ModelNotAvailableError` when neither can."""
+    models: list[PreferenceRewardModel] = []
+    error: ModelNotAvailableError | None = None
+    try:
+        models.append(CrossEncoderRewardModel.load(cache_dir))
+    except ModelNotAvailableError as e:
+        error = e
+    if embedder is not None:
+        models.append(EmbeddedRewardModel.load(embedder))
+    if not models:
+        assert error is not None
+        raise error
+    return models[0] if len(models) == 1 else EnsembleRewardModel(models)
 
 
 # -- training (numpy, deterministic) -----------------------------------------------------------
