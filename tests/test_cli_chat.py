@@ -35,7 +35,7 @@ def test_ask_json_reports_preferences_method_model_latency(env):
     out = json.loads(r.stdout)
     assert out["answer"] == "echo: Suggest a vegetarian dinner without meat"
     assert [(p["id"], p["text"]) for p in out["preferences"]] == [(pref["id"], pref["text"])]
-    assert out["method"] == "prompt" and out["model"] == "fake-lm"
+    assert out["method"] == "best_of_n" and out["model"] == "fake-lm"  # the default
     assert out["latency_ms"] > 0 and out["exchange_id"]
 
     r = runner.invoke(
@@ -45,7 +45,7 @@ def test_ask_json_reports_preferences_method_model_latency(env):
 
     r = runner.invoke(app, ["logs", "-u", "sam", "--json"])
     logs = json.loads(r.stdout)
-    assert [x["method"] for x in logs] == ["prompt", "plain"]
+    assert [x["method"] for x in logs] == ["best_of_n", "plain"]
     assert "vegetarian" in logs[0]["messages"][0]["content"]
     r = runner.invoke(app, ["logs", "-u", "sam"])
     assert r.exit_code == 0 and "exchanges of sam (2)" in r.stdout
@@ -97,6 +97,6 @@ def test_chat_session_with_slash_commands(env):
     assert proc.returncode == 0, out
     assert "no answer yet" in out
     assert "assistant> echo: Should I have tea or coffee? I prefer tea" in out
-    assert "method=prompt" in out and "I prefer tea over coffee" in out
+    assert "method=best_of_n" in out and "I prefer tea over coffee" in out
     assert "bad memory id" in out
     assert "unknown command /bogus" in out

@@ -88,7 +88,10 @@ def open_guarded_memory(
 class PersonalizeOptions:
     """Per-request personalization settings.
 
-    ``method``: ``plain`` (no memory) or ``prompt`` (memory block in the system prompt).
+    ``method``: ``plain`` (no memory), ``prompt`` (memory block in the system prompt), or a
+    decoding-time method over the prompt. The default, ``best_of_n`` (4 replies sampled in
+    one batch, the preference reward model keeps the best), is the best measured by
+    ``benchmarks/decoding.py`` (PrefEval MCQ end to end and generation compliance).
     ``k``: how many memories to retrieve. A retrieved preference reaches the model when its
     cosine similarity to the message is at least ``min_score``, when it shares the message's
     topic, or when it is about how answers should be written (topic ``communication``); a raw
@@ -97,7 +100,7 @@ class PersonalizeOptions:
     method's strength (contrastive's alpha, MOD's amplification, reward-guided's weight).
     """
 
-    method: Method = "prompt"
+    method: Method = "best_of_n"
     strength: float = 1.0
     k: int = 8
     min_score: float = 0.15

@@ -22,7 +22,7 @@ MethodOpt = Annotated[
     typer.Option(
         "--method",
         help="plain (no memory), prompt (memory in the prompt), or a decoding-time method: "
-        "contrastive, mod, best_of_n, reward_guided.",
+        "contrastive, mod, best_of_n, reward_guided (default: the pipeline's, best_of_n).",
     ),
 ]
 MaxTokens = Annotated[int, typer.Option("--max-tokens", min=1, max=4096, help="Reply length cap.")]
@@ -55,10 +55,10 @@ def _options(method: str, max_tokens: int) -> PersonalizeOptions:
     from personalign.backends.models.base import GenerationOptions
     from personalign.pipeline import PersonalizeOptions
 
-    return PersonalizeOptions(
-        method=method,  # type: ignore[arg-type]
-        generation=GenerationOptions(max_new_tokens=max_tokens),
-    )
+    generation = GenerationOptions(max_new_tokens=max_tokens)
+    if not method:  # the pipeline's default method
+        return PersonalizeOptions(generation=generation)
+    return PersonalizeOptions(method=method, generation=generation)  # type: ignore[arg-type]
 
 
 def why_table(reply: Reply) -> Table:
@@ -95,7 +95,7 @@ def why_table(reply: Reply) -> Table:
 def ask(
     message: Annotated[str, typer.Argument(help="The message.")],
     user: User,
-    method: MethodOpt = "prompt",
+    method: MethodOpt = "",
     max_tokens: MaxTokens = 256,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -126,7 +126,7 @@ def ask(
 
 def chat(
     user: User,
-    method: MethodOpt = "prompt",
+    method: MethodOpt = "",
     max_tokens: MaxTokens = 256,
     turns: Annotated[int, typer.Option(help="Earlier turns kept in context.")] = 6,
 ) -> None:
