@@ -102,11 +102,12 @@ def main(argv: list[str] | None = None) -> None:
             personal = p.respond(
                 q,
                 user=USER,
-                options=PersonalizeOptions(method="prompt", ingest=False, generation=gen),
+                options=PersonalizeOptions(ingest=False, generation=gen),  # default method
             )
             table = Table(title=f"{USER}> {q}", title_justify="left", expand=True)
             table.add_column("plain", ratio=1, overflow="fold")
-            table.add_column("personalized", ratio=1, overflow="fold")
+            how = personal.exchange.method
+            table.add_column(f"personalized ({how})", ratio=1, overflow="fold")
             table.add_row(plain.text.strip(), personal.text.strip())
             console.print(table)
             used = personal.preferences
