@@ -34,7 +34,7 @@ def test_openai_client_non_streaming_is_personalized(server):
     )
     assert resp.choices[0].message.content.startswith("echo: Suggest a tofu dinner")
     extra = resp.model_extra["personalization"]
-    assert extra["method"] == "prompt"
+    assert extra["method"] == "best_of_n"  # the pipeline default
     assert [p["text"] for p in extra["preferences"]] == ["I am vegetarian and love tofu"]
     sent = server.personalizer.model.calls[-1]
     assert "I am vegetarian and love tofu" in sent[0].content

@@ -186,9 +186,9 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
         stored_user = p.resolve(user)
         history = [ChatMessage(role=m.role, content=m.content) for m in body.messages]
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        chosen = body.personalization.model_dump(exclude_none=True, include={"method", "k"})
         options = PersonalizeOptions(
-            method=body.personalization.method,  # type: ignore[arg-type]
-            k=body.personalization.k,
+            **chosen,
             ingest=body.personalization.ingest,
             generation=GenerationOptions(
                 max_new_tokens=body.max_completion_tokens or body.max_tokens or 256,

@@ -21,8 +21,10 @@ class PersonalizationIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: str = "prompt"
-    k: int = Field(default=5, ge=1, le=50)
+    method: str | None = None
+    """None: the pipeline's default (see ``PersonalizeOptions.method``)."""
+    k: int | None = Field(default=None, ge=1, le=50)
+    """None: the pipeline's default."""
     ingest: bool = True
 
 
