@@ -169,13 +169,16 @@ def main() -> None:
     p.add_argument("--dpo-users", type=int, default=20)
     p.add_argument("--pairs", type=int, default=32)
     p.add_argument("--train-prompts", type=int, default=40)
-    p.add_argument("--eval-prompts", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--eval-prompts", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--gen-tokens", type=int, default=64)
     p.add_argument("--ray-users", type=int, default=8)
     p.add_argument("--ray-steps", type=int, default=4)
     p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads (DPO part)"
+    )
     p.add_argument("--candidates", choices=("variants", "model"), default="variants")
     args = p.parse_args()
     figures: dict[str, float | int | str] = {"load_avg_1min_start": round(os.getloadavg()[0], 2)}
@@ -241,7 +244,7 @@ def dpo_and_ray(
     prompts = [t[0] for t in turns]
     train_prompts, eval_prompts = prompts[: a.train_prompts], prompts[a.train_prompts :]
     work = Path(tempfile.mkdtemp(prefix="pal-fb-"))
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(a.threads)
 
     # shared candidate pool and the base model's held-out replies
     lm = TransformersLM(base_dir, dtype="float32")
@@ -270,7 +273,7 @@ def dpo_and_ray(
         max_pairs=max(a.pairs, 4),
         epochs=a.epochs,
         max_steps=a.max_steps,
-        threads=os.cpu_count() or 1,
+        threads=a.threads,
     )
     np_rng = np.random.default_rng(7)
     adapters = AdapterStore(work / "adapters")

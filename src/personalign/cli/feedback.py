@@ -360,7 +360,7 @@ def train_users_cmd(
     ranked_prompts: Annotated[
         int, typer.Option(min=0, help="Prompts for reward-ranked pairs per user.")
     ] = 32,
-    epochs: Annotated[int, typer.Option(min=1)] = 2,
+    epochs: Annotated[int, typer.Option(min=1)] = 3,
     max_steps: Annotated[int, typer.Option(help="Stop after N steps (-1: epochs).")] = -1,
     threads: Annotated[int, typer.Option(min=1, help="Torch threads per job.")] = 1,
     force: Annotated[bool, typer.Option(help="Retrain even if up to date.")] = False,

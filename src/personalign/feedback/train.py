@@ -76,7 +76,7 @@ class TrainConfig:
     target_modules: tuple[str, ...] = TARGET_MODULES
     beta: float = 0.1
     learning_rate: float = 5e-4
-    epochs: int = 2
+    epochs: int = 3
     max_steps: int = -1
     batch_size: int = 4
     max_length: int = 256
