@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -51,6 +52,18 @@ def check_text(text: str, *, what: str = "text", max_chars: int = MAX_TEXT_CHARS
     if len(stripped) > max_chars:
         raise ValidationError(f"{what} is {len(stripped)} characters; the limit is {max_chars}")
     return stripped
+
+
+def check_texts(texts: Sequence[str], *, what: str) -> list[str]:
+    """``texts`` as a list, refusing a bare string or non-string items (``what`` names the
+    caller in the message, e.g. ``embed()``)."""
+    if isinstance(texts, str):
+        raise ValidationError(f"{what} takes a sequence of strings, not a single string")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise ValidationError(f"{what}: item {i} is {type(t).__name__}, expected str")
+    return out
 
 
 def check_weights(weights: dict[str, float]) -> dict[str, float]:

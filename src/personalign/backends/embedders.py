@@ -28,7 +28,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from personalign.backends._onnx import cached_session, run_exporter
-from personalign.errors import ConfigError, ModelNotAvailableError, ValidationError
+from personalign.errors import ConfigError, ModelNotAvailableError
+from personalign.types import check_texts
 
 
 @runtime_checkable
@@ -41,17 +42,6 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Return a ``(len(texts), dim)`` float32 array of unit-norm rows."""
         ...
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    """Return ``texts`` as a list, refusing a bare string or non-string items."""
-    if isinstance(texts, str):
-        raise ValidationError("embed() takes a sequence of strings, not a single string")
-    out = list(texts)
-    for i, t in enumerate(out):
-        if not isinstance(t, str):
-            raise ValidationError(f"embed(): item {i} is {type(t).__name__}, expected str")
-    return out
 
 
 def _require(module: str, package: str, what: str) -> None:
@@ -147,7 +137,7 @@ class MiniLMEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Return a ``(len(texts), 384)`` float32 array of unit-norm rows, in input order."""
-        items = _check_texts(texts)
+        items = check_texts(texts, what="embed()")
         out = np.empty((len(items), self.dim), dtype=np.float32)
         if not items:
             return out
@@ -293,7 +283,7 @@ class SentenceTransformerEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Return a ``(len(texts), dim)`` float32 array of unit-norm rows, in input order."""
-        items = _check_texts(texts)
+        items = check_texts(texts, what="embed()")
         if not items:
             return np.empty((0, self.dim), dtype=np.float32)
         vectors = self._load().encode(

@@ -54,6 +54,7 @@ import numpy as np
 from personalign.backends._onnx import cached_session, run_exporter, set_stamp, torch_to_onnx
 from personalign.backends.embedders import _require
 from personalign.errors import ConfigError, ModelNotAvailableError, ValidationError
+from personalign.types import check_texts
 
 #: Bumped when the exported graph changes; part of the ONNX cache key.
 EXPORT_VERSION = "1"
@@ -108,12 +109,7 @@ def data_hash(
 
 
 def _check_inputs(texts: Sequence[str], pairs: Sequence[str] | None) -> list[str]:
-    if isinstance(texts, str):
-        raise ValidationError("takes a sequence of strings, not a single string")
-    items = list(texts)
-    for i, t in enumerate(items):
-        if not isinstance(t, str):
-            raise ValidationError(f"item {i} is {type(t).__name__}, expected str")
+    items = check_texts(texts, what="texts")
     if pairs is not None:
         if isinstance(pairs, str) or len(pairs) != len(items):
             raise ValidationError(

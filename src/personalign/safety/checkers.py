@@ -32,11 +32,12 @@ import numpy as np
 
 from personalign.backends.embedders import Embedder
 from personalign.backends.finetuned import FinetunedClassifier, TextClassifier
-from personalign.errors import ConfigError, RefusedError, ValidationError
+from personalign.errors import ConfigError, RefusedError
 from personalign.safety.classifier import EmbeddingClassifier, load_artifact
 from personalign.safety.injection import INJECTION_FLAG, InjectionDetector
 from personalign.safety.policy import Policy, load_policy
 from personalign.safety.verdict import NONE, Verdict
+from personalign.types import check_texts
 
 DEFAULT_ARTIFACT = Path(__file__).with_name("artifacts") / "boundary_minilm.npz"
 #: The fine-tuned boundary classifier (MiniLM + LoRA; labels benign, injection, categories).
@@ -55,17 +56,6 @@ class Checker(Protocol):
     def check(self, texts: Sequence[str]) -> list[Verdict]:
         """Return one verdict per text."""
         ...
-
-
-def _texts(texts: Sequence[str]) -> list[str]:
-    """``texts`` as a list of strings, refusing a bare string or non-strings."""
-    if isinstance(texts, str):
-        raise ValidationError("check() takes a sequence of texts, not a single string")
-    out = list(texts)
-    for i, t in enumerate(out):
-        if not isinstance(t, str):
-            raise ValidationError(f"check(): item {i} is {type(t).__name__}, expected str")
-    return out
 
 
 def _admit(checker: str, policy: Policy, score: float = 0.0) -> Verdict:
@@ -103,7 +93,7 @@ class PatternChecker:
     def check(self, texts: Sequence[str]) -> list[Verdict]:
         """One verdict per text: refused on the first matching category, else admitted."""
         out = []
-        for text in _texts(texts):
+        for text in check_texts(texts, what="check()"):
             verdict = _admit(self.name, self.policy)
             for cat in self.policy.enabled():
                 hit = cat.match(text)
@@ -158,7 +148,7 @@ class ClassifierChecker:
 
     def check(self, texts: Sequence[str]) -> list[Verdict]:
         """One verdict per text (one batched embedding call)."""
-        items = _texts(texts)
+        items = check_texts(texts, what="check()")
         if not items:
             return []
         return self.check_vectors(self.embedder.embed(items))
@@ -238,11 +228,11 @@ class FinetunedChecker:
 
     def probs(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities, one row per text (one batched model run)."""
-        return self.model.predict_proba(_texts(texts))
+        return self.model.predict_proba(check_texts(texts, what="check()"))
 
     def check(self, texts: Sequence[str]) -> list[Verdict]:
         """One verdict per text."""
-        items = _texts(texts)
+        items = check_texts(texts, what="check()")
         return self.check_probs(self.probs(items)) if items else []
 
     def check_probs(self, probs: np.ndarray) -> list[Verdict]:
@@ -286,7 +276,7 @@ class Boundary:
 
     def check(self, texts: Sequence[str]) -> list[Verdict]:
         """One verdict per text: admitted only when every checker admits it."""
-        items = _texts(texts)
+        items = check_texts(texts, what="check()")
         vectors, segment_vectors = self._shared_vectors(items)
         probs, inj_scores = self._shared_probs(items)
         verdicts: list[Verdict | None] = [None] * len(items)
