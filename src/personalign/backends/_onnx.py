@@ -133,3 +133,32 @@ def set_stamp(path: Path, key: str, value: str) -> None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
         onnx.save(proto, str(path))
+
+
+def padded_batch() -> tuple[Any, Any]:
+    """A fixed (ids, mask) batch of 3 x 17 BERT tokens, two rows padded: what an export is
+    checked on."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 30000, size=(3, 17)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 9:] = 0
+    mask[2, 3:] = 0
+    ids[:, 0], ids[mask == 0] = 101, 0
+    return ids, mask
+
+
+def check_export(path: Path, model: Any, inputs: dict[str, Any], *, atol: float) -> None:
+    """Exit (exporter subprocesses only) unless onnxruntime on ``path`` gives the torch
+    ``model(*inputs.values())`` output within ``atol``."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    with torch.no_grad():
+        want = model(*(torch.from_numpy(a) for a in inputs.values())).numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, inputs)[0]
+    if not np.allclose(got, want, atol=atol):
+        raise SystemExit(f"ONNX export check failed: max diff {np.abs(got - want).max():.2e}")

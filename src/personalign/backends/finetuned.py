@@ -51,7 +51,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from personalign.backends._onnx import cached_session, run_exporter, set_stamp, torch_to_onnx
+from personalign.backends._onnx import (
+    cached_session,
+    check_export,
+    padded_batch,
+    run_exporter,
+    set_stamp,
+    torch_to_onnx,
+)
 from personalign.backends.embedders import _require
 from personalign.errors import ConfigError, ModelNotAvailableError, ValidationError
 from personalign.types import check_texts
@@ -490,7 +497,11 @@ def export_onnx(artifact: Path, out: Path, *, quantize: bool = False) -> None:
         stamp = (KEY, key)
         inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         torch_to_onnx(wrapped, inputs, "logits", tmp, stamp=stamp)
-        _check_export(tmp, wrapped)
+        check_ids, check_mask = padded_batch()
+        check_types = np.zeros_like(check_ids)
+        check_types[0, 8:] = 1
+        batch = {"input_ids": check_ids, "attention_mask": check_mask}
+        check_export(tmp, wrapped, {**batch, "token_type_ids": check_types}, atol=1e-3)
         if quantize:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -504,27 +515,6 @@ def export_onnx(artifact: Path, out: Path, *, quantize: bool = False) -> None:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _check_export(path: Path, model: Any) -> None:
-    """Fail unless onnxruntime on ``path`` matches the torch model on a padded batch."""
-    import onnxruntime as ort
-    import torch
-
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1000, 30000, size=(3, 17)).astype(np.int64)
-    mask = np.ones_like(ids)
-    mask[1, 9:] = 0
-    mask[2, 3:] = 0
-    ids[:, 0], ids[mask == 0] = 101, 0
-    types = np.zeros_like(ids)
-    types[0, 8:] = 1
-    with torch.no_grad():
-        want = model(*(torch.from_numpy(a) for a in (ids, mask, types))).numpy()
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0]
-    if not np.allclose(got, want, atol=1e-3):
-        raise SystemExit(f"ONNX export check failed: max diff {np.abs(got - want).max():.2e}")
 
 
 # --------------------------------------------------------------------------------------------
