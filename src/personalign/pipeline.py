@@ -348,10 +348,10 @@ class Personalizer:
         were deleted. Part of erasing a user: adapters are trained on their data."""
         from personalign.feedback.adapters import AdapterStore
 
-        stores = {AdapterStore.for_home(self.memory.settings.home).root: None}
+        roots = {AdapterStore.for_home(self.memory.settings.home).root}
         if self.adapters is not None:
-            stores[self.adapters.root] = None
-        n = sum(AdapterStore(root).erase(user) for root in stores)
+            roots.add(self.adapters.root)
+        n = sum(AdapterStore(root).erase(user) for root in roots)
         unload = getattr(self.model, "unload_missing_adapters", None)
         if callable(unload):
             unload()
