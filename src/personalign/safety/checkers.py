@@ -233,7 +233,7 @@ class FinetunedChecker:
     def check(self, texts: Sequence[str]) -> list[Verdict]:
         """One verdict per text."""
         items = check_texts(texts, what="check()")
-        return self.check_probs(self.probs(items)) if items else []
+        return self.check_probs(self.model.predict_proba(items)) if items else []
 
     def check_probs(self, probs: np.ndarray) -> list[Verdict]:
         """Verdicts from precomputed :meth:`probs` rows."""
