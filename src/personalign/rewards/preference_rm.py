@@ -483,22 +483,17 @@ class CrossEncoderRewardModel:
         clf = FinetunedClassifier.load(path, cache_dir, num_threads=num_threads)
         return cls(clf, dict(clf.meta))
 
-    def compliance(self, preference: str, prompt: str, responses: Sequence[str]) -> np.ndarray:
-        """``P(compliant)`` ``(len(responses),)`` of each response against one preference."""
-        if not responses:
-            return np.zeros(0)
-        first = cross_encoder_input(preference, prompt)
-        proba = self.classifier.predict_proba([first] * len(responses), list(responses))
-        return np.asarray(proba, dtype=np.float64)[:, self._column]
-
     def score(
         self, preferences: Sequence[str], prompt: str, responses: Sequence[str]
     ) -> np.ndarray:
         """Compliance in [0, 1], the minimum over ``preferences`` (1 if none)."""
         prefs, resps = _check(preferences, responses)
-        out = np.ones(len(resps))
-        for p in prefs:
-            out = np.minimum(out, self.compliance(p, prompt, resps))
+        if not prefs or not resps:
+            return np.ones(len(resps))
+        firsts = [cross_encoder_input(p, prompt) for p in prefs for _ in resps]
+        proba = self.classifier.predict_proba(firsts, resps * len(prefs))  # one batched run
+        by_pref = np.asarray(proba, dtype=np.float64)[:, self._column].reshape(len(prefs), -1)
+        out: np.ndarray = by_pref.min(axis=0)
         return out
 
 
@@ -623,6 +618,15 @@ def load_reward_model(cache_dir: Path, embedder: Embedder | None = None) -> Pref
         assert error is not None
         raise error
     return models[0] if len(models) == 1 else EnsembleRewardModel(models)
+
+
+def shipped_reward_model(cache_dir: Path) -> PreferenceRewardModel:
+    """:func:`load_reward_model` over the MiniLM embedder in ``cache_dir`` (a module-level
+    function, so ``functools.partial(shipped_reward_model, cache_dir)`` pickles for pool
+    workers and Ray tasks)."""
+    from personalign.backends.embedders import load_embedder
+
+    return load_reward_model(cache_dir, load_embedder("minilm", cache_dir))
 
 
 # -- training (numpy, deterministic) -----------------------------------------------------------
