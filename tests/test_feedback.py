@@ -654,10 +654,10 @@ def test_train_users_cli_ranks_with_the_reward_model_when_minilm_is_the_embedder
 
     from personalign.cli.feedback import _reward_model_factory
     from personalign.config import load_settings
-    from personalign.rewards.preference_rm import EmbeddedRewardModel
+    from personalign.rewards.preference_rm import shipped_reward_model
 
     assert _reward_model_factory(load_settings(home=tmp_path, embedder="hashing")) is None
     factory = _reward_model_factory(load_settings(home=tmp_path, embedder="minilm"))
     assert factory is not None
     again = pickle.loads(pickle.dumps(factory))  # travels to pool workers and Ray tasks
-    assert again.func == EmbeddedRewardModel.embedded  # type: ignore[attr-defined]
+    assert again.func == shipped_reward_model  # type: ignore[attr-defined]

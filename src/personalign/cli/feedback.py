@@ -422,13 +422,13 @@ def train_users_cmd(
 
 
 def _reward_model_factory(settings: Settings) -> Callable[[], RewardScorer] | None:
-    """A picklable factory of the embedded preference reward model (it runs over MiniLM, so
-    none with another embedder)."""
+    """A picklable factory of the shipped preference reward model (the pipeline's; it runs
+    over MiniLM, so none with another embedder)."""
     if settings.embedder != "minilm":
         return None
-    from personalign.rewards.preference_rm import EmbeddedRewardModel
+    from personalign.rewards.preference_rm import shipped_reward_model
 
-    return functools.partial(EmbeddedRewardModel.embedded, settings.cache_dir)
+    return functools.partial(shipped_reward_model, settings.cache_dir)
 
 
 @train_app.command("export")
