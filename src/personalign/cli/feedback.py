@@ -166,11 +166,7 @@ def edit(
     """Give the answer as it should have been."""
     from personalign.feedback import events
 
-    with _memory() as mem:
-        xid = _exchange_id(mem, user, exchange)
-    with errors():
-        fb = events.edit(text, exchange_id=xid, source="cli")
-    _record(user, fb, json_out)
+    _text_feedback(events.edit, text, user, exchange, json_out)
 
 
 @app.command()
@@ -183,10 +179,17 @@ def critique(
     """Say what was wrong with an answer; stated preferences go to memory."""
     from personalign.feedback import events
 
+    _text_feedback(events.critique, text, user, exchange, json_out)
+
+
+def _text_feedback(
+    make: Callable[..., FeedbackIn], text: str, user: str, exchange: str | None, json_out: bool
+) -> None:
+    """Record an edit or a critique of ``exchange`` (default: the user's latest)."""
     with _memory() as mem:
         xid = _exchange_id(mem, user, exchange)
     with errors():
-        fb = events.critique(text, exchange_id=xid, source="cli")
+        fb = make(text, exchange_id=xid, source="cli")
     _record(user, fb, json_out)
 
 
