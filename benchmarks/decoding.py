@@ -68,13 +68,15 @@ from personalign.generation.decoding import (
     reward_guided,
 )
 from personalign.generation.prompt import build_messages
+from personalign.pipeline import PersonalizeOptions
 from personalign.rewards.dimensions import DIMENSION_NAMES, weighted_reward
 from personalign.rewards.preference_rm import PreferenceRewardModel
 from personalign.rewards.weights import normalize_weights
 from personalign.types import Message
 
 SEED = 7
-DEFAULT_METHOD: DecodingMethod = "best_of_n"
+DEFAULT_METHOD = PersonalizeOptions().method
+"""The pipeline's default method: its compliance is ``compliance_personalized``."""
 STYLE_INSTRUCTIONS = {
     "conciseness": "Keep the answer short.",
     "readability": "Use simple words and short sentences.",
