@@ -311,6 +311,12 @@ def main() -> None:
     p.add_argument("--reward-weight", type=float, default=2.0, help="reward-guided weight")
     p.add_argument("--parts", default="mcq,compliance,users,cost")
     p.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=["bfloat16", "float32"],
+        help="model precision (default: the pipeline's bfloat16)",
+    )
+    p.add_argument(
         "--reward",
         default="ensemble",
         choices=["ensemble", "cross_encoder", "embedded"],
@@ -320,7 +326,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     start = time.perf_counter()
     settings = load_settings()
-    lm = TransformersLM.embedded(settings.cache_dir, dtype="float32", quiet=True)
+    lm = TransformersLM.embedded(settings.cache_dir, dtype=args.dtype, quiet=True)
     embedder = load_embedder("minilm", settings.cache_dir)
     names = topics(args.data)
     items = load_mcq(args.data, names)
@@ -330,7 +336,11 @@ def main() -> None:
     log("reward models ready (4 folds by topic, each trained without the topics it scores)")
     memory = MemoryHarness(args.data, embedder)
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, seed=SEED)
-    figures: dict[str, float | int | str] = {"model": lm.name, "reward_model": args.reward}
+    figures: dict[str, float | int | str] = {
+        "model": lm.name,
+        "dtype": args.dtype,
+        "reward_model": args.reward,
+    }
     pairs: list[dict[str, Any]] = []
     try:
         if "mcq" in parts:

@@ -349,6 +349,46 @@ def test_tiny_every_method(tiny_lm: LanguageModel, method: Any) -> None:
     assert out.generation.completion_tokens <= 6 and out.generation.model == tiny_lm.name
 
 
+@pytest.mark.parametrize("which", ["fake", "tiny"])
+def test_reward_guided_forks_the_cache_like_full_recomputation(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    """The cached search (forked KV rows) keeps the chunks a search that re-reads every
+    history from scratch keeps."""
+    tiny_lm: LanguageModel = FakeLM() if which == "fake" else request.getfixturevalue("tiny_lm")
+
+    def score(texts: Sequence[str]) -> np.ndarray:
+        return np.array([sum(map(ord, t)) % 5 / 5 for t in texts])  # picks varied chunks
+
+    k, every, budget = 3, 3, 12
+    eos = tiny_lm.eos_token_ids
+    prompt = tiny_lm.encode_context(PERSONAL)
+    ids: list[int] = []
+    while len(ids) < budget and not set(ids) & eos:
+        lp = log_softmax(tiny_lm.forward([prompt + ids])[0][0])
+        chunks, sums = [], []
+        for first in np.argsort(-lp)[:k]:
+            chunk, total = [int(first)], float(lp[first])
+            while len(chunk) < every and chunk[-1] not in eos:
+                step = log_softmax(tiny_lm.forward([prompt + ids + chunk])[0][0])
+                chunk.append(int(np.argmax(step)))
+                total += float(step.max())
+            chunks.append(chunk)
+            sums.append(total / len(chunk))
+        texts = [tiny_lm.decode(ids + [t for t in c if t not in eos]) for c in chunks]
+        ids += chunks[int(np.argmax(np.array(sums) + 50.0 * score(texts)))]
+    out = reward_guided(
+        tiny_lm,
+        PERSONAL,
+        score,
+        strength=50.0,
+        top_k=k,
+        every=every,
+        options=GenerationOptions(max_new_tokens=budget),
+    )
+    assert out.token_ids == [t for t in ids if t not in eos][:budget]
+
+
 def test_tiny_mod_single_objective_equals_contrastive(tiny_lm: LanguageModel) -> None:
     opts = GenerationOptions(max_new_tokens=8)
     a = decode(tiny_lm, [PERSONAL, PLAIN], make_rule("contrastive", strength=1.5), opts)

@@ -147,6 +147,26 @@ def check_conformance(lm: LanguageModel) -> None:
     with pytest.raises(ValidationError):
         lm.forward([[1, 2], [3]], state2)  # rows must add the same number of tokens
 
+    # Identical prompts share one prefill with the same logits; select_rows forks and drops.
+    dup, dstate = lm.forward([rows[1], rows[0], rows[1]])
+    np.testing.assert_allclose(dup, first[[1, 0, 1]], atol=1e-4)
+    forked = lm.select_rows(dstate, [1, 1, 2])
+    assert forked.tokens == [rows[0], rows[0], rows[1]]
+    with pytest.raises(BackendError, match="already passed"):
+        lm.select_rows(dstate, [0])
+    with pytest.raises(ValidationError, match="out of range"):
+        lm.select_rows(forked, [3])
+    branches = [nxt[0], int(first[0].argsort()[-2]), nxt[1]]
+    fstep, fstate = lm.forward([[t] for t in branches], forked)
+    for r, t in enumerate(branches):
+        alone, _ = lm.forward([[rows[0], rows[0], rows[1]][r] + [t]])
+        np.testing.assert_allclose(fstep[r], alone[0], atol=2e-2, rtol=1e-2)
+    kept = lm.select_rows(fstate, [1])  # drop rows 0 and 2, carry on with row 1
+    kstep, kstate = lm.forward([[nxt[0]]], kept)
+    assert kstate.tokens == [rows[0] + [branches[1], nxt[0]]]
+    alone, _ = lm.forward(kstate.tokens)
+    np.testing.assert_allclose(kstep[0], alone[0], atol=2e-2, rtol=1e-2)
+
     # logprobs: input order, sum/mean consistent, first token agrees with the logits.
     conts = ["paris", "hello world", "the"]
     scores = lm.logprobs(USER, conts)

@@ -98,6 +98,7 @@ from personalign.backends.models.base import (  # noqa: E402
     LanguageModel,
     check_messages,
     find_stop,
+    select_state_rows,
 )
 from personalign.errors import BackendError  # noqa: E402
 from personalign.types import Message  # noqa: E402
@@ -239,6 +240,11 @@ class FakeLM(LanguageModel):
             tokens = [t + r for t, r in zip(past.tokens, rows, strict=True)]
         logits = np.stack([self._logits(t) for t in tokens]).astype(np.float32)
         return logits, DecodeState(tokens=tokens)
+
+    def select_rows(self, state: DecodeState, rows: Sequence[int]) -> DecodeState:
+        """Same contract as ``LanguageModel.select_rows``: the selected token histories."""
+        picked, _ = select_state_rows(state, rows)
+        return DecodeState(tokens=[list(state.tokens[i]) for i in picked])
 
     def logprobs(
         self, messages: Sequence[Message], continuations: Sequence[str]

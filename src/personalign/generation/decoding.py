@@ -277,8 +277,9 @@ def reward_guided(
     options: GenerationOptions,
 ) -> Decoded:
     """ARGS / PAD-style blockwise search: every ``every`` tokens, roll out each of the
-    ``top_k`` most likely next tokens for ``every`` tokens (``top_k`` batched rows) and keep
-    the chunk with the best ``mean chunk log p + strength * score(reply so far)``."""
+    ``top_k`` most likely next tokens for ``every`` tokens (``top_k`` batched rows forked from
+    the reply's KV cache, :meth:`~LanguageModel.select_rows`) and keep the chunk with the best
+    ``mean chunk log p + strength * score(reply so far)``; its cache row carries on."""
     require_logits(lm, "reward_guided")
     if top_k < 1 or every < 1:
         raise ValidationError(f"reward_guided needs top_k, every >= 1, got {top_k}, {every}")
@@ -289,7 +290,7 @@ def reward_guided(
     eos = lm.eos_token_ids
     ids: list[int] = []
     reason = "length"
-    logits, _ = lm.forward([prompt])  # (1, V): distribution of the next token
+    logits, state = lm.forward([prompt])  # (1, V): distribution of the next token
     next_lp = log_softmax(logits[0])  # (V,)
     while len(ids) < budget and reason == "length":
         first = np.argsort(-next_lp)[:top_k]  # (k,) candidate next tokens
@@ -297,7 +298,8 @@ def reward_guided(
         sums = next_lp[first].copy()  # (k,) chunk log-probabilities
         done = [int(t) in eos for t in first]
         steps = min(every, budget - len(ids))
-        logits, state = lm.forward([prompt + ids + c for c in chunks])  # (k, V)
+        state = lm.select_rows(state, [0] * len(chunks))  # fork the prefix's cache k ways
+        logits, state = lm.forward(chunks, state)  # (k, V)
         for _ in range(steps - 1):
             lp = log_softmax(logits)  # (k, V)
             picked = [pick_token(row, options, rng) for row in lp]
@@ -317,6 +319,7 @@ def reward_guided(
                 break
             ids.append(tok)
         next_lp = log_softmax(logits[best])
+        state = lm.select_rows(state, [best])  # the kept chunk's cache is the next prefix
         text = lm.decode(ids)
         cut = find_stop(text, options.stop)
         if cut >= 0:

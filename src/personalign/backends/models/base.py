@@ -204,6 +204,16 @@ class LanguageModel(ABC):
         """
         raise self.unsupported("forward")
 
+    def select_rows(self, state: DecodeState, rows: Sequence[int]) -> DecodeState:
+        """A state whose row ``i`` continues row ``rows[i]`` of ``state`` (consumed): repeat an
+        index to fork a row (candidates sharing one prefill), leave one out to drop it.
+
+        This default re-prefills the selected histories; KV-cached backends select cache rows.
+        """
+        picked, _ = select_state_rows(state, rows)
+        _, out = self.forward([list(state.tokens[i]) for i in picked])
+        return out
+
     def next_token_logits(self, contexts: Sequence[Context]) -> np.ndarray:
         """Next-token logits ``(len(contexts), vocab_size)`` float32 for a batch of contexts."""
         if not contexts:
@@ -231,6 +241,18 @@ class LanguageModel(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def select_state_rows(state: DecodeState, rows: Sequence[int]) -> tuple[list[int], Any]:
+    """For backends' ``select_rows``: check ``rows`` against ``state``, consume it, and return
+    the row indices and the state's data."""
+    picked = [int(i) for i in rows]
+    if not picked:
+        raise ValidationError("select_rows needs at least one row index")
+    bad = [i for i in picked if not 0 <= i < state.batch_size]
+    if bad:
+        raise ValidationError(f"row indices {bad} out of range for a batch of {state.batch_size}")
+    return picked, state.take()
 
 
 def find_stop(text: str, stop: Sequence[str]) -> int:

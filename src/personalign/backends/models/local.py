@@ -34,6 +34,7 @@ from personalign.backends.models.base import (
     LanguageModel,
     check_messages,
     find_stop,
+    select_state_rows,
     stream_safe_len,
 )
 from personalign.errors import BackendError, ModelNotAvailableError, ValidationError
@@ -174,7 +175,11 @@ class TransformersLM(LanguageModel):
     """Any local causal-LM directory (config + safetensors + tokenizer) through transformers.
 
     ``dtype`` defaults to bfloat16; ``device`` to CUDA when available, else CPU.
-    Generation is batched (left padding) with a KV cache under ``torch.inference_mode()``.
+    ``attention`` is transformers' ``attn_implementation``; None picks ``"eager"`` on CPU
+    (measured on SmolLM2-135M, 1 thread: a 4-row decoding step 37 ms vs 47 ms with ``sdpa``,
+    and left padding exact) and transformers' default elsewhere.
+    Generation is batched (left padding) with a KV cache under ``torch.inference_mode()``;
+    identical prompts in a batch (best-of-N candidates) share one prefill.
 
     Per-user LoRA adapters: with ``adapters`` (an :class:`AdapterSource`),
     ``GenerationOptions.adapter`` names the adapter a request uses; it is loaded with PEFT on
@@ -194,6 +199,7 @@ class TransformersLM(LanguageModel):
         name: str | None = None,
         adapters: AdapterSource | None = None,
         max_adapters: int = 8,
+        attention: str | None = None,
     ) -> None:
         import torch
 
@@ -206,13 +212,16 @@ class TransformersLM(LanguageModel):
         self.name = name or path.name
         self.dtype = dtype
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if attention is None and self.device == "cpu":
+            attention = "eager"
+        extra = {} if attention is None else {"attn_implementation": attention}
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             with _quiet_hf():
                 self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
                 model: Any = AutoModelForCausalLM.from_pretrained(
-                    path, dtype=getattr(torch, dtype), local_files_only=True
+                    path, dtype=getattr(torch, dtype), local_files_only=True, **extra
                 )
         except Exception as e:
             raise ModelNotAvailableError(f"cannot load a causal LM from {path}: {e}") from e
@@ -257,10 +266,11 @@ class TransformersLM(LanguageModel):
         dtype: DType = "bfloat16",
         device: str | None = None,
         quiet: bool = False,
+        attention: str | None = None,
     ) -> TransformersLM:
         """The embedded SmolLM2-135M-Instruct, converted into ``cache_dir`` on first use."""
         path = ensure_embedded_model(cache_dir, quiet=quiet)
-        return cls(path, dtype=dtype, device=device, name=EMBEDDED_NAME)
+        return cls(path, dtype=dtype, device=device, name=EMBEDDED_NAME, attention=attention)
 
     # -- token level ------------------------------------------------------------------------
 
@@ -338,10 +348,34 @@ class TransformersLM(LanguageModel):
             new_cache = out.get("past_key_values")
         return logits, new_cache
 
-    def _prefill(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, DecodeState]:
+    def select_rows(self, state: DecodeState, rows: Sequence[int]) -> DecodeState:
+        """Select (repeat, drop) rows of the KV cache itself: no model call."""
         import torch
 
+        if not hasattr(getattr(state.data, "cache", None), "reorder_cache"):
+            return super().select_rows(state, rows)  # a cache type without row selection
+        picked, kv = select_state_rows(state, rows)
+        idx = torch.tensor(picked, dtype=torch.long, device=self.device)
+        kv.cache.reorder_cache(idx)
+        data = _KV(kv.cache, kv.mask[idx], kv.next_pos[idx])
+        return DecodeState(tokens=[list(state.tokens[i]) for i in picked], data=data)
+
+    def _prefill(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, DecodeState]:
+        """Prefill each distinct prompt once; identical rows (best-of-N candidates) share it."""
         toks = self._check_ids(rows)
+        distinct = list(dict.fromkeys(tuple(r) for r in toks))
+        if len(distinct) == len(toks):
+            return self._prefill_padded(toks)
+        logits, state = self._prefill_padded([list(r) for r in distinct])
+        if not hasattr(state.data.cache, "reorder_cache"):
+            return self._prefill_padded(toks)  # a cache type without row selection
+        where = {r: i for i, r in enumerate(distinct)}
+        picked = [where[tuple(r)] for r in toks]
+        return logits[picked], self.select_rows(state, picked)
+
+    def _prefill_padded(self, toks: list[list[int]]) -> tuple[torch.Tensor, DecodeState]:
+        import torch
+
         width = max(len(r) for r in toks)
         if width > self._max_len:
             raise ValidationError(f"prompt is {width} tokens; the model's limit is {self._max_len}")
