@@ -306,6 +306,29 @@ def test_smollm2_greedy_generation(smollm2: Any) -> None:
 
 
 @pytest.mark.slow
+def test_smollm2_finished_rows_leave_the_batch(
+    smollm2: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply that ends early leaves the batch; every reply is still the one it gets alone."""
+    _, lm = smollm2
+    sizes: list[int] = []
+    select = lm.select_rows
+
+    def spy(state: DecodeState, rows: list[int]) -> DecodeState:
+        sizes.append(len(rows))
+        return select(state, rows)
+
+    monkeypatch.setattr(lm, "select_rows", spy)
+    opts = GenerationOptions(max_new_tokens=40)
+    long = [Message(role="user", content="Explain in detail how a bicycle gear system works.")]
+    batch = lm.generate_batch([USER, long], options=opts)
+    alone = [lm.generate(c, options=opts) for c in (USER, long)]
+    assert [b.text for b in batch] == [a.text for a in alone]
+    assert batch[0].finish_reason == "stop" and batch[1].finish_reason == "length"
+    assert sizes == [1]  # the short reply's row was dropped once, the long one carried on
+
+
+@pytest.mark.slow
 def test_smollm2_logprobs_prefer_right_answer(smollm2: Any) -> None:
     _, lm = smollm2
     right, wrong = lm.logprobs(

@@ -507,11 +507,11 @@ class TransformersLM(LanguageModel):
         else:
             gen.manual_seed(options.seed)
         logits, state = self._prefill(prompts)
+        active = list(range(len(rows)))  # the rows still decoding, in batch order
         for step in range(budget):
             picked = self._pick(logits, options, gen)
-            for row, tok in zip(rows, picked, strict=True):
-                if row.done:
-                    continue
+            for i, tok in zip(active, picked, strict=True):
+                row = rows[i]
                 if tok in self._eos:
                     row.done, row.reason = True, "stop"
                     continue
@@ -524,6 +524,10 @@ class TransformersLM(LanguageModel):
             if all(r.done for r in rows) or step == budget - 1:
                 break
             yield rows
+            keep = [j for j, i in enumerate(active) if not rows[i].done]
+            if len(keep) < len(active):  # finished rows leave the batch
+                state = self.select_rows(state, keep)
+                active, picked = [active[j] for j in keep], [picked[j] for j in keep]
             logits, state = self._extend([[t] for t in picked], state)
         for row in rows:
             if not options.stop and not track_text:
