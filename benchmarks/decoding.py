@@ -12,9 +12,10 @@ One run, four parts (subsets by default on a small CPU; the sizes are flags):
    >= 0.5. The judge for a topic is trained on the other topics under ``--data`` only (4 folds
    by topic); so are the reward models the methods use (they share the judge's fold, so
    best-of-N and reward-guided optimize the judge: read their compliance as an upper bound).
-   ``--reward`` picks the kind (default the shipped one, the cross-encoder + feature-model
-   ensemble); the retrieved preferences (not the raw turns) are what the methods' reward
-   models condition on, as in the pipeline.
+   ``--reward`` picks the kind (default the shipped one: the cross-encoder + feature-model
+   ensemble; ``--probe`` adds the opt-in LM probe over this model's hidden states); the
+   retrieved preferences (not the raw turns) are what the methods' reward models condition
+   on, as in the pipeline.
    ``compliance_personalized`` is the default method's. 10 sampled pairs are printed.
 3. ``user_reward_<method>``: simulated users (PersonalLLM protocol): random Dirichlet weights
    over the style dimensions, prompts from MT-Bench-101 first turns and PrefEval questions;
@@ -311,6 +312,11 @@ def main() -> None:
     p.add_argument("--reward-weight", type=float, default=2.0, help="reward-guided weight")
     p.add_argument("--parts", default="mcq,compliance,users,cost")
     p.add_argument(
+        "--probe",
+        action="store_true",
+        help="add the LM probe over this model's hidden states to the reward ensemble",
+    )
+    p.add_argument(
         "--dtype",
         default="bfloat16",
         choices=["bfloat16", "float32"],
@@ -331,7 +337,13 @@ def main() -> None:
     names = topics(args.data)
     items = load_mcq(args.data, names)
     rms = fold_reward_models(
-        args.data, names, settings.cache_dir, kind=args.reward, embedder=embedder, log=log
+        args.data,
+        names,
+        settings.cache_dir,
+        kind=args.reward,
+        embedder=embedder,
+        lm=lm if args.probe else None,
+        log=log,
     )
     log("reward models ready (4 folds by topic, each trained without the topics it scores)")
     memory = MemoryHarness(args.data, embedder)

@@ -1,18 +1,23 @@
 """Preference reward model: PrefEval MCQ accuracy (pick the option it scores highest).
 
-``mcq_accuracy``: the shipped model (the MiniLM cross-encoder) on every topic under
-``--data`` (split into ``mcq_accuracy_unseen`` / ``mcq_accuracy_seen`` by the topics it was
-trained on); ``mcq_accuracy_embedded``: the earlier embedded feature model, as a baseline;
-``mcq_accuracy_ensemble``: both together (``EnsembleRewardModel``, mean log-odds).
-``--cross-validate``: train on 3/4 of the topics under ``--data`` and test on the other 1/4,
-all four folds (``mcq_accuracy_cv``, ``mcq_accuracy_cv_fold<i>``; the fold models are
-trained once and cached, ``train_seconds`` is what this run spent training), and the
-embedded model's folds in the same run (``mcq_accuracy_cv_embedded``) and the ensemble of
-the two fold models (``mcq_accuracy_cv_ensemble``, ``mcq_accuracy_cv_ensemble_fold<i>``);
-``binary_accuracy_cv``: share of options on the right side of 0.5 (compliant >= 0.5,
-violating < 0.5), balanced. Target: ``mcq_accuracy_cv`` >= 0.90.
+``mcq_accuracy``: the shipped MiniLM cross-encoder on every topic under ``--data`` (split
+into ``mcq_accuracy_unseen`` / ``mcq_accuracy_seen`` by the topics it was trained on);
+``mcq_accuracy_embedded``: the embedded feature model; ``mcq_accuracy_ensemble``:
+cross-encoder + feature model (``EnsembleRewardModel``, mean log-odds: the shipped model);
+``mcq_accuracy_probe``: the opt-in LM probe over SmolLM2's hidden states;
+``mcq_accuracy_ensemble_probe``: the three together. On the dev topics the shipped artifacts
+saw every topic: these are fit figures.
 
-    python benchmarks/reward_model.py [--data DIR] [--json] [--cross-validate]
+``--cross-validate``: every member trained on 3/4 of the topics under ``--data`` and tested
+on the other 1/4, all four folds (fold models trained once and cached under the cache
+directory; ``cv_seconds`` is what this run spent), for each member and both ensembles
+(``mcq_accuracy_cv_<kind>``, ``mcq_accuracy_cv_<kind>_fold<i>``; ``cross_encoder_int8`` is
+the cross-encoder's int8 export, the shipped one runs in float32).
+``mcq_accuracy_cv`` and ``binary_accuracy_cv`` (share of options on the right side of 0.5,
+balanced) are the shipped ensemble's. Target: ``mcq_accuracy_cv`` >= 0.90. ``--no-probe``
+leaves the LM probe out (no SmolLM2 load).
+
+    python benchmarks/reward_model.py [--data DIR] [--json] [--cross-validate] [--no-probe]
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from personalign.backends.embedders import load_embedder
+from personalign.backends.embedders import Embedder, load_embedder
 from personalign.config import load_settings
 from personalign.eval.bench import emit, parser
 from personalign.eval.prefeval_tasks import (
@@ -32,6 +39,7 @@ from personalign.eval.prefeval_tasks import (
     load_mcq,
     reward_items,
     topics,
+    trained_probe,
     trained_reward_model,
 )
 from personalign.rewards.preference_rm import (
@@ -42,6 +50,10 @@ from personalign.rewards.preference_rm import (
     PreferenceRewardModel,
     train,
 )
+
+if TYPE_CHECKING:
+    from personalign.backends.models.local import TransformersLM
+    from personalign.rewards.lm_probe import Triple
 
 
 def log(message: str) -> None:
@@ -73,10 +85,10 @@ def binary_accuracy(items: Sequence[McqItem], scores: Sequence[np.ndarray]) -> f
     return float((np.mean(good) + np.mean(bad)) / 2)
 
 
-def _mean_log_odds(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """What :class:`EnsembleRewardModel` gives for two members' scores ``a`` and ``b``."""
-    members = [_Fixed(a), _Fixed(b)]
-    return EnsembleRewardModel(members).score(["p"], "q", [""] * len(a))
+def _mean_log_odds(*members: np.ndarray) -> np.ndarray:
+    """What :class:`EnsembleRewardModel` gives for its members' scores (one array each)."""
+    fixed = [_Fixed(m) for m in members]
+    return EnsembleRewardModel(fixed).score(["p"], "q", [""] * len(members[0]))
 
 
 class _Fixed:
@@ -94,10 +106,18 @@ class _Fixed:
 def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--cross-validate", action="store_true", help="by-topic 4-fold CV")
+    p.add_argument(
+        "--no-probe", action="store_true", help="leave out the LM probe (no SmolLM2 load)"
+    )
     args = p.parse_args()
     start = time.perf_counter()
     settings = load_settings()
     embedder = load_embedder("minilm", settings.cache_dir)
+    lm = None
+    if not args.no_probe:
+        from personalign.backends.models.local import TransformersLM
+
+        lm = TransformersLM.embedded(settings.cache_dir, quiet=True)
     names = topics(args.data)
     items = load_mcq(args.data, names)
     shipped = CrossEncoderRewardModel.load(settings.cache_dir)
@@ -118,33 +138,64 @@ def main() -> None:
         "questions": len(items),
         "unseen_topics": len({items[i].topic for i in unseen}),
     }
+    if lm is not None:
+        from personalign.rewards.lm_probe import LMProbeRewardModel
+
+        probe = mcq_scores(LMProbeRewardModel.load(lm), items)
+        figures["mcq_accuracy_probe"] = accuracy(items, probe)
+        three = [_mean_log_odds(a, b, c) for a, b, c in zip(scores, old, probe, strict=True)]
+        figures["mcq_accuracy_ensemble_probe"] = accuracy(items, three)
     if args.cross_validate:
-        base = EmbeddedRewardModel(embedder, np.zeros(len(FEATURE_NAMES)))
-        cv_items: list[McqItem] = []
-        cv_scores: list[np.ndarray] = []
-        old_scores: list[np.ndarray] = []
-        ens_scores: list[np.ndarray] = []
-        t_train = time.perf_counter()
-        for i, fold in enumerate(cv_folds(names)):
-            rest = [t for t in names if t not in fold]
-            rm = trained_reward_model(args.data, rest, settings.cache_dir, log=log)
-            test = [it for it in items if it.topic in fold]
-            s = mcq_scores(rm, test)
-            figures[f"mcq_accuracy_cv_fold{i}"] = accuracy(test, s)
-            cv_items += test
-            cv_scores += s
-            o = mcq_scores(train(base, reward_items(args.data, rest)), test)
-            e = [_mean_log_odds(a, b) for a, b in zip(s, o, strict=True)]
-            figures[f"mcq_accuracy_cv_ensemble_fold{i}"] = accuracy(test, e)
-            old_scores += o
-            ens_scores += e
-        figures["mcq_accuracy_cv"] = accuracy(cv_items, cv_scores)
-        figures["binary_accuracy_cv"] = binary_accuracy(cv_items, cv_scores)
-        figures["mcq_accuracy_cv_embedded"] = accuracy(cv_items, old_scores)
-        figures["mcq_accuracy_cv_ensemble"] = accuracy(cv_items, ens_scores)
-        figures["cv_seconds"] = round(time.perf_counter() - t_train, 1)
+        figures.update(cross_validate(args.data, names, items, embedder, lm, settings.cache_dir))
     figures["seconds"] = round(time.perf_counter() - start, 1)
     emit(figures, title="preference reward model (PrefEval MCQ)", as_json=args.json)
+
+
+def cross_validate(
+    data: Path,
+    names: Sequence[str],
+    items: Sequence[McqItem],
+    embedder: Embedder,
+    lm: TransformersLM | None,
+    cache_dir: Path,
+) -> dict[str, float | int | str]:
+    """By-topic 4-fold CV of each member and of the ensembles (fold models cached)."""
+    figures: dict[str, float | int | str] = {}
+    base = EmbeddedRewardModel(embedder, np.zeros(len(FEATURE_NAMES)))
+    kinds = ["cross_encoder", "cross_encoder_int8", "embedded", "ensemble"]
+    if lm is not None:
+        kinds += ["probe", "ensemble_probe"]
+    cv_items: list[McqItem] = []
+    cv: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+    memo: dict[Triple, np.ndarray] = {}
+    t_train = time.perf_counter()
+    for i, fold in enumerate(cv_folds(names)):
+        rest = [t for t in names if t not in fold]
+        test = [it for it in items if it.topic in fold]
+        cv_items += test
+        s = {
+            "cross_encoder": mcq_scores(trained_reward_model(data, rest, cache_dir, log=log), test),
+            "cross_encoder_int8": mcq_scores(
+                trained_reward_model(data, rest, cache_dir, quantize=True), test
+            ),
+            "embedded": mcq_scores(train(base, reward_items(data, rest)), test),
+        }
+        pair = (s["cross_encoder"], s["embedded"])
+        s["ensemble"] = [_mean_log_odds(*m) for m in zip(*pair, strict=True)]
+        if lm is not None:
+            probe = trained_probe(data, rest, cache_dir, lm, memo=memo, log=log)
+            s["probe"] = mcq_scores(probe, test)
+            members = (s["cross_encoder"], s["embedded"], s["probe"])
+            s["ensemble_probe"] = [_mean_log_odds(*m) for m in zip(*members, strict=True)]
+        for k in kinds:
+            figures[f"mcq_accuracy_cv_{k}_fold{i}"] = accuracy(test, s[k])
+            cv[k] += s[k]
+    figures["mcq_accuracy_cv"] = accuracy(cv_items, cv["ensemble"])
+    figures["binary_accuracy_cv"] = binary_accuracy(cv_items, cv["ensemble"])
+    for k in kinds:
+        figures[f"mcq_accuracy_cv_{k}"] = accuracy(cv_items, cv[k])
+    figures["cv_seconds"] = round(time.perf_counter() - t_train, 1)
+    return figures
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ preference), choice-based items (the aligned option against the other three) and
 negatives (the compliant option followed by a violating one). Training is seeded on one
 thread, so the same data gives the same artifact (about 1-2 MB of float16 LoRA weights).
 
-``--embedded`` instead retrains the earlier embedded feature model (the baseline,
-``preference_rm.npz``; numpy, deterministic).
+``--embedded`` instead retrains the embedded feature model (``preference_rm.npz``; numpy,
+deterministic); ``--probe`` the LM probe over the embedded SmolLM2's hidden states
+(``lm_probe.npz``; about 6 minutes on one thread, most of it reading the features).
 
-    python scripts/train_reward_model.py [--data ../shared/data] [--out PATH] [--embedded]
+    python scripts/train_reward_model.py [--data ../shared/data] [--out PATH] [--embedded|--probe]
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import numpy as np
 
 from personalign.eval.bench import parser
 from personalign.eval.prefeval_tasks import load_mcq, reward_items, topics
+from personalign.rewards.lm_probe import ARTIFACT as PROBE_ARTIFACT
+from personalign.rewards.lm_probe import train_probe
 from personalign.rewards.preference_rm import (
     ARTIFACT,
     CROSS_ENCODER_ARTIFACT,
@@ -73,16 +76,37 @@ def train_embedded(data: Path, names: list[str], out: Path) -> dict[str, object]
     return meta
 
 
+def train_lm_probe(data: Path, names: list[str], out: Path) -> dict[str, object]:
+    """The LM probe over the embedded SmolLM2 (bfloat16, as the pipeline runs it); the
+    features are deterministic on one thread, the ranker is numpy (full-batch Adam)."""
+    import torch
+
+    from personalign.backends.models.local import TransformersLM
+    from personalign.config import load_settings
+
+    torch.set_num_threads(1)
+    lm = TransformersLM.embedded(load_settings().cache_dir, quiet=True)
+    items = reward_items(data, names)
+    probe = train_probe(
+        lm, items, extra_meta={"topics": sorted(names)}, log=lambda m: print(m, flush=True)
+    )
+    probe.save(out)
+    return {**probe.meta, "bytes": out.stat().st_size}
+
+
 def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--out", type=Path, default=None, help="artifact path")
     p.add_argument("--topics", nargs="*", default=None, help="topics (default: all)")
     p.add_argument("--embedded", action="store_true", help="the baseline feature model")
+    p.add_argument("--probe", action="store_true", help="the LM probe over SmolLM2's states")
     args = p.parse_args()
     names = args.topics or topics(args.data)
     start = time.perf_counter()
     if args.embedded:
         meta = train_embedded(args.data, names, args.out or ARTIFACT)
+    elif args.probe:
+        meta = train_lm_probe(args.data, names, args.out or PROBE_ARTIFACT)
     else:
         items = reward_items(args.data, names)
         report = train_cross_encoder(

@@ -222,3 +222,29 @@ def test_default_method_is_best_of_n_and_why_says_so(p):
     how = x.meta["decoding"]
     assert how["method"] == "best_of_n" and len(how["candidate_rewards"]) == 4
     assert 0.0 <= how["reward"] <= 1.0
+
+
+def test_a_given_reward_model_ranks_the_candidates(tmp_path):
+    class Counting:
+        """Rewards the number of words in a reply; records what it was asked."""
+
+        def __init__(self) -> None:
+            self.calls: list[tuple[list[str], str]] = []
+
+        def score(self, preferences, prompt, responses):
+            self.calls.append((list(preferences), prompt))
+            return [float(len(r.split())) for r in responses]
+
+    settings = load_settings(home=tmp_path, embedder="hashing")
+    memory = open_guarded_memory(settings, HashingEmbedder(), extractor=CueExtractor())
+    rm = Counting()
+    with Personalizer(memory, FakeLM(name="fake"), reward_model=rm) as pz:
+        pz.memory.add("I prefer tea over coffee", user="sam")
+        reply = pz.respond(
+            "Should I have tea or coffee?",
+            user="sam",
+            options=PersonalizeOptions(generation=GenerationOptions(max_new_tokens=8)),
+        )
+    how = reply.exchange.meta["decoding"]
+    assert rm.calls and rm.calls[0][1] == "Should I have tea or coffee?"
+    assert how["reward"] == max(how["candidate_rewards"]) == len(reply.text.split())

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from personalign.backends.embedders import Embedder
     from personalign.feedback.adapters import AdapterStore
     from personalign.memory.extract import Extractor, TopicTagger
+    from personalign.rewards.preference_rm import PreferenceRewardModel
     from personalign.safety.checkers import Checker
 
 log = logging.getLogger(__name__)
@@ -155,9 +156,13 @@ class Personalizer:
         *,
         checker: Checker | None = None,
         adapters: AdapterStore | None = None,
+        reward_model: PreferenceRewardModel | None = None,
     ) -> None:
         """``checker`` screens each request; by default the memory's own boundary.
-        ``adapters``: per-user adapters; a user who has one is answered with it."""
+        ``adapters``: per-user adapters; a user who has one is answered with it.
+        ``reward_model``: what best-of-N and reward-guided decoding rank by; by default the
+        shipped one, loaded on first use (e.g. ``load_reward_model(cache, embedder, lm)``
+        adds the opt-in LM probe)."""
         self.memory = memory
         self.model = model
         self.adapters = adapters
@@ -166,7 +171,7 @@ class Personalizer:
         self._pending: set[Future[object]] = set()
         self._lock = threading.Lock()
         self._tagger: TopicTagger | None = None
-        self._reward_model: Any = None
+        self._reward_model: Any = reward_model
 
     @classmethod
     def open(

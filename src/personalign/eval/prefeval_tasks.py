@@ -29,6 +29,8 @@ from personalign.generation.prompt import build_messages
 from personalign.types import Message, PreferenceIn
 
 if TYPE_CHECKING:
+    from personalign.backends.models.local import TransformersLM
+    from personalign.rewards.lm_probe import LMProbeRewardModel, Triple
     from personalign.rewards.preference_rm import CrossEncoderRewardModel, PreferenceRewardModel
 
 SEED = 20250611
@@ -262,12 +264,13 @@ def trained_reward_model(
     names: Sequence[str],
     cache_dir: Path,
     *,
+    quantize: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> CrossEncoderRewardModel:
     """The cross-encoder reward model trained on the topics ``names`` only (the shipped
     recipe), trained once and kept under ``<cache_dir>/reward_folds/`` by the hash of its
     training data and recipe (training is seeded, so a cached model is the one training
-    would give)."""
+    would give). ``quantize``: run its int8 export (default: as the shipped model runs)."""
     import hashlib
 
     from personalign.backends.finetuned import data_hash
@@ -288,7 +291,43 @@ def trained_reward_model(
         if log is not None:
             log(f"training the reward model on {len(names)} topics ({len(items)} groups)")
         train_cross_encoder(items, path, extra_meta={"topics": sorted(names)}, log=log)
-    return CrossEncoderRewardModel.load(cache_dir, path)
+    if quantize is None:
+        return CrossEncoderRewardModel.load(cache_dir, path)
+    return CrossEncoderRewardModel.load(cache_dir, path, quantize=quantize)
+
+
+def trained_probe(
+    data_dir: Path,
+    names: Sequence[str],
+    cache_dir: Path,
+    lm: TransformersLM,
+    *,
+    memo: dict[Triple, np.ndarray] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> LMProbeRewardModel:
+    """The LM probe (:mod:`personalign.rewards.lm_probe`) trained on the topics ``names``
+    only, kept under ``<cache_dir>/reward_folds/`` by the hash of its training data, recipe
+    and model (training is deterministic). ``memo`` shares features between folds."""
+    import hashlib
+
+    from personalign.rewards.lm_probe import (
+        PROBE_LAYERS,
+        PROBE_RECIPE,
+        LMProbeRewardModel,
+        train_probe,
+    )
+
+    items = reward_items(data_dir, names)
+    blob = json.dumps([items, PROBE_RECIPE, PROBE_LAYERS, lm.name, lm.dtype])
+    key = hashlib.sha256(blob.encode()).hexdigest()[:20]
+    path = Path(cache_dir) / "reward_folds" / f"probe-{key}.npz"
+    if path.is_file():
+        return LMProbeRewardModel.load(lm, path)
+    if log is not None:
+        log(f"training the LM probe on {len(names)} topics ({len(items)} groups)")
+    probe = train_probe(lm, items, memo=memo, extra_meta={"topics": sorted(names)}, log=log)
+    probe.save(path)
+    return probe
 
 
 def fold_reward_models(
@@ -298,12 +337,14 @@ def fold_reward_models(
     *,
     kind: str = "ensemble",
     embedder: Embedder | None = None,
+    lm: TransformersLM | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, PreferenceRewardModel]:
     """For each topic of ``names``, the reward model trained on the topics outside its
     fold (:func:`cv_folds`): it never saw the topic it scores. ``kind``: ``cross_encoder``
     (:func:`trained_reward_model`), ``embedded`` (the feature model over ``embedder``) or
-    ``ensemble`` (both, as :func:`personalign.rewards.preference_rm.load_reward_model`)."""
+    ``ensemble`` (both, as :func:`personalign.rewards.preference_rm.load_reward_model`,
+    with the LM probe over ``lm`` when it is given)."""
     from personalign.errors import ConfigError
     from personalign.rewards.preference_rm import (
         FEATURE_NAMES,
@@ -317,6 +358,7 @@ def fold_reward_models(
     if kind != "cross_encoder" and embedder is None:
         raise ConfigError(f"the {kind} reward model needs the MiniLM embedder")
     out: dict[str, PreferenceRewardModel] = {}
+    memo: dict[Triple, np.ndarray] = {}
     for fold in cv_folds(names):
         rest = [t for t in names if t not in fold]
         models: list[PreferenceRewardModel] = []
@@ -326,6 +368,8 @@ def fold_reward_models(
             assert embedder is not None
             base = EmbeddedRewardModel(embedder, np.zeros(len(FEATURE_NAMES)))
             models.append(train(base, reward_items(data_dir, rest)))
+        if kind == "ensemble" and lm is not None:
+            models.append(trained_probe(data_dir, rest, cache_dir, lm, memo=memo, log=log))
         rm = models[0] if len(models) == 1 else EnsembleRewardModel(models)
         out.update(dict.fromkeys(fold, rm))
     return out

@@ -24,6 +24,7 @@ Implementations:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -63,6 +64,22 @@ def _check(preferences: Sequence[str], responses: Sequence[str]) -> tuple[list[s
 
 _ANSWER = re.compile(r"<answer>\s*\[?\s*(yes|no)\b", re.I)
 _BARE = re.compile(r"^\W*(yes|no)\b", re.I)
+
+
+def min_over_preferences(
+    preferences: Sequence[str],
+    responses: Sequence[str],
+    pair_scores: Callable[[list[str], list[str]], np.ndarray],
+) -> np.ndarray:
+    """Each response's minimum over ``preferences`` of ``pair_scores(prefs, resps)``, which
+    scores every (preference, response) pair preference-major ``(P * R,)``; 1 with no
+    preference (nothing to violate). Checks the inputs."""
+    prefs, resps = _check(preferences, responses)
+    if not prefs or not resps:
+        return np.ones(len(resps))
+    scores = np.asarray(pair_scores(prefs, resps), dtype=np.float64).reshape(len(prefs), -1)
+    out: np.ndarray = scores.min(axis=0)
+    return out
 
 
 def parse_verdict(text: str) -> bool | None:
@@ -440,6 +457,13 @@ COMPLIANT, VIOLATING = "compliant", "violating"
 """The cross-encoder's labels (``label_names`` order: violating, compliant)."""
 
 
+QUANTIZE_CROSS_ENCODER = False
+"""Whether the cross-encoder runs its int8 export by default. ``benchmarks/reward_model.py
+--cross-validate`` measures both: int8 scores 4 best-of-4 candidates in 0.09 s instead of
+0.15 s at the same accuracy alone (0.686 vs 0.684), but the ensemble with the feature model
+dropped from 0.777 to 0.766, so float32 stays the default."""
+
+
 def cross_encoder_input(preference: str, prompt: str) -> str:
     """Segment A of the cross-encoder's input: the preference, then the user's prompt."""
     return f"{preference.strip()} {prompt.strip()}".strip()
@@ -469,10 +493,16 @@ class CrossEncoderRewardModel:
 
     @classmethod
     def load(
-        cls, cache_dir: Path, path: Path | None = None, *, num_threads: int | None = None
+        cls,
+        cache_dir: Path,
+        path: Path | None = None,
+        *,
+        num_threads: int | None = None,
+        quantize: bool = QUANTIZE_CROSS_ENCODER,
     ) -> CrossEncoderRewardModel:
         """The trained cross-encoder at ``path`` (default: the shipped artifact), exported to
-        ONNX under ``cache_dir`` on first use."""
+        ONNX under ``cache_dir`` on first use; ``quantize``: its dynamically int8-quantized
+        export (:data:`QUANTIZE_CROSS_ENCODER`)."""
         from personalign.backends.finetuned import FinetunedClassifier
 
         path = Path(path or CROSS_ENCODER_ARTIFACT)
@@ -480,21 +510,20 @@ class CrossEncoderRewardModel:
             raise ModelNotAvailableError(
                 f"no reward model at {path}: run scripts/train_reward_model.py"
             )
-        clf = FinetunedClassifier.load(path, cache_dir, num_threads=num_threads)
+        clf = FinetunedClassifier.load(path, cache_dir, num_threads=num_threads, quantize=quantize)
         return cls(clf, dict(clf.meta))
 
     def score(
         self, preferences: Sequence[str], prompt: str, responses: Sequence[str]
     ) -> np.ndarray:
         """Compliance in [0, 1], the minimum over ``preferences`` (1 if none)."""
-        prefs, resps = _check(preferences, responses)
-        if not prefs or not resps:
-            return np.ones(len(resps))
-        firsts = [cross_encoder_input(p, prompt) for p in prefs for _ in resps]
-        proba = self.classifier.predict_proba(firsts, resps * len(prefs))  # one batched run
-        by_pref = np.asarray(proba, dtype=np.float64)[:, self._column].reshape(len(prefs), -1)
-        out: np.ndarray = by_pref.min(axis=0)
-        return out
+
+        def pairs(prefs: list[str], resps: list[str]) -> np.ndarray:
+            firsts = [cross_encoder_input(p, prompt) for p in prefs for _ in resps]
+            proba = self.classifier.predict_proba(firsts, resps * len(prefs))  # one run
+            return np.asarray(proba, dtype=np.float64)[:, self._column]
+
+        return min_over_preferences(preferences, responses, pairs)
 
 
 CROSS_ENCODER_RECIPE: dict[str, float | int] = {
@@ -600,12 +629,20 @@ class EnsembleRewardModel:
         return 1.0 / (1.0 + np.exp(-z))
 
 
-def load_reward_model(cache_dir: Path, embedder: Embedder | None = None) -> PreferenceRewardModel:
+def load_reward_model(
+    cache_dir: Path, embedder: Embedder | None = None, lm: LanguageModel | None = None
+) -> PreferenceRewardModel:
     """The shipped reward model: the cross-encoder and the embedded feature model over the
     MiniLM ``embedder`` as an :class:`EnsembleRewardModel` (the best by-topic CV figure,
     ``benchmarks/reward_model.py``); either alone when only it can run (no embedder given,
     or the cross-encoder's artifact or runtimes missing). Raises
-    :class:`ModelNotAvailableError` when neither can."""
+    :class:`ModelNotAvailableError` when neither can.
+
+    Opt-in: with ``lm`` the model the shipped LM probe was trained on (the embedded SmolLM2
+    on the local backend), the probe over its hidden states joins the ensemble
+    (:mod:`personalign.rewards.lm_probe`; by-topic CV 0.784 with it vs 0.766 without, within
+    the noise of 611 questions, for about 0.3 s more per 4 best-of-N candidates on one
+    thread, so it is not the default)."""
     models: list[PreferenceRewardModel] = []
     error: ModelNotAvailableError | None = None
     try:
@@ -614,6 +651,11 @@ def load_reward_model(cache_dir: Path, embedder: Embedder | None = None) -> Pref
         error = e
     if embedder is not None:
         models.append(EmbeddedRewardModel.load(embedder))
+    if lm is not None and hasattr(lm, "hidden_states"):
+        from personalign.rewards.lm_probe import LMProbeRewardModel
+
+        with contextlib.suppress(ModelNotAvailableError):  # the probe reads another model
+            models.append(LMProbeRewardModel.load(lm))  # type: ignore[arg-type]
     if not models:
         assert error is not None
         raise error

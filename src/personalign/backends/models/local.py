@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from personalign.backends.models.base import (
+    Context,
     ContinuationScore,
     DecodeState,
     Generation,
@@ -169,6 +170,11 @@ class _Row:
     text: str = ""
     done: bool = False
     reason: str = "length"
+
+
+MIN_SHARED_PREFIX = 8
+"""Tokens a batch of contexts must share before :meth:`TransformersLM.hidden_states` reads
+them once for all rows."""
 
 
 class TransformersLM(LanguageModel):
@@ -373,7 +379,8 @@ class TransformersLM(LanguageModel):
         picked = [where[tuple(r)] for r in toks]
         return logits[picked], self.select_rows(state, picked)
 
-    def _prefill_padded(self, toks: list[list[int]]) -> tuple[torch.Tensor, DecodeState]:
+    def _padded(self, toks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids, mask, position ids) of left-padded rows, on the model's device."""
         import torch
 
         width = max(len(r) for r in toks)
@@ -385,7 +392,10 @@ class TransformersLM(LanguageModel):
             ids[i, width - len(r) :] = torch.tensor(r)
             mask[i, width - len(r) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def _prefill_padded(self, toks: list[list[int]]) -> tuple[torch.Tensor, DecodeState]:
+        ids, mask, pos = self._padded(toks)
         logits, cache = self._call(ids, mask, pos, None, keep=1)
         state = DecodeState(tokens=toks, data=_KV(cache, mask, mask.sum(-1)))
         return logits[:, -1], state
@@ -409,6 +419,97 @@ class TransformersLM(LanguageModel):
         logits, cache = self._call(ids, mask, pos, kv.cache, keep=1)
         tokens = [t + r for t, r in zip(past.tokens, new, strict=True)]
         return logits[:, -1], DecodeState(tokens=tokens, data=_KV(cache, mask, kv.next_pos + k))
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of one layer's hidden state."""
+        return int(self._model.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        """Transformer layers: :meth:`hidden_states` takes layer indices 0 (the embeddings)
+        to ``num_layers`` (the last layer's output)."""
+        return int(self._model.config.num_hidden_layers)
+
+    def hidden_states(
+        self,
+        contexts: Sequence[Context],
+        layers: Sequence[int],
+        *,
+        batch_size: int = 8,
+        share_prefix: bool = True,
+    ) -> np.ndarray:
+        """The base model's hidden state at each context's last token after each of
+        ``layers``, concatenated: float32 ``(len(contexts), len(layers) * hidden_size)``
+        (features for probes such as :class:`~personalign.rewards.lm_probe.LMProbeRewardModel`).
+
+        Contexts are batched in sorted order, so contexts that share a beginning (one
+        question, several replies) meet in a batch; with ``share_prefix`` a batch's common
+        prefix is read once and its KV cache forked to every row."""
+        picked = [int(x) for x in layers]
+        if not picked or not all(0 <= x <= self.num_layers for x in picked):
+            raise ValidationError(f"layers must be in [0, {self.num_layers}], got {picked}")
+        if batch_size < 1:
+            raise ValidationError(f"batch_size must be >= 1, got {batch_size}")
+        self.activate_adapter(None)
+        rows = self._check_ids([self.encode_context(c) for c in contexts]) if contexts else []
+        out = np.zeros((len(rows), len(picked) * self.hidden_size), dtype=np.float32)
+        order = sorted(range(len(rows)), key=lambda i: rows[i])
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            out[idx] = self._last_states([rows[j] for j in idx], picked, share_prefix)
+        return out
+
+    def _last_states(self, rows: list[list[int]], picked: list[int], share: bool) -> np.ndarray:
+        import torch
+
+        kw: dict[str, Any] = {self._keep_kw: 1} if self._keep_kw else {}
+        shared = next(
+            (k for k, col in enumerate(zip(*rows, strict=False)) if len(set(col)) > 1),
+            min(map(len, rows)),
+        )  # the common prefix's length
+        shared = min(shared, min(map(len, rows)) - 1)  # every row keeps a token of its own
+        with torch.inference_mode():
+            cache = None
+            if share and len(rows) > 1 and shared >= MIN_SHARED_PREFIX:
+                head = torch.tensor([rows[0][:shared]], dtype=torch.long, device=self.device)
+                pre = self._model(
+                    input_ids=head,
+                    attention_mask=torch.ones_like(head),
+                    position_ids=torch.arange(shared, device=self.device)[None],
+                    use_cache=True,
+                    **kw,
+                )
+                cache = pre.get("cache")
+                if cache is None:
+                    cache = pre.get("past_key_values")
+                if not hasattr(cache, "reorder_cache"):
+                    cache = None  # a cache type without row selection: read every row whole
+            if cache is not None:
+                cache.reorder_cache(torch.zeros(len(rows), dtype=torch.long, device=self.device))
+                ids, tail, pos = self._padded([r[shared:] for r in rows])
+                ones = torch.ones((len(rows), shared), dtype=torch.long, device=self.device)
+                res = self._model(
+                    input_ids=ids,
+                    attention_mask=torch.cat([ones, tail], dim=1),
+                    position_ids=pos + shared,
+                    output_hidden_states=True,
+                    use_cache=True,
+                    **{self._cache_kw: cache},
+                    **kw,
+                )
+            else:
+                ids, mask, pos = self._padded(rows)
+                res = self._model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=pos,
+                    output_hidden_states=True,
+                    use_cache=False,
+                    **kw,
+                )
+            last = [res.hidden_states[x][:, -1].float() for x in picked]
+            return torch.cat(last, dim=-1).cpu().numpy()
 
     # -- generation -------------------------------------------------------------------------
 
