@@ -276,6 +276,7 @@ def trained_reward_model(
     from personalign.backends.finetuned import data_hash
     from personalign.rewards.preference_rm import (
         CROSS_ENCODER_RECIPE,
+        QUANTIZE_CROSS_ENCODER,
         CrossEncoderRewardModel,
         cross_encoder_examples,
         train_cross_encoder,
@@ -292,7 +293,7 @@ def trained_reward_model(
             log(f"training the reward model on {len(names)} topics ({len(items)} groups)")
         train_cross_encoder(items, path, extra_meta={"topics": sorted(names)}, log=log)
     if quantize is None:
-        return CrossEncoderRewardModel.load(cache_dir, path)
+        quantize = QUANTIZE_CROSS_ENCODER
     return CrossEncoderRewardModel.load(cache_dir, path, quantize=quantize)
 
 

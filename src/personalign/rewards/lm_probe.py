@@ -206,9 +206,7 @@ def train_probe(
     groups = ((x - mean) / std).reshape(len(items), k, -1)  # (N, K, F)
     w = fit_listwise(groups, l2=float(hp["l2"]), epochs=int(hp["epochs"]), lr=float(hp["lr"]))
     z = groups @ w  # (N, K)
-    labels = np.zeros_like(z)
-    labels[:, 0] = 1.0
-    scale, bias = fit_calibration(z.ravel(), labels.ravel())
+    scale, bias = fit_calibration(z)
     meta = {
         "model": lm.name,
         "layers": [int(x) for x in layers],

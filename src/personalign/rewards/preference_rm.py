@@ -694,15 +694,17 @@ def fit_listwise(
     return w
 
 
-def fit_calibration(
-    z: np.ndarray, labels: np.ndarray, *, epochs: int = 2000
-) -> tuple[float, float]:
-    """(scale, bias) of ``sigmoid(scale * z + bias)`` by class-balanced logistic regression."""
+def fit_calibration(z: np.ndarray, *, epochs: int = 2000) -> tuple[float, float]:
+    """(scale, bias) of ``sigmoid(scale * z + bias)`` by class-balanced logistic regression
+    over ranker scores ``z`` of groups ``(N, K)`` whose first option is compliant and the
+    others violating."""
     z = np.asarray(z, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.float64)
+    labels = np.zeros_like(z)
+    labels[:, 0] = 1.0
+    z, y = z.ravel(), labels.ravel()
     pos = max(1.0, float(y.sum()))
     neg = max(1.0, float(len(y) - y.sum()))
-    weight = np.where(y > 0, 0.5 / pos, 0.5 / neg)  # (N,)
+    weight = np.where(y > 0, 0.5 / pos, 0.5 / neg)  # (N * K,)
     a, b = 1.0, 0.0
     for _ in range(epochs):
         p = 1.0 / (1.0 + np.exp(-(a * z + b)))
@@ -736,9 +738,7 @@ def train(
     ranker = EmbeddedRewardModel(rm.embedder, w)
     ranker._cache = rm._cache
     z = np.stack([ranker.logits(p, q, options) for p, q, options in items])  # (N, K)
-    labels = np.zeros_like(z)
-    labels[:, 0] = 1.0
-    scale, bias = fit_calibration(z.ravel(), labels.ravel())
+    scale, bias = fit_calibration(z)
     trained = EmbeddedRewardModel(rm.embedder, w, bias=bias, scale=scale)
     trained._cache = rm._cache  # share the embedded texts
     return trained
