@@ -312,6 +312,7 @@ def trained_probe(
     import hashlib
 
     from personalign.rewards.lm_probe import (
+        FEATURES_VERSION,
         PROBE_LAYERS,
         PROBE_RECIPE,
         LMProbeRewardModel,
@@ -319,7 +320,7 @@ def trained_probe(
     )
 
     items = reward_items(data_dir, names)
-    blob = json.dumps([items, PROBE_RECIPE, PROBE_LAYERS, lm.name, lm.dtype])
+    blob = json.dumps([items, PROBE_RECIPE, PROBE_LAYERS, FEATURES_VERSION, lm.name, lm.dtype])
     key = hashlib.sha256(blob.encode()).hexdigest()[:20]
     path = Path(cache_dir) / "reward_folds" / f"probe-{key}.npz"
     if path.is_file():

@@ -11,10 +11,11 @@ ranker (``rewards/artifacts/lm_probe.npz``, numpy training, deterministic, train
 ``scripts/train_reward_model.py --probe``).
 
 Measured (``benchmarks/reward_model.py --cross-validate``, 4 by-topic folds): the probe
-alone 0.691, like the MiniLM cross-encoder (0.686); with the cross-encoder and the feature
-model 0.784 against 0.766 without it, within the noise of 611 questions, for about 0.3 s
-more per 4 best-of-N candidates. So it is opt-in: pass the embedded model as ``lm`` to
-:func:`personalign.rewards.preference_rm.load_reward_model`.
+alone 0.699, like the MiniLM cross-encoder (0.684); with the cross-encoder and the feature
+model 0.802 against 0.777 without it, but no gain on the end-to-end MCQ subset of
+``benchmarks/decoding.py --probe`` (0.750 vs 0.771) and about 0.3 s more per 4 best-of-N
+candidates (best-of-4 1.51x plain, over the 1.5x target). So it is opt-in: pass the
+embedded model as ``lm`` to :func:`personalign.rewards.preference_rm.load_reward_model`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ MAX_RESPONSE_CHARS = 1200
 PROBE_RECIPE: dict[str, float | int] = {"l2": 0.1, "epochs": 400, "lr": 0.05}
 """Hyper-parameters of :func:`train_probe` (the shipped probe and the CV folds)."""
 SYSTEM = "You check whether an assistant's reply respects the user's stated preference."
+FEATURES_VERSION = 2
+"""Bump when the prompt or how its states are read changes (2: shared prefixes read once),
+so that cached fold probes trained on older features are not reused."""
 
 Triple = tuple[str, str, str]
 """(preference, prompt, response)."""
@@ -209,6 +213,7 @@ def train_probe(
     scale, bias = fit_calibration(z)
     meta = {
         "model": lm.name,
+        "features_version": FEATURES_VERSION,
         "layers": [int(x) for x in layers],
         "groups": len(items),
         "recipe": hp,

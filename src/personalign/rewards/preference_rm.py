@@ -640,9 +640,9 @@ def load_reward_model(
 
     Opt-in: with ``lm`` the model the shipped LM probe was trained on (the embedded SmolLM2
     on the local backend), the probe over its hidden states joins the ensemble
-    (:mod:`personalign.rewards.lm_probe`; by-topic CV 0.784 with it vs 0.766 without, within
-    the noise of 611 questions, for about 0.3 s more per 4 best-of-N candidates on one
-    thread, so it is not the default)."""
+    (:mod:`personalign.rewards.lm_probe`; by-topic CV 0.802 with it vs 0.777 without, no
+    gain end to end, about 0.3 s more per 4 best-of-N candidates on one thread, so it is
+    not the default)."""
     models: list[PreferenceRewardModel] = []
     error: ModelNotAvailableError | None = None
     try:
