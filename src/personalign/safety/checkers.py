@@ -25,6 +25,7 @@ embedded one), then (if given) a guard, with injection detection sharing the cla
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -255,7 +256,9 @@ class Boundary:
     """Runs checkers in order, the first refusal wins; adds the ``injection`` flag.
 
     A checker only sees the texts that every earlier checker admitted. When the injection
-    detector shares the classifier's embedder, each text is embedded once.
+    detector shares the classifier's embedder, each text is embedded once; when it embeds
+    with its own model beside the fine-tuned classifier, the two models run at the same time
+    (onnxruntime releases the GIL: on two cores a check costs the slower model, not both).
     """
 
     name = "boundary"
@@ -273,12 +276,18 @@ class Boundary:
         self.checkers = list(checkers)
         self.policy = policy or load_policy()
         self.injection = injection
+        self._side: ThreadPoolExecutor | None = None
 
     def check(self, texts: Sequence[str]) -> list[Verdict]:
         """One verdict per text: admitted only when every checker admits it."""
         items = check_texts(texts, what="check()")
         vectors, segment_vectors = self._shared_vectors(items)
-        probs, inj_scores = self._shared_probs(items)
+        pending_vectors = self._injection_vectors(items) if vectors is None else None
+        try:
+            probs, inj_scores = self._shared_probs(items)
+        finally:
+            if pending_vectors is not None:
+                vectors, segment_vectors = pending_vectors.result()
         verdicts: list[Verdict | None] = [None] * len(items)
         best: list[Verdict | None] = [None] * len(items)
         pending = list(range(len(items)))
@@ -331,6 +340,28 @@ class Boundary:
             extra, _ = self.injection.segments_to_embed(items)
         both = clf.embedder.embed(items + extra)
         return both[: len(items)], (both[len(items) :] if extra else None)
+
+    def _injection_vectors(
+        self, items: list[str]
+    ) -> Future[tuple[np.ndarray, np.ndarray | None]] | None:
+        """Start embedding ``items`` and their sentences for the injection detector's own
+        model in a worker thread, while the fine-tuned classifier runs; None when there is
+        nothing to overlap."""
+        det = self.injection
+        if det is None or det.embedder is None or det.model is None or not items:
+            return None
+        if not any(isinstance(c, FinetunedChecker) for c in self.checkers):
+            return None
+        embedder = det.embedder
+        extra, _ = det.segments_to_embed(items)
+
+        def run() -> tuple[np.ndarray, np.ndarray | None]:
+            both = embedder.embed(items + extra)
+            return both[: len(items)], (both[len(items) :] if extra else None)
+
+        if self._side is None:
+            self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="boundary")
+        return self._side.submit(run)
 
     def _shared_probs(self, items: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """One fine-tuned run over the texts (and, when the injection detector scores with the
