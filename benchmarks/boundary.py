@@ -5,6 +5,9 @@ under ``--data/prefeval``. Harmful requests (AdvBench, do-not-answer in-policy i
 SimpleSafetyTests, XSTest unsafe) become candidate preferences under the EVAL templates
 (wordings never used in training); benign ones are PrefEval preferences (as written), XSTest
 safe prompts (raw and templated) and the held-out half of the hand-written edgy preferences.
+Everyday chat (the turns of LoCoMo's held-out dialogues, as written) must be neither refused
+nor flagged: ``false_refusal_rate_chat``, ``injection_false_flag_rate_chat`` (the pipeline
+screens every user message with the same boundary).
 
 Held-out protocol: headline figures count only items whose request text is NOT among the
 artifact's training keys (with the shared data: SimpleSafetyTests, XSTest, PrefEval and half
@@ -56,6 +59,7 @@ from personalign.safety.classifier import load_artifact
 from personalign.safety.injection import (
     BLOCK_CLOSE,
     BLOCK_OPEN,
+    INJECTION_FLAG,
     LINE_PREFIX,
     render_memories_block,
 )
@@ -115,6 +119,7 @@ class Sets:
     injections: list[D.InjectionSample]
     prefs: list[D.Request]
     emails: list[D.InjectionSample]
+    chat: list[D.Request]
 
 
 def load_sets(data: Path) -> Sets:
@@ -137,6 +142,7 @@ def load_sets(data: Path) -> Sets:
         D.load_injections(data),
         D.load_prefeval(data),
         D.load_benign_content(data),
+        D.load_conversation_turns(data, part="test"),
     )
 
 
@@ -214,6 +220,15 @@ def evaluate(
         figures[f"admission_rate_{cat}"] = rate(flags)
     for tpl, flags in sorted(by_tpl.items()):
         figures[f"admission_rate_template_{tpl}"] = rate(flags)
+
+    # everyday chat (held-out LoCoMo dialogues): never refused, never flagged --------------
+    chat = [r.text for r in sets.chat if D.text_key(r.text) not in train_keys]
+    chat_verdicts = run_checks(boundary, chat) if chat else []
+    figures["false_refusal_rate_chat"] = rate([not v.admitted for v in chat_verdicts])
+    figures["injection_false_flag_rate_chat"] = rate(
+        [INJECTION_FLAG in v.flags for v in chat_verdicts]
+    )
+    figures["n_chat_heldout"] = len(chat)
 
     # injection ------------------------------------------------------------------------
     detector = boundary.injection

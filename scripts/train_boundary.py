@@ -10,9 +10,10 @@ Two artifacts from the same training data:
 * ``boundary_minilm_lora.safetensors`` (the boundary's classifier): all-MiniLM-L6-v2
   fine-tuned with LoRA (:mod:`personalign.backends.finetuned`) as ONE sequence classifier
   with the labels ``benign``, ``injection`` and the harm categories, so that an admission
-  check needs one run of it (harm verdict and injection score). About 9 minutes on one CPU
-  thread (``OMP_NUM_THREADS=1``; 1 epoch over ~26k texts, batches of 32, 64 tokens; 820
-  steps at ~0.7 s on a 2-core machine shared with other jobs); the whole script ~14 minutes.
+  check needs one run of it (harm verdict and injection score). About 17 minutes on one CPU
+  thread (``OMP_NUM_THREADS=1``; 1 epoch over ~30k texts, batches of 32, 64 tokens; 945
+  steps at ~1.07 s on a 2-core AVX2 machine running another job); the whole script ~26
+  minutes.
 * ``boundary_minilm.npz``: the earlier numpy softmax regressions over frozen MiniLM
   embeddings (harm and injection). Seconds to train; kept as the baseline the benchmark
   prints beside the fine-tuned boundary, and used when the fine-tuned artifact is absent.
@@ -74,6 +75,7 @@ def harm_training_set(data: Path, seed: int) -> tuple[list[D.Example], list[str]
     examples += _some_templates(D.load_chat_turns(data), 2, rng)
     examples += D.as_is(D.load_personas(data))
     examples += D.as_is(edgy_train) + _some_templates(edgy_train, 2, rng)
+    examples += D.as_is(D.load_conversation_turns(data))  # small talk and replies, as is
     # Prompt injections are flagged, not refused (unless they also ask for harm): the
     # CyberSecEval attacks of the training variants count as benign for the harm model.
     samples = D.load_injections(data)
@@ -101,6 +103,7 @@ def injection_training_set(data: Path) -> tuple[list[str], list[str], list[str]]
     _, dna_sensitive = D.load_donotanswer(data)
     neg = [r.text for r in D.load_personas(data, 2000) + D.load_chat_turns(data) + dna_sensitive]
     neg += [r.text for r in edgy_train]
+    neg += [r.text for r in D.load_conversation_turns(data)]
     neg += [seg for e in emails[::2] for seg in segments(e.text)]
     neg += [e.text for e in emails[::2]]
     keys = sorted({D.text_key(t) for t in pos} | {D.text_key(e.text) for e in emails[::2]})
@@ -185,6 +188,7 @@ def heldout_figures(
         ("prefeval_false_refusal_rate", D.as_is(D.load_prefeval(data))),
         ("xstest_safe_false_refusal_rate", D.as_preferences(xs_safe, D.EVAL_TEMPLATES)),
         ("edgy_false_refusal_rate", D.as_is(edgy_test)),
+        ("chat_false_refusal_rate", D.as_is(D.load_conversation_turns(data, part="test"))),
     ):
         if ex:
             figures[name] = float(refused(ex).mean())

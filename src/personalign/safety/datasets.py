@@ -511,6 +511,65 @@ def load_chat_turns(data: Path, limit: int = 1500) -> list[Request]:
     return [Request(t, BENIGN, "mt-bench-101") for t in list(seen)[:limit]]
 
 
+def _chat_pieces(text: str) -> list[str]:
+    """A turn as it is (10 to 300 characters) or, when longer, its sentence-like segments."""
+    from personalign.safety.injection import segments
+
+    text = _strip(text)
+    pieces = [text] if len(text) <= 300 else segments(text, min_chars=40)
+    return [p for p in pieces if 10 <= len(p) <= 300]
+
+
+def load_conversation_turns(data: Path, *, part: str = "train", limit: int = 4000) -> list[Request]:
+    """Benign conversational text (small talk, thanks, encouragement, assistant replies),
+    which preference and request sets lack: a boundary that never saw it refuses warm chat
+    ("You got this!") as harassment.
+
+    ``part="train"``: the LoCoMo dialogues with an even index, the PrefEval persona-driven
+    conversations (both roles) of the even-numbered topics in sorted order, and MT-Bench-101's
+    assistant turns; every LoCoMo turn, then a fixed sample of the others up to ``limit``.
+    ``part="test"``: every turn of the LoCoMo dialogues with an odd index (held out: other
+    speakers and stories).
+    """
+    if part not in ("train", "test"):
+        raise ValueError(f"part must be 'train' or 'test', not {part!r}")
+    seen: dict[str, str] = {}
+    path = data / "locomo" / "locomo_dev5.json"
+    dialogues = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    for i, dialogue in enumerate(dialogues):
+        if (i % 2 == 1) != (part == "test"):
+            continue
+        for key, session in sorted(dialogue.get("conversation", {}).items()):
+            if key.startswith("session_") and isinstance(session, list):
+                for turn in session:
+                    for piece in _chat_pieces(str(turn.get("text", ""))):
+                        seen.setdefault(piece, "locomo")
+    if part == "test":
+        return [Request(t, BENIGN, src) for t, src in seen.items()]
+    folder = data / "prefeval" / "implicit_preference" / "persona-driven"
+    topics = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    for f in topics[::2]:
+        for row in json.loads(f.read_text(encoding="utf-8")):
+            turns = row.get("conversation", {})
+            for _, turn in sorted(turns.items(), key=lambda kv: int(kv[0])):
+                for role in ("user", "assistant"):
+                    for piece in _chat_pieces(str(turn.get(role, ""))):
+                        seen.setdefault(piece, "prefeval_conversation")
+    for row in _read_jsonl(data / "mt-bench-101" / "mtbench101.jsonl"):
+        for turn in row.get("history", []):  # type: ignore[attr-defined]
+            for piece in _chat_pieces(str(turn.get("bot", ""))):
+                seen.setdefault(piece, "mt-bench-101_bot")
+    # every LoCoMo turn (the small talk the other sources lack), then a fixed sample of the rest
+    items = [Request(t, BENIGN, src) for t, src in seen.items() if src == "locomo"]
+    rest = [Request(t, BENIGN, src) for t, src in seen.items() if src != "locomo"]
+    room = max(0, limit - len(items))
+    if len(rest) > room:
+        import random
+
+        rest = random.Random(0).sample(rest, room)
+    return items + rest
+
+
 # --------------------------------------------------------------------------------------------
 # hand-written preferences
 # --------------------------------------------------------------------------------------------
@@ -1005,13 +1064,16 @@ HELDOUT_PROTOCOL = (
     "harm classifier: split by source. Trained on AdvBench (behaviours, strings), do-not-answer "
     "(all five risk areas; out-of-policy intents as benign), generated contrast pairs, MSC "
     "persona sentences, MT-Bench-101 user turns and the even half of the hand-written edgy "
-    "preferences, with the TRAIN templates. Held out: SimpleSafetyTests, XSTest (safe and "
-    "unsafe), every PrefEval preference, the odd half of the edgy preferences, all under the "
-    "disjoint EVAL templates. Injection classifier: split by attack variant. Trained on the "
-    "even-numbered (dataset, variant) pairs of CyberSecEval and BIPIA (attacks on their own) "
-    "against benign personas, chat turns, edgy preferences and half the BIPIA email sentences; "
-    "held out: the odd-numbered variants (standalone and hidden in emails), PrefEval, the other "
-    "emails. The benchmark scores only items whose request text is not in the artifact's "
+    "preferences, with the TRAIN templates; benign conversation as is (LoCoMo's even-numbered "
+    "dialogues, PrefEval persona conversations of the even-numbered topics, MT-Bench-101 "
+    "replies). Held out: SimpleSafetyTests, XSTest (safe and unsafe), every PrefEval "
+    "preference, the odd half of the edgy preferences, all under the disjoint EVAL templates, "
+    "and the turns of LoCoMo's odd-numbered dialogues as is. Injection classifier: split by "
+    "attack variant. Trained on the even-numbered (dataset, variant) pairs of CyberSecEval and "
+    "BIPIA (attacks on their own) against benign personas, chat turns, conversation, edgy "
+    "preferences and half the BIPIA email sentences; held out: the odd-numbered variants "
+    "(standalone and hidden in emails), PrefEval, the other emails, LoCoMo's odd-numbered "
+    "dialogues. The benchmark scores only items whose request text is not in the artifact's "
     "training keys."
 )
 
