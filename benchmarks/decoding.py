@@ -318,9 +318,9 @@ def main() -> None:
     )
     p.add_argument(
         "--dtype",
-        default="bfloat16",
+        default=None,
         choices=["bfloat16", "float32"],
-        help="model precision (default: the pipeline's bfloat16)",
+        help="model precision (default: the pipeline's: bfloat16 on AVX-512 CPUs, else float32)",
     )
     p.add_argument(
         "--reward",
@@ -350,7 +350,7 @@ def main() -> None:
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, seed=SEED)
     figures: dict[str, float | int | str] = {
         "model": lm.name,
-        "dtype": args.dtype,
+        "dtype": lm.dtype,
         "reward_model": args.reward,
     }
     pairs: list[dict[str, Any]] = []

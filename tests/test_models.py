@@ -305,6 +305,18 @@ def test_smollm2_greedy_generation(smollm2: Any) -> None:
     assert "".join(lm.stream(USER, options=GenerationOptions(max_new_tokens=24))) == g.text
 
 
+def test_default_dtype_is_float32_on_cpus_without_avx512(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not HAVE_TORCH:
+        pytest.skip("needs torch")
+    from personalign.backends.models import local
+
+    monkeypatch.setattr(local, "_cpu_has_avx512", lambda: False)
+    assert local.default_dtype("cpu") == "float32"
+    assert local.default_dtype("cuda") == "bfloat16"
+    monkeypatch.setattr(local, "_cpu_has_avx512", lambda: True)
+    assert local.default_dtype("cpu") == "bfloat16"
+
+
 @pytest.mark.slow
 def test_smollm2_finished_rows_leave_the_batch(
     smollm2: Any, monkeypatch: pytest.MonkeyPatch

