@@ -24,6 +24,7 @@ embedded one), then (if given) a guard, with injection detection sharing the cla
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -277,6 +278,7 @@ class Boundary:
         self.policy = policy or load_policy()
         self.injection = injection
         self._side: ThreadPoolExecutor | None = None
+        self._side_pid = 0  # a forked child needs its own worker thread
 
     def check(self, texts: Sequence[str]) -> list[Verdict]:
         """One verdict per text: admitted only when every checker admits it."""
@@ -359,8 +361,9 @@ class Boundary:
             both = embedder.embed(items + extra)
             return both[: len(items)], (both[len(items) :] if extra else None)
 
-        if self._side is None:
+        if self._side is None or self._side_pid != os.getpid():
             self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="boundary")
+            self._side_pid = os.getpid()
         return self._side.submit(run)
 
     def _shared_probs(self, items: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
