@@ -253,6 +253,15 @@ class FinetunedChecker:
         return self.injection_column(self.probs(texts)) if texts else np.zeros(0, np.float32)
 
 
+def _embed_split(
+    embedder: Embedder, items: list[str], extra: list[str]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Embed ``items`` then ``extra`` (their sentences) in one batch: (item vectors, sentence
+    vectors or None when there are none)."""
+    both = embedder.embed(items + extra)
+    return both[: len(items)], (both[len(items) :] if extra else None)
+
+
 class Boundary:
     """Runs checkers in order, the first refusal wins; adds the ``injection`` flag.
 
@@ -340,8 +349,7 @@ class Boundary:
         extra: list[str] = []
         if self.injection is not None and self.injection.embedder is clf.embedder:
             extra, _ = self.injection.segments_to_embed(items)
-        both = clf.embedder.embed(items + extra)
-        return both[: len(items)], (both[len(items) :] if extra else None)
+        return _embed_split(clf.embedder, items, extra)
 
     def _injection_vectors(
         self, items: list[str]
@@ -354,17 +362,11 @@ class Boundary:
             return None
         if not any(isinstance(c, FinetunedChecker) for c in self.checkers):
             return None
-        embedder = det.embedder
         extra, _ = det.segments_to_embed(items)
-
-        def run() -> tuple[np.ndarray, np.ndarray | None]:
-            both = embedder.embed(items + extra)
-            return both[: len(items)], (both[len(items) :] if extra else None)
-
         if self._side is None or self._side_pid != os.getpid():
             self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="boundary")
             self._side_pid = os.getpid()
-        return self._side.submit(run)
+        return self._side.submit(_embed_split, det.embedder, items, extra)
 
     def _shared_probs(self, items: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """One fine-tuned run over the texts (and, when the injection detector scores with the
