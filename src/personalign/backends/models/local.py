@@ -10,6 +10,7 @@ torch and transformers are imported lazily, inside functions, so importing this 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import inspect
 import io
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 DType = Literal["bfloat16", "float32", "float16"]
 
 
+@functools.cache
 def _cpu_has_avx512() -> bool:
     """Whether torch runs AVX-512 kernels on this CPU (fast bfloat16 there)."""
     import torch
