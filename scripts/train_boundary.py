@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/train_boundary.py [--data ../shared/data] [--seed 0]
         [--out src/personalign/safety/artifacts/boundary_minilm.npz] [--embedder minilm]
+        [--fast-injection-embedder minilm-int8]
         [--finetuned-out src/personalign/safety/artifacts/boundary_minilm_lora.safetensors]
         [--skip-finetune] [--epochs 1.0] [--max-length 64]
 
@@ -15,8 +16,11 @@ Two artifacts from the same training data:
   steps at ~1.07 s on a 2-core AVX2 machine running another job); the whole script ~26
   minutes.
 * ``boundary_minilm.npz``: the earlier numpy softmax regressions over frozen MiniLM
-  embeddings (harm and injection). Seconds to train; kept as the baseline the benchmark
-  prints beside the fine-tuned boundary, and used when the fine-tuned artifact is absent.
+  embeddings: ``harm`` and ``injection`` (float32 MiniLM vectors; seconds to train, minutes to
+  embed), kept as the baseline the benchmark prints beside the fine-tuned boundary and used
+  when the fine-tuned artifact is absent; and ``injection_fast``, the same injection model
+  over the int8-quantized MiniLM's vectors (``--fast-injection-embedder``; ``none`` to skip),
+  which runs beside the fine-tuned classifier in the shipped boundary (the faster session).
 
 Reproducible: fixed seed, deterministic training (one thread), data read in sorted order. The
 held-out protocol (:data:`personalign.safety.datasets.HELDOUT_PROTOCOL`) is stored in both
@@ -34,6 +38,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +47,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from personalign.backends.embedders import load_embedder  # noqa: E402
 from personalign.safety import datasets as D  # noqa: E402
-from personalign.safety.checkers import DEFAULT_ARTIFACT, DEFAULT_FINETUNED  # noqa: E402
+from personalign.safety.checkers import (  # noqa: E402
+    DEFAULT_ARTIFACT,
+    DEFAULT_FINETUNED,
+    FAST_INJECTION,
+)
 from personalign.safety.classifier import EmbeddingClassifier, fit, save_artifact  # noqa: E402
 from personalign.safety.injection import segments  # noqa: E402
 from personalign.safety.policy import load_policy  # noqa: E402
@@ -160,8 +169,30 @@ def _embed(embedder: object, texts: list[str]) -> np.ndarray:
     return np.asarray(vectors[[index[t] for t in texts]], dtype=np.float32)
 
 
+def _fit_on(
+    embedder: Any, texts: list[str], labels: list[str], classes: list[str], seed: int
+) -> EmbeddingClassifier:
+    """A softmax regression over ``embedder``'s vectors of ``texts``; ``classes[0]`` (the
+    negative class) and the rest weigh half the total each; records the embedder's name."""
+    model = fit(
+        _embed(embedder, texts),
+        labels,
+        classes,
+        l2=1e-4,
+        epochs=500,
+        lr=0.05,
+        sample_weight=_balanced(labels, classes[0]),
+        seed=seed,
+    )
+    model.meta = {"embedder": embedder.name}
+    return model
+
+
 def heldout_figures(
-    embedder: object, harm: EmbeddingClassifier, inj: EmbeddingClassifier, data: Path
+    embedder: object,
+    harm: EmbeddingClassifier,
+    injection: dict[str, tuple[object, EmbeddingClassifier]],
+    data: Path,
 ) -> dict[str, float]:
     """Classifier-only figures on the held-out sets (threshold: the policy's per category)."""
     policy = load_policy()
@@ -195,14 +226,15 @@ def heldout_figures(
     samples = D.load_injections(data)
     test = D.injection_test_variants(samples)
     held = [s for s in samples if D.is_injection_test(s, test) and s.injection]
-    k = inj.classes.index("inj")
-    if held:
-        p = inj.predict_proba(_embed(embedder, [s.text for s in held]))[:, k]
-        figures["injection_detection_rate_whole_text"] = float((p >= 0.5).mean())
     prefs = D.load_prefeval(data)
-    if prefs:
-        p = inj.predict_proba(_embed(embedder, [r.text for r in prefs]))[:, k]
-        figures["injection_false_flag_rate_prefeval"] = float((p >= 0.5).mean())
+    for name, (inj_embedder, inj) in injection.items():  # name: the model's key
+        k = inj.classes.index("inj")
+        if held:
+            p = inj.predict_proba(_embed(inj_embedder, [s.text for s in held]))[:, k]
+            figures[f"{name}_detection_rate_whole_text"] = float((p >= 0.5).mean())
+        if prefs:
+            p = inj.predict_proba(_embed(inj_embedder, [r.text for r in prefs]))[:, k]
+            figures[f"{name}_false_flag_rate_prefeval"] = float((p >= 0.5).mean())
     return {k2: round(v, 4) for k2, v in figures.items()}
 
 
@@ -212,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--embedder", default="minilm")
+    ap.add_argument("--embedder", default="minilm", help="the numpy harm model's vectors")
+    ap.add_argument(
+        "--fast-injection-embedder",
+        default="minilm-int8",
+        help="the vectors of the injection model run beside the fine-tuned one ('none': skip)",
+    )
     ap.add_argument("--finetuned-out", type=Path, default=DEFAULT_FINETUNED)
     ap.add_argument("--skip-finetune", action="store_true", help="only the numpy baseline")
     ap.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs")
@@ -235,39 +272,25 @@ def main(argv: list[str] | None = None) -> int:
     examples, harm_keys = harm_training_set(args.data, args.seed)
     labels = [e.label for e in examples]
     print(f"harm: {len(examples)} examples {dict(Counter(labels).most_common())}", flush=True)
-    x = _embed(embedder, [e.text for e in examples])
     classes = ["benign", *D.GOLD_CATEGORIES]
-    harm = fit(
-        x,
-        labels,
-        classes,
-        l2=1e-4,
-        epochs=500,
-        lr=0.05,
-        sample_weight=_balanced(labels, "benign"),
-        seed=args.seed,
-    )
-    harm.meta = {"embedder": embedder.name}
+    harm = _fit_on(embedder, [e.text for e in examples], labels, classes, args.seed)
 
     pos, neg, inj_keys = injection_training_set(args.data)
     print(f"injection: {len(pos)} positives, {len(neg)} negatives", flush=True)
     inj_labels = ["inj"] * len(pos) + ["ok"] * len(neg)
-    xi = _embed(embedder, pos + neg)
-    inj = fit(
-        xi,
-        inj_labels,
-        ["ok", "inj"],
-        l2=1e-4,
-        epochs=500,
-        lr=0.05,
-        sample_weight=_balanced(inj_labels, "ok"),
-        seed=args.seed,
-    )
-    inj.meta = {"embedder": embedder.name}
+    injection: dict[str, tuple[object, EmbeddingClassifier]] = {}
+    inj_embedders = {"injection": embedder}
+    if args.fast_injection_embedder != "none":
+        fast = load_embedder(args.fast_injection_embedder, args.cache_dir)
+        inj_embedders[FAST_INJECTION] = fast
+    for name, inj_embedder in inj_embedders.items():
+        inj = _fit_on(inj_embedder, pos + neg, inj_labels, ["ok", "inj"], args.seed)
+        injection[name] = (inj_embedder, inj)
 
-    figures = heldout_figures(embedder, harm, inj, args.data)
+    figures = heldout_figures(embedder, harm, injection, args.data)
     meta = {
         "embedder": embedder.name,
+        "injection_fast_embedder": inj_embedders.get(FAST_INJECTION, embedder).name,
         "dim": embedder.dim,
         "seed": args.seed,
         "policy_version_at_training": policy.version,
@@ -276,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         "heldout_figures_classifier_only": figures,
         "train_sizes": {"harm": len(examples), "injection": len(pos) + len(neg)},
     }
-    save_artifact(args.out, {"harm": harm, "injection": inj}, meta)
+    models = {"harm": harm, **{name: model for name, (_, model) in injection.items()}}
+    save_artifact(args.out, models, meta)
     size_kb = args.out.stat().st_size / 1024
     print(f"wrote {args.out} ({size_kb:.0f} kB) in {time.time() - t0:.0f}s")
     print("held-out figures (classifier alone; the benchmark measures the whole boundary):")

@@ -267,6 +267,30 @@ def test_minilm_shapes_norms_and_order(minilm: MiniLMEmbedder) -> None:
 @pytest.mark.slow
 @minilm_installed
 @export_possible
+def test_minilm_int8_is_its_own_model(minilm: MiniLMEmbedder) -> None:
+    """The int8 variant: its own file and name (its vectors are close to, not the same as,
+    the float32 model's), unit rows, the same semantics; the float32 export is untouched."""
+    fp32_file = minilm.onnx_path.read_bytes()
+    q = MiniLMEmbedder(minilm.cache_dir, quantize=True)
+    assert q.name == "all-MiniLM-L6-v2-int8" != minilm.name
+    assert q.onnx_path != minilm.onnx_path
+    v8 = q.embed(TEXTS)
+    _assert_unit_rows(v8, len(TEXTS), 384)
+    assert q.onnx_path.stat().st_size < minilm.onnx_path.stat().st_size / 2
+    cos = (v8 * minilm.embed(TEXTS)).sum(axis=1)
+    assert cos.min() > 0.95 and 0.98 < cos.mean() < 0.9999  # close, but really quantized
+    near, a, b = q.embed(
+        ["What food do I like?", "I love spicy Thai curries.", "My car is a blue Toyota."]
+    )
+    assert float(near @ a) > float(near @ b)
+    assert minilm.onnx_path.read_bytes() == fp32_file
+    assert isinstance(emb.load_embedder("minilm-int8", minilm.cache_dir), MiniLMEmbedder)
+    assert emb.load_embedder("minilm-int8", minilm.cache_dir).quantize
+
+
+@pytest.mark.slow
+@minilm_installed
+@export_possible
 def test_minilm_truncates_at_256_tokens(minilm: MiniLMEmbedder) -> None:
     long_a = "apple " * 255 + "banana " * 300
     long_b = "apple " * 255

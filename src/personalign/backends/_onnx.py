@@ -135,6 +135,31 @@ def set_stamp(path: Path, key: str, value: str) -> None:
         onnx.save(proto, str(path))
 
 
+def quantize_int8(path: Path, *, stamp: tuple[str, str], per_channel: bool = False) -> None:
+    """Replace the float32 ONNX model at ``path`` by its dynamically int8-quantized version
+    (onnxruntime's ``quantize_dynamic``, int8 weights) and stamp its metadata. Exporter
+    subprocesses only: imports onnx.
+
+    ``per_channel``: one scale per output channel, with 7-bit weights (``reduce_range``, which
+    avoids int16 saturation on CPUs without VNNI): much closer to the float32 model (MiniLM
+    sentence vectors: cosine 0.99 instead of 0.96) at the same speed."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = path.with_name(path.name + ".fp32")
+    os.replace(path, fp32)
+    try:
+        quantize_dynamic(
+            str(fp32),
+            str(path),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            reduce_range=per_channel,
+        )
+    finally:
+        fp32.unlink(missing_ok=True)
+    set_stamp(path, *stamp)
+
+
 def padded_batch() -> tuple[Any, Any]:
     """A fixed (ids, mask) batch of 3 x 17 BERT tokens, two rows padded: what an export is
     checked on."""

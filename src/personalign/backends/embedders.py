@@ -70,10 +70,19 @@ class MiniLMEmbedder:
     imports ``onnxruntime`` and ``tokenizers``. Inputs are truncated to ``max_length`` tokens
     (256, the model's ``max_seq_length``), sorted by length and run in batches of
     ``batch_size``. Concurrent :meth:`embed` calls from several threads are safe.
+
+    ``quantize=True``: the dynamically int8-quantized export (per channel,
+    ``model.int8.onnx``), about 1.4x faster for one short text on an AVX2 CPU; its vectors
+    differ slightly from the float32 model's (cosine about 0.99), so it has its own ``name``
+    (``all-MiniLM-L6-v2-int8``) and a model trained on one kind of vector must be used with
+    the same kind. The safety boundary's injection model uses it; memory search uses the
+    float32 model.
     """
 
     MODEL_NAME = "all-MiniLM-L6-v2"
     DIM = 384
+    #: Appended to ``name`` by the int8-quantized variant.
+    INT8_SUFFIX = "-int8"
 
     def __init__(
         self,
@@ -83,6 +92,7 @@ class MiniLMEmbedder:
         max_length: int = 256,
         num_threads: int | None = None,
         export_timeout_s: float = 600.0,
+        quantize: bool = False,
     ) -> None:
         """Check that the model and runtimes are installed; load nothing yet.
 
@@ -93,7 +103,8 @@ class MiniLMEmbedder:
                 f"MiniLMEmbedder: batch_size must be >= 1 and max_length in [2, 512] "
                 f"(got {batch_size}, {max_length})"
             )
-        self.name: str = self.MODEL_NAME
+        self.quantize = quantize
+        self.name: str = self.MODEL_NAME + (self.INT8_SUFFIX if quantize else "")
         self.dim: int = self.DIM
         self.batch_size = batch_size
         self.max_length = max_length
@@ -133,7 +144,8 @@ class MiniLMEmbedder:
     @property
     def onnx_path(self) -> Path:
         """Where the exported ONNX model lives."""
-        return self.cache_dir / "embedders" / self.MODEL_NAME / "model.onnx"
+        name = "model.int8.onnx" if self.quantize else "model.onnx"
+        return self.cache_dir / "embedders" / self.MODEL_NAME / name
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Return a ``(len(texts), 384)`` float32 array of unit-norm rows, in input order."""
@@ -184,12 +196,13 @@ class MiniLMEmbedder:
 
     def _make_session(self) -> Any:
         """Open an onnxruntime session on the cached model, exporting it first if needed."""
-        from personalign.backends._export_minilm import EXPORT_VERSION, VERSION_KEY
+        from personalign.backends._export_minilm import EXPORT_VERSION, INT8_SUFFIX, VERSION_KEY
 
+        version = EXPORT_VERSION + (INT8_SUFFIX if self.quantize else "")
         return cached_session(
             self.onnx_path,
             threads=self.num_threads,
-            stamp=(VERSION_KEY, EXPORT_VERSION),
+            stamp=(VERSION_KEY, version),
             export=self._export,
         )
 
@@ -201,6 +214,7 @@ class MiniLMEmbedder:
                 str(self.onnx_path),
                 "--model-dir",
                 str(self.model_dir),
+                *(["--quantize"] if self.quantize else []),
             ],
             what=f"the {self.MODEL_NAME} embedder",
             timeout_s=self.export_timeout_s,
@@ -313,14 +327,17 @@ def _looks_like_path(name: str) -> bool:
 def load_embedder(name: str, cache_dir: Path) -> Embedder:
     """Build the embedder called ``name``; load no model yet.
 
-    ``"minilm"``: :class:`MiniLMEmbedder` (the default). ``"hashing"``: the model-free
-    :class:`personalign.testing.HashingEmbedder`. A filesystem path:
+    ``"minilm"``: :class:`MiniLMEmbedder` (the default; ``"minilm-int8"``: its int8-quantized
+    variant, whose vectors are not interchangeable with the default's). ``"hashing"``: the
+    model-free :class:`personalign.testing.HashingEmbedder`. A filesystem path:
     :class:`SentenceTransformerEmbedder`. Raises :class:`ConfigError` for an unknown name and
     :class:`ModelNotAvailableError` when the model or a package it needs is missing.
     """
     key = name.strip()
     if key.lower() == "minilm":
         return MiniLMEmbedder(cache_dir)
+    if key.lower() == "minilm-int8":
+        return MiniLMEmbedder(cache_dir, quantize=True)
     if key.lower() == "hashing":
         from personalign.testing import HashingEmbedder
 
@@ -328,6 +345,6 @@ def load_embedder(name: str, cache_dir: Path) -> Embedder:
     if key and _looks_like_path(key):
         return SentenceTransformerEmbedder(key)
     raise ConfigError(
-        f"unknown embedder {name!r}: use 'minilm', 'hashing', "
+        f"unknown embedder {name!r}: use 'minilm', 'minilm-int8', 'hashing', "
         "or the path of a local sentence-transformers folder"
     )

@@ -55,8 +55,8 @@ from personalign.backends._onnx import (
     cached_session,
     check_export,
     padded_batch,
+    quantize_int8,
     run_exporter,
-    set_stamp,
     torch_to_onnx,
 )
 from personalign.backends.embedders import _require
@@ -503,15 +503,7 @@ def export_onnx(artifact: Path, out: Path, *, quantize: bool = False) -> None:
         batch = {"input_ids": check_ids, "attention_mask": check_mask}
         check_export(tmp, wrapped, {**batch, "token_type_ids": check_types}, atol=1e-3)
         if quantize:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            fp32 = tmp.with_name(tmp.name + ".fp32")
-            os.replace(tmp, fp32)
-            try:
-                quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
-            finally:
-                fp32.unlink(missing_ok=True)
-            set_stamp(tmp, *stamp)
+            quantize_int8(tmp, stamp=stamp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from personalign.backends.embedders import Embedder
+from personalign.backends.embedders import Embedder, MiniLMEmbedder
 from personalign.backends.finetuned import FinetunedClassifier, TextClassifier
 from personalign.errors import ConfigError, RefusedError
 from personalign.safety.classifier import EmbeddingClassifier, load_artifact
@@ -45,6 +45,8 @@ DEFAULT_ARTIFACT = Path(__file__).with_name("artifacts") / "boundary_minilm.npz"
 #: The fine-tuned boundary classifier (MiniLM + LoRA; labels benign, injection, categories).
 DEFAULT_FINETUNED = Path(__file__).with_name("artifacts") / "boundary_minilm_lora.safetensors"
 BENIGN = "benign"
+#: The artifact's injection model over int8 MiniLM vectors, run beside the fine-tuned model.
+FAST_INJECTION = "injection_fast"
 #: The fine-tuned classifier's prompt-injection label (flags, never refuses).
 INJECTION_LABEL = "injection"
 
@@ -293,12 +295,17 @@ class Boundary:
         """One verdict per text: admitted only when every checker admits it."""
         items = check_texts(texts, what="check()")
         vectors, segment_vectors = self._shared_vectors(items)
-        pending_vectors = self._injection_vectors(items) if vectors is None else None
+        # the injection model's vectors: the classifier's when it shares that embedder, else
+        # its own (embedded beside the fine-tuned model, or by the detector itself)
+        det_vectors, det_segments = (None, None)
+        if self._detector_shares_embedder():
+            det_vectors, det_segments = vectors, segment_vectors
+        pending_vectors = self._injection_vectors(items) if det_vectors is None else None
         try:
             probs, inj_scores = self._shared_probs(items)
         finally:
             if pending_vectors is not None:
-                vectors, segment_vectors = pending_vectors.result()
+                det_vectors, det_segments = pending_vectors.result()
         verdicts: list[Verdict | None] = [None] * len(items)
         best: list[Verdict | None] = [None] * len(items)
         pending = list(range(len(items)))
@@ -329,7 +336,7 @@ class Boundary:
                 else _admit(self.name, self.policy)
             )
         if self.injection is not None:
-            flags = self.injection.detect(items, vectors, segment_vectors, scores=inj_scores)
+            flags = self.injection.detect(items, det_vectors, det_segments, scores=inj_scores)
             for i, res in enumerate(flags):
                 current = verdicts[i]
                 if res.flagged and current is not None:
@@ -338,16 +345,25 @@ class Boundary:
                     )
         return [v for v in verdicts if v is not None]
 
+    def _classifier(self) -> ClassifierChecker | None:
+        return next((c for c in self.checkers if isinstance(c, ClassifierChecker)), None)
+
+    def _detector_shares_embedder(self) -> bool:
+        """Whether the injection model reads the embedded classifier's vectors."""
+        clf = self._classifier()
+        det = self.injection
+        return clf is not None and det is not None and det.embedder is clf.embedder
+
     def _shared_vectors(self, items: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Embed once (texts and, for injection, their sentences) in a single batch.
 
         Returns (text vectors, sentence vectors); ``(None, None)`` without a classifier.
         """
-        clf = next((c for c in self.checkers if isinstance(c, ClassifierChecker)), None)
+        clf = self._classifier()
         if clf is None or not items:
             return None, None
         extra: list[str] = []
-        if self.injection is not None and self.injection.embedder is clf.embedder:
+        if self.injection is not None and self._detector_shares_embedder():
             extra, _ = self.injection.segments_to_embed(items)
         return _embed_split(clf.embedder, items, extra)
 
@@ -391,6 +407,31 @@ class Boundary:
         return verdict
 
 
+def injection_embedder(embedder: Embedder, model: EmbeddingClassifier | None) -> Embedder | None:
+    """The embedder whose vectors the numpy injection ``model`` was trained on: ``embedder``
+    itself, or the int8-quantized variant of a :class:`MiniLMEmbedder` (a second, faster
+    session of the same model, on one thread: it runs beside the fine-tuned classifier); None
+    without a model or when neither fits."""
+    if model is None:
+        return None
+    wanted = model.meta.get("embedder", embedder.name)
+    if wanted == embedder.name:
+        return embedder
+    if (
+        isinstance(embedder, MiniLMEmbedder)
+        and not embedder.quantize
+        and wanted == embedder.name + MiniLMEmbedder.INT8_SUFFIX
+    ):
+        return MiniLMEmbedder(
+            embedder.cache_dir,
+            batch_size=embedder.batch_size,
+            max_length=embedder.max_length,
+            num_threads=1,
+            quantize=True,
+        )
+    return None
+
+
 def load_boundary(
     embedder: Embedder | None,
     *,
@@ -412,11 +453,12 @@ def load_boundary(
     2); ``quantize``: run its dynamically int8-quantized export (default; about 3x faster,
     the figures in ``benchmarks/boundary.py`` are measured that way). Otherwise the embedded
     numpy classifiers of ``artifact`` over ``embedder``'s vectors. With the fine-tuned
-    classifier, injection is scored by both it and (``injection_embedding``, default) the
-    numpy injection model over ``embedder``'s vectors, taking the larger score: together they
-    detect more held-out attack variants than either (one more model run per check; pass
-    ``False`` for the lowest latency; left out when ``embedder`` is not the one it was trained
-    on). With ``embedder=None`` both classifiers are left out
+    classifier, injection is scored by both it and (``injection_embedding``, default) a numpy
+    injection model, taking the larger score: together they detect more held-out attack
+    variants than either (one more model run per check, beside the fine-tuned one: the
+    artifact's :data:`FAST_INJECTION` model over the int8 MiniLM, the faster session, when
+    ``embedder`` is MiniLM; pass ``False`` for the lowest latency; left out when no embedder
+    fits; see :func:`injection_embedder`). With ``embedder=None`` both classifiers are left out
     (patterns only: for tests and emergencies, not for production).
     """
     policy = policy or load_policy()
@@ -438,16 +480,19 @@ def load_boundary(
             policy=policy,
         )
         checkers.append(ft)
-        inj_model = None
+        inj_model, inj_embedder = None, None
         if injection_embedding:
-            inj_model = load_artifact(artifact or DEFAULT_ARTIFACT)[0].get("injection")
-            if inj_model is not None and inj_model.meta.get("embedder", embedder.name) != (
-                embedder.name
-            ):
-                inj_model = None  # it reads MiniLM vectors only; the fine-tuned model suffices
+            # the fast variant (int8 MiniLM vectors) where it fits, else the float32 one; they
+            # read MiniLM vectors only: with other embedders the fine-tuned model suffices
+            models = load_artifact(artifact or DEFAULT_ARTIFACT)[0]
+            for key in (FAST_INJECTION, "injection"):
+                inj_model = models.get(key)
+                inj_embedder = injection_embedder(embedder, inj_model)
+                if inj_embedder is not None:
+                    break
         injection = InjectionDetector(
-            embedder if inj_model is not None else None,
-            inj_model,
+            inj_embedder,
+            inj_model if inj_embedder is not None else None,
             threshold=policy.injection_threshold,
             scorer=ft.injection_scores if ft.scores_injection else None,
         )
@@ -456,9 +501,10 @@ def load_boundary(
         if "harm" not in models:
             raise ConfigError("the safety artifact has no 'harm' model")
         checkers.append(ClassifierChecker(embedder, models["harm"], policy=policy))
-        if "injection" in models:
+        inj_embedder = injection_embedder(embedder, models.get("injection"))
+        if inj_embedder is not None:
             injection = InjectionDetector(
-                embedder, models["injection"], threshold=policy.injection_threshold
+                inj_embedder, models["injection"], threshold=policy.injection_threshold
             )
     if guard is not None:
         checkers.append(guard)
