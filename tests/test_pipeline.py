@@ -248,3 +248,40 @@ def test_a_given_reward_model_ranks_the_candidates(tmp_path):
     how = reply.exchange.meta["decoding"]
     assert rm.calls and rm.calls[0][1] == "Should I have tea or coffee?"
     assert how["reward"] == max(how["candidate_rewards"]) == len(reply.text.split())
+
+
+class _OtherEmbedder:
+    """A user's own embedder (neither MiniLM nor the hashing test one)."""
+
+    name = "my-own-embedder"
+    dim = 16
+
+    def __init__(self) -> None:
+        self._inner = HashingEmbedder(dim=16)
+
+    def embed(self, texts):  # type: ignore[no-untyped-def]
+        return self._inner.embed(texts)
+
+
+def test_any_real_embedder_gets_the_classifier_boundary_not_patterns_only(tmp_path):
+    """Only the hashing test embedder means patterns only; with a user's own embedder the
+    memory is still guarded by the fine-tuned classifier (its own model)."""
+    from personalign.safety.checkers import DEFAULT_FINETUNED, FinetunedChecker, PatternChecker
+
+    if not DEFAULT_FINETUNED.is_file():
+        pytest.skip("no fine-tuned boundary artifact")
+    settings = load_settings(home=tmp_path)
+    memory = open_guarded_memory(settings, _OtherEmbedder(), extractor=CueExtractor())
+    try:
+        checkers = memory.store.checker.checkers  # type: ignore[attr-defined]
+        assert any(isinstance(c, FinetunedChecker) for c in checkers)
+        injection = memory.store.checker.injection  # type: ignore[attr-defined]
+        assert injection.scorer is not None and injection.model is None  # no MiniLM vectors
+    finally:
+        memory.close()
+    hashing = open_guarded_memory(settings, HashingEmbedder(), extractor=CueExtractor())
+    try:
+        checkers = hashing.store.checker.checkers  # type: ignore[attr-defined]
+        assert [type(c) for c in checkers] == [PatternChecker]
+    finally:
+        hashing.close()

@@ -70,17 +70,21 @@ def open_guarded_memory(
     """The memory every front end uses: its store wrapped so that every write passes the
     safety boundary (:class:`~personalign.safety.admission.GuardedStore`).
 
-    ``checker`` defaults to :func:`~personalign.safety.load_boundary` over the embedder
-    (patterns only with the hashing test embedder, whose vectors the classifier can't read).
+    ``checker`` defaults to :func:`~personalign.safety.load_boundary` over the embedder: the
+    fine-tuned classifier (its own model, whatever the embedder) and injection detection
+    (with the numpy injection model beside it when the embedder is MiniLM); patterns only
+    with the hashing test embedder (fast tests, never production).
     """
     from personalign.backends.embedders import load_embedder
     from personalign.safety import load_boundary
     from personalign.safety.admission import GuardedStore
+    from personalign.testing import HashingEmbedder
 
     settings = settings or load_settings()
     embedder = embedder or load_embedder(settings.embedder, settings.cache_dir)
     if checker is None:
-        checker = load_boundary(embedder if settings.embedder == "minilm" else None)
+        hashing = settings.embedder == "hashing" or isinstance(embedder, HashingEmbedder)
+        checker = load_boundary(None if hashing else embedder, cache_dir=settings.cache_dir)
     plain = open_memory(settings, embedder, extractor=extractor)
     return Memory(GuardedStore(plain.store, checker), settings, plain.extractor)
 
