@@ -159,18 +159,12 @@ def _group(e: D.Example) -> str:
 
 def latency_ms(boundary: Boundary, pool: list[str]) -> list[float]:
     """Wall time of ``boundary.check([text])`` for each text, one at a time, in ms."""
-    boundary.check(pool[:5])  # warm up
-    times = []
-    for text in pool:
-        t = time.perf_counter()
-        boundary.check([text])
-        times.append((time.perf_counter() - t) * 1000.0)
-    return times
+    return latency_interleaved([boundary], pool)[0]
 
 
 def latency_interleaved(boundaries: Sequence[Boundary], pool: list[str]) -> list[list[float]]:
-    """Like :func:`latency_ms` for several boundaries, taking turns on each text (a fair
-    comparison on a machine whose load changes during the run)."""
+    """Wall times (ms) of ``b.check([text])`` for each boundary, after a warm-up, taking turns
+    on each text (a fair comparison on a machine whose load changes during the run)."""
     for b in boundaries:
         b.check(pool[:5])
     times: list[list[float]] = [[] for _ in boundaries]
