@@ -295,12 +295,11 @@ class Boundary:
     def check(self, texts: Sequence[str]) -> list[Verdict]:
         """One verdict per text: admitted only when every checker admits it."""
         items = check_texts(texts, what="check()")
-        vectors, segment_vectors = self._shared_vectors(items)
+        shares = self._detector_shares_embedder()
+        vectors, segment_vectors = self._shared_vectors(items, with_segments=shares)
         # the injection model's vectors: the classifier's when it shares that embedder, else
         # its own (embedded beside the fine-tuned model, or by the detector itself)
-        det_vectors, det_segments = (None, None)
-        if self._detector_shares_embedder():
-            det_vectors, det_segments = vectors, segment_vectors
+        det_vectors, det_segments = (vectors, segment_vectors) if shares else (None, None)
         pending_vectors = self._injection_vectors(items) if det_vectors is None else None
         try:
             probs, inj_scores = self._shared_probs(items)
@@ -355,8 +354,11 @@ class Boundary:
         det = self.injection
         return clf is not None and det is not None and det.embedder is clf.embedder
 
-    def _shared_vectors(self, items: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Embed once (texts and, for injection, their sentences) in a single batch.
+    def _shared_vectors(
+        self, items: list[str], *, with_segments: bool
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Embed once (texts and, ``with_segments`` (the injection detector reads these
+        vectors), their sentences) in a single batch.
 
         Returns (text vectors, sentence vectors); ``(None, None)`` without a classifier.
         """
@@ -364,7 +366,7 @@ class Boundary:
         if clf is None or not items:
             return None, None
         extra: list[str] = []
-        if self.injection is not None and self._detector_shares_embedder():
+        if with_segments and self.injection is not None:
             extra, _ = self.injection.segments_to_embed(items)
         return _embed_split(clf.embedder, items, extra)
 
