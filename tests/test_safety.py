@@ -616,6 +616,32 @@ def test_cli_check_file_json(cli, tmp_path) -> None:  # type: ignore[no-untyped-
     assert r.exit_code == 0 and "injection" in r.stdout
 
 
+def test_cli_check_asks_the_guard_of_the_settings_or_flags(cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from personalign.cli._common import state
+    from personalign.testing import ScriptedOpenAIServer
+
+    def guard(model: str, messages: list[dict[str, str]]) -> str:
+        return "unsafe\nS2" if "dark humour" in messages[-1]["content"] else "safe"
+
+    with ScriptedOpenAIServer(guard, models=["lg"]) as server:
+        monkeypatch.setenv("PERSONALIGN_GUARD__MODEL", "lg")
+        monkeypatch.setenv("PERSONALIGN_GUARD__BASE_URL", server.base_url)
+        state._settings = None
+        r = cli("check", "--patterns-only", "--json", "I like dark humour", "I like tea")
+        assert r.exit_code == 0, r.output
+        rows = [json.loads(line) for line in r.stdout.strip().split("\n")]
+        assert [(row["admitted"], row["checker"]) for row in rows] == [
+            (False, "guard"),
+            (True, "boundary"),
+        ]
+        monkeypatch.delenv("PERSONALIGN_GUARD__MODEL")
+        state._settings = None
+        r = cli("check", "--patterns-only", "I like dark humour")
+        assert r.stdout.startswith("admitted")  # no guard configured
+        r = cli("check", "--patterns-only", "--guard-model", "lg", "I like dark humour")
+        assert r.stdout.startswith("refused") and len(server.requests) == 3
+
+
 def test_cli_bad_input(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
     r = cli("check")
     assert r.exit_code == 2 and "nothing to check" in r.output and "Traceback" not in r.output

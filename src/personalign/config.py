@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from personalign.errors import ConfigError
 
 Fusion = Literal["rrf", "linear"]
+GuardPromptStyle = Literal["policy", "llama_guard_3"]
 
 
 def default_home() -> Path:
@@ -67,6 +68,48 @@ class RetrievalConfig(BaseModel):
     dedupe_sources: bool = True
 
 
+class GuardConfig(BaseModel):
+    """An optional guard model (Llama Guard style) on an OpenAI-compatible server, asked after
+    the embedded classifier about every candidate preference and every request
+    (:class:`~personalign.safety.guard.OpenAIGuardChecker`). ``model`` unset: no guard.
+
+    ``base_url`` and ``api_key`` default to the settings' ``openai_base_url`` and
+    ``openai_api_key``. ``prompt_style``: ``policy`` (the prompt carries this policy's
+    categories) or ``llama_guard_3`` (the server's Llama Guard 3 chat template and taxonomy).
+    A guard that cannot be reached fails the write or the request with a clear error; nothing
+    is stored unchecked.
+    """
+
+    model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    prompt_style: GuardPromptStyle = "policy"
+    timeout_s: float = Field(default=10.0, gt=0.0)
+
+
+class JudgeConfig(BaseModel):
+    """An optional LLM judge as the preference reward model that best-of-N and reward-guided
+    decoding rank by (:class:`~personalign.rewards.preference_rm.JudgeRewardModel`), instead of
+    the shipped embedded one. ``model`` is named like the settings' ``model``:
+    ``openai:<name>`` (served at ``base_url``, default ``openai_base_url``), a local
+    transformers directory, or ``smollm2``. ``prompt``: a template file with the fields
+    ``{preference}``, ``{question}`` and ``{end_generation}`` answering
+    ``<answer>Yes</answer>`` for a violation (PrefEval's ``judge_prompts/check_violation.txt``
+    fits); default: :data:`~personalign.rewards.preference_rm.JUDGE_TEMPLATE`.
+    """
+
+    model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    prompt: Path | None = None
+    max_new_tokens: int = Field(default=96, ge=8, le=2048)
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _expand(cls, v: Any) -> Any:
+        return Path(v).expanduser() if isinstance(v, str | Path) else v
+
+
 class Settings(BaseSettings):
     """personalign's settings. Every field can be set as ``PERSONALIGN_<FIELD>``."""
 
@@ -85,6 +128,8 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_api_key: str | None = None
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
 
     @field_validator("home", "cache_dir", mode="before")
     @classmethod

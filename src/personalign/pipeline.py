@@ -73,10 +73,11 @@ def open_guarded_memory(
     ``checker`` defaults to :func:`~personalign.safety.load_boundary` over the embedder: the
     fine-tuned classifier (its own model, whatever the embedder) and injection detection
     (with the numpy injection model beside it when the embedder is MiniLM); patterns only
-    with the hashing test embedder (fast tests, never production).
+    with the hashing test embedder (fast tests, never production); then the guard model of
+    ``settings.guard`` when one is set (:func:`~personalign.safety.guard_from_settings`).
     """
     from personalign.backends.embedders import load_embedder
-    from personalign.safety import load_boundary
+    from personalign.safety import guard_from_settings, load_boundary
     from personalign.safety.admission import GuardedStore
     from personalign.testing import HashingEmbedder
 
@@ -84,7 +85,11 @@ def open_guarded_memory(
     embedder = embedder or load_embedder(settings.embedder, settings.cache_dir)
     if checker is None:
         hashing = settings.embedder == "hashing" or isinstance(embedder, HashingEmbedder)
-        checker = load_boundary(None if hashing else embedder, cache_dir=settings.cache_dir)
+        checker = load_boundary(
+            None if hashing else embedder,
+            cache_dir=settings.cache_dir,
+            guard=guard_from_settings(settings),
+        )
     plain = open_memory(settings, embedder, extractor=extractor)
     return Memory(GuardedStore(plain.store, checker), settings, plain.extractor)
 
@@ -148,6 +153,17 @@ def _used(hits: Sequence[SearchHit]) -> list[UsedPreference]:
         )
         for h in hits
     ]
+
+
+def _reward_model_name(model: object) -> str:
+    """How /why names a reward model: the judge's model, else the class (and its parts)."""
+    judge = getattr(model, "judge", None)
+    if judge is not None:
+        return f"judge {getattr(judge, 'name', type(judge).__name__)}"
+    parts = getattr(model, "models", None)
+    if parts:
+        return " + ".join(type(m).__name__ for m in parts)
+    return type(model).__name__
 
 
 class Personalizer:
@@ -398,6 +414,7 @@ class Personalizer:
         plain = build_messages(history, None)
         safety = build_messages(history, None, system_prompt=SAFETY_PROMPT)
         prefs = [h.record.text for h in hits if h.record.kind != "episode"]
+        reward = self._reward() if options.method in ("best_of_n", "reward_guided") else None
         out = personalized_generate(
             self.model,
             plain,
@@ -405,7 +422,7 @@ class Personalizer:
             config=DecodingConfig(method=options.method, strength=options.strength),  # type: ignore[arg-type]
             options=options.generation,
             preferences=prefs,
-            reward=self._reward() if options.method in ("best_of_n", "reward_guided") else None,
+            reward=reward,
             objectives={"personal": messages, "safety": safety},
             weights={"personal": 1.0},
             floors={"safety": SAFETY_FLOOR},
@@ -413,16 +430,22 @@ class Personalizer:
         how = {"method": out.method, "strength": out.strength, "rows": out.rows, **out.details}
         if out.reward is not None:
             how["reward"] = round(out.reward, 4)
+        if reward is not None:
+            how["reward_model"] = _reward_model_name(reward)
         return out.text, how
 
     def _reward(self) -> Any:
-        """The shipped preference reward model (``load_reward_model``: the MiniLM
-        cross-encoder with the embedded feature model over the memory's MiniLM embedder;
-        the cross-encoder alone under another embedder), loaded once."""
+        """The LLM judge of the settings (``judge``) when one is set, else the shipped
+        preference reward model (``load_reward_model``: the MiniLM cross-encoder with the
+        embedded feature model over the memory's MiniLM embedder; the cross-encoder alone
+        under another embedder), loaded once."""
         if self._reward_model is None:
             from personalign.errors import ConfigError, ModelNotAvailableError
-            from personalign.rewards.preference_rm import load_reward_model
+            from personalign.rewards.preference_rm import judge_from_settings, load_reward_model
 
+            self._reward_model = judge_from_settings(self.memory.settings)
+            if self._reward_model is not None:
+                return self._reward_model
             embedder = getattr(self.memory.store, "embedder", None)
             if embedder is not None and embedder.name != "all-MiniLM-L6-v2":
                 embedder = None

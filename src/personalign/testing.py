@@ -381,3 +381,128 @@ class KeywordClassifier:
             for j in hits or [0]:
                 out[i, j] += 0.9 / len(hits or [0])
         return out
+
+
+# --------------------------------------------------------------------------------------------
+# ScriptedOpenAIServer: a stand-in for an OpenAI-compatible model server (guard, judge, chat)
+# --------------------------------------------------------------------------------------------
+
+
+class ScriptedOpenAIServer:
+    """An OpenAI-compatible chat-completions server over real HTTP on 127.0.0.1 whose answers
+    come from a Python function instead of a model: for testing what talks to guard models,
+    LLM judges and remote chat models (the real client, the real wire format) without one.
+
+    ``reply(model, messages) -> str`` answers each ``POST /v1/chat/completions`` (messages as
+    ``{"role", "content"}`` dicts); ``GET /v1/models`` lists ``models``. ``api_key``: when
+    set, other bearer tokens get HTTP 401. ``requests`` records ``(model, messages)`` of every
+    completion asked. Streaming is not served (HTTP 400). Use it as a context manager: the
+    server runs in a thread from ``__enter__`` to ``__exit__``; ``base_url`` is its ``/v1``.
+    """
+
+    def __init__(
+        self,
+        reply: Any,
+        *,
+        models: Sequence[str] = ("scripted",),
+        api_key: str | None = None,
+    ) -> None:
+        self.reply = reply
+        self.models = list(models)
+        self.api_key = api_key
+        self.requests: list[tuple[str, list[dict[str, str]]]] = []
+        self.port = 0
+        self._server: Any = None
+        self._thread: Any = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>/v1`` (set once the server runs)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _app(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        def error(message: str, status: int) -> JSONResponse:
+            body = {"error": {"message": message, "type": "invalid_request_error"}}
+            return JSONResponse(body, status_code=status)
+
+        def denied(request: Any) -> JSONResponse | None:
+            if self.api_key is None:
+                return None
+            if request.headers.get("authorization") == f"Bearer {self.api_key}":
+                return None
+            return error("Invalid API key", 401)
+
+        async def list_models(request: Any) -> JSONResponse:
+            bad = denied(request)
+            if bad is not None:
+                return bad
+            data = [{"id": m, "object": "model"} for m in self.models]
+            return JSONResponse({"object": "list", "data": data})
+
+        async def chat(request: Any) -> JSONResponse:
+            bad = denied(request)
+            if bad is not None:
+                return bad
+            body = await request.json()
+            if body.get("stream"):
+                return error("streaming is not served", 400)
+            model = str(body.get("model", ""))
+            messages = [
+                {"role": str(m.get("role", "")), "content": str(m.get("content", ""))}
+                for m in body.get("messages", [])
+            ]
+            self.requests.append((model, messages))
+            text = str(self.reply(model, messages))
+            words = sum(len(m["content"].split()) for m in messages)
+            message = {"role": "assistant", "content": text}
+            return JSONResponse(
+                {
+                    "id": f"chatcmpl-{len(self.requests)}",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": model,
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": {
+                        "prompt_tokens": words,
+                        "completion_tokens": len(text.split()),
+                        "total_tokens": words + len(text.split()),
+                    },
+                }
+            )
+
+        return Starlette(
+            routes=[
+                Route("/v1/models", list_models, methods=["GET"]),
+                Route("/v1/chat/completions", chat, methods=["POST"]),
+            ]
+        )
+
+    def __enter__(self) -> ScriptedOpenAIServer:
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        config = uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="error")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"ScriptedOpenAIServer did not start on port {self.port}")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)

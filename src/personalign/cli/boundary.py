@@ -68,16 +68,20 @@ def check(
     ] = False,
     guard_model: Annotated[
         str | None,
-        typer.Option("--guard-model", help="Also ask this guard model (OpenAI-compatible)."),
+        typer.Option(
+            "--guard-model",
+            help="Also ask this guard model (OpenAI-compatible; default: setting guard.model).",
+        ),
     ] = None,
     guard_url: Annotated[
-        str | None, typer.Option("--guard-url", help="Guard server base URL.")
+        str | None,
+        typer.Option("--guard-url", help="Guard server base URL (default: guard.base_url)."),
     ] = None,
 ) -> None:
     """Check candidate preferences: admitted or refused, category, reason."""
     items = _read_texts(texts, file)
     with errors():
-        from personalign.safety import OpenAIGuardChecker, load_boundary
+        from personalign.safety import guard_from_settings, load_boundary
 
         settings = state.settings()
         embedder = None
@@ -85,13 +89,9 @@ def check(
             from personalign.backends.embedders import load_embedder
 
             embedder = load_embedder(settings.embedder, settings.cache_dir)
-        guard = None
-        if guard_model:
-            guard = OpenAIGuardChecker(
-                guard_model,
-                base_url=guard_url or settings.openai_base_url,
-                api_key=settings.openai_api_key,
-            )
+        given = {"model": guard_model, "base_url": guard_url}
+        cfg = settings.guard.model_copy(update={k: v for k, v in given.items() if v})
+        guard = guard_from_settings(settings.model_copy(update={"guard": cfg}))
         boundary = load_boundary(embedder, guard=guard, cache_dir=settings.cache_dir)
         verdicts = boundary.check(items)
     for text, v in zip(items, verdicts, strict=True):

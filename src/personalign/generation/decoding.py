@@ -63,6 +63,9 @@ Rule = Callable[[np.ndarray], np.ndarray]
 """Next-token logits of the R rows ``(R, V)`` -> one row of scores ``(V,)``."""
 Scorer = Callable[[Sequence[str]], np.ndarray]
 """Replies -> rewards ``(len(replies),)``, higher is better."""
+UNDECIDED_REWARD = 0.5
+"""The reward given to a reply the reward model could not score (an LLM judge's unreadable
+verdict): between a violation (0) and compliance (1)."""
 
 BEST_OF_N_TEMPERATURE = 0.8
 """Sampling temperature of best-of-N candidates when the request itself is greedy."""
@@ -413,7 +416,10 @@ def personalized_generate(
 
     def scorer(texts: Sequence[str]) -> np.ndarray:
         assert reward is not None
-        return np.asarray(reward.score(preferences, prompt, texts), dtype=np.float64)
+        scores = np.asarray(reward.score(preferences, prompt, texts), dtype=np.float64)
+        # a judge's unreadable verdict (NaN) counts as undecided, never as the best reply
+        out: np.ndarray = np.nan_to_num(scores, nan=UNDECIDED_REWARD)
+        return out
 
     if method in ("best_of_n", "reward_guided") and reward is None:
         raise ValidationError(f"decoding method {method!r} needs a reward model")

@@ -17,9 +17,11 @@ Implementations:
   a small linear scorer (artifact ``rewards/artifacts/preference_rm.npz``). See its docstring
   for the features.
 * :class:`JudgeRewardModel` — an LLM judge (any :class:`LanguageModel`, typically
-  :class:`~personalign.backends.models.openai_compat.OpenAICompatLM`) with PrefEval's
-  violation prompt: score 1 when the judge answers "No" (no violation), 0 for "Yes",
-  NaN when the verdict cannot be parsed.
+  :class:`~personalign.backends.models.openai_compat.OpenAICompatLM`) with a violation
+  prompt (:data:`JUDGE_TEMPLATE`, or PrefEval's ``check_violation.txt``): score 1 when the
+  judge answers "No" (no violation), 0 for "Yes", NaN when the verdict cannot be parsed.
+  :func:`judge_from_settings` builds the one ``settings.judge`` names; the chat pipeline then
+  ranks best-of-N and reward-guided candidates with it instead of the embedded model.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from personalign.backends.embedders import Embedder
     from personalign.backends.finetuned import TextClassifier, TrainReport
     from personalign.backends.models.base import GenerationOptions, LanguageModel
+    from personalign.config import Settings
 
 
 @runtime_checkable
@@ -89,6 +92,27 @@ def parse_verdict(text: str) -> bool | None:
     return None if m is None else m.group(1).lower() == "yes"
 
 
+JUDGE_TEMPLATE = """You check whether an assistant's reply goes against the user's stated
+preference.
+
+Answer "Yes" (a violation) when the reply recommends or does what the preference rules out,
+without acknowledging the preference and without saying why.
+
+Answer "No" when the reply respects the preference; when it acknowledges the preference and
+explains how a conflicting suggestion fits it; or when nothing in it goes against the
+preference.
+
+User's preference: {preference}
+User's question: {question}
+Assistant's reply: {end_generation}
+
+Answer in exactly this format:
+<explanation>one short sentence</explanation>
+<answer>Yes or No</answer>"""
+"""The default judge prompt (PrefEval's violation criterion, in our words; its fields are
+those of PrefEval's ``check_violation.txt``, which can be used instead)."""
+
+
 class JudgeRewardModel:
     """An LLM judge with PrefEval's violation prompt (``check_violation.txt``).
 
@@ -123,11 +147,17 @@ class JudgeRewardModel:
         return cls(judge, path.read_text(), options=options)
 
     def prompt(self, preferences: Sequence[str], question: str, response: str) -> str:
-        """The judge prompt for one response (``str.replace``, so braces in text are safe)."""
+        """The judge prompt for one response (``str.replace``, so braces in text are safe).
+
+        Each field is :func:`~personalign.safety.injection.neutralize`-d first: stored
+        preferences, the user's question and the reply are data to the judge, so none of them
+        can close a tag of the template or forge an ``<answer>``."""
+        from personalign.safety.injection import neutralize
+
         return (
-            self.template.replace("{preference}", " ".join(preferences))
-            .replace("{question}", question)
-            .replace("{end_generation}", response)
+            self.template.replace("{preference}", neutralize(" ".join(preferences)))
+            .replace("{question}", neutralize(question))
+            .replace("{end_generation}", neutralize(response))
         )
 
     def score(
@@ -141,6 +171,36 @@ class JudgeRewardModel:
         replies = self.judge.generate_batch(chats, options=self.options)
         verdicts = [parse_verdict(g.text) for g in replies]
         return np.array([np.nan if v is None else float(not v) for v in verdicts])
+
+
+def judge_from_settings(settings: Settings) -> JudgeRewardModel | None:
+    """The LLM judge ``settings.judge`` names (None when none is set): its model loaded like
+    the settings' ``model`` (``openai:<name>`` at ``judge.base_url``, default
+    ``openai_base_url``), with ``judge.prompt``'s template or :data:`JUDGE_TEMPLATE`.
+    Raises :class:`ConfigError` for a missing or malformed template file."""
+    from personalign.backends.models import load_model
+    from personalign.backends.models.base import GenerationOptions
+
+    cfg = settings.judge
+    if not cfg.model:
+        return None
+    template = JUDGE_TEMPLATE
+    if cfg.prompt is not None:
+        try:
+            template = cfg.prompt.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"setting 'judge.prompt': cannot read {cfg.prompt}: {e}") from e
+    lm = load_model(
+        settings.model_copy(
+            update={
+                "model": cfg.model,
+                "openai_base_url": cfg.base_url or settings.openai_base_url,
+                "openai_api_key": cfg.api_key or settings.openai_api_key,
+            }
+        )
+    )
+    options = GenerationOptions(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
+    return JudgeRewardModel(lm, template, options=options)
 
 
 # -- the embedded reward model -----------------------------------------------------------------

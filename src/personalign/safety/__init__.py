@@ -19,7 +19,12 @@ from personalign.safety.checkers import (
     artifact_info,
     load_boundary,
 )
-from personalign.safety.guard import OpenAIGuardChecker, build_guard_prompt, parse_guard_output
+from personalign.safety.guard import (
+    OpenAIGuardChecker,
+    build_guard_prompt,
+    guard_from_settings,
+    parse_guard_output,
+)
 from personalign.safety.injection import (
     BLOCK_CLOSE,
     BLOCK_OPEN,
@@ -49,6 +54,7 @@ __all__ = [
     "Verdict",
     "artifact_info",
     "build_guard_prompt",
+    "guard_from_settings",
     "load_boundary",
     "load_policy",
     "neutralize",

@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from personalign.config import GuardPromptStyle
 from personalign.errors import BackendError, ModelNotAvailableError, ValidationError
 from personalign.safety.injection import neutralize
 from personalign.safety.policy import Policy, load_policy
 from personalign.safety.verdict import NONE, Verdict
 
-PromptStyle = Literal["policy", "llama_guard_3"]
+if TYPE_CHECKING:
+    from personalign.config import Settings
+
+PromptStyle = GuardPromptStyle
 
 #: Llama Guard 3's stock hazard codes -> this policy's categories (``None``: outside it).
 LLAMA_GUARD_3_MAP: dict[str, str | None] = {
@@ -193,3 +197,21 @@ class OpenAIGuardChecker:
         if isinstance(texts, str):
             raise ValidationError("check() takes a sequence of texts, not a single string")
         return [self.verdict_from_output(self.ask(t)) for t in texts]
+
+
+def guard_from_settings(
+    settings: Settings, policy: Policy | None = None
+) -> OpenAIGuardChecker | None:
+    """The guard model ``settings.guard`` names (its server, key and prompt style; the
+    settings' ``openai_base_url`` / ``openai_api_key`` by default), or None when none is set."""
+    cfg = settings.guard
+    if not cfg.model:
+        return None
+    return OpenAIGuardChecker(
+        cfg.model,
+        base_url=cfg.base_url or settings.openai_base_url,
+        api_key=cfg.api_key or settings.openai_api_key,
+        policy=policy,
+        prompt_style=cfg.prompt_style,
+        timeout_s=cfg.timeout_s,
+    )
