@@ -17,11 +17,23 @@ the cross-encoder's int8 export, the shipped one runs in float32).
 balanced) are the shipped ensemble's. Target: ``mcq_accuracy_cv`` >= 0.90. ``--no-probe``
 leaves the LM probe out (no SmolLM2 load).
 
+``--judge-model SPEC``: also an LLM judge (:class:`JudgeRewardModel`; SPEC as the settings'
+``model``: ``openai:<name>`` served at ``--judge-url``, a local transformers directory, or
+``smollm2``) with the default judge prompt or ``--judge-prompt FILE`` (PrefEval's
+``check_violation.txt`` fits), on ``--judge-per-topic`` questions of every topic (0: all). Its
+verdicts are binary, so options tie: ``mcq_accuracy_judge`` counts a tie among k options
+including the right one as 1/k (the accuracy of breaking ties at random); an unreadable
+verdict counts as undecided (0.5). ``mcq_accuracy_shipped_same_items`` is the shipped
+ensemble on the same questions (it saw these topics in training: a fit figure), and
+``judge_unreadable_rate`` the share of verdicts that could not be read.
+
     python benchmarks/reward_model.py [--data DIR] [--json] [--cross-validate] [--no-probe]
+        [--judge-model SPEC [--judge-url URL] [--judge-prompt FILE] [--judge-per-topic N]]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -31,7 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from personalign.backends.embedders import Embedder, load_embedder
-from personalign.config import load_settings
+from personalign.config import JudgeConfig, Settings, load_settings
 from personalign.eval.bench import emit, parser
 from personalign.eval.prefeval_tasks import (
     McqItem,
@@ -42,12 +54,14 @@ from personalign.eval.prefeval_tasks import (
     trained_probe,
     trained_reward_model,
 )
+from personalign.generation.decoding import UNDECIDED_REWARD
 from personalign.rewards.preference_rm import (
     FEATURE_NAMES,
     CrossEncoderRewardModel,
     EmbeddedRewardModel,
     EnsembleRewardModel,
     PreferenceRewardModel,
+    judge_from_settings,
     train,
 )
 
@@ -72,6 +86,19 @@ def accuracy(items: Sequence[McqItem], scores: Sequence[np.ndarray]) -> float:
     return float(
         np.mean([int(np.argmax(s)) == it.answer for it, s in zip(items, scores, strict=True)])
     )
+
+
+def tie_accuracy(items: Sequence[McqItem], scores: Sequence[np.ndarray]) -> float:
+    """MCQ accuracy when ties among the top-scored options are broken at random (a tie of k
+    options including the right one counts 1/k); NaN scores count as undecided."""
+    if not items:
+        return float("nan")
+    out = []
+    for it, raw in zip(items, scores, strict=True):
+        s = np.nan_to_num(np.asarray(raw, dtype=np.float64), nan=UNDECIDED_REWARD)
+        best = np.flatnonzero(s == s.max())
+        out.append(float(it.answer in best) / len(best))
+    return float(np.mean(out))
 
 
 def binary_accuracy(items: Sequence[McqItem], scores: Sequence[np.ndarray]) -> float:
@@ -109,6 +136,11 @@ def main() -> None:
     p.add_argument(
         "--no-probe", action="store_true", help="leave out the LM probe (no SmolLM2 load)"
     )
+    p.add_argument("--judge-model", help="also an LLM judge: openai:<name>, a model dir, smollm2")
+    p.add_argument("--judge-url", help="the judge's OpenAI-compatible base URL")
+    p.add_argument("--judge-prompt", type=Path, help="judge template file (default: ours)")
+    p.add_argument("--judge-per-topic", type=int, default=0, help="judge questions per topic")
+    p.add_argument("--judge-max-new-tokens", type=int, default=96)
     args = p.parse_args()
     start = time.perf_counter()
     settings = load_settings()
@@ -145,10 +177,51 @@ def main() -> None:
         figures["mcq_accuracy_probe"] = accuracy(items, probe)
         three = [_mean_log_odds(a, b, c) for a, b, c in zip(scores, old, probe, strict=True)]
         figures["mcq_accuracy_ensemble_probe"] = accuracy(items, three)
+    if args.judge_model:
+        figures.update(judge_figures(args, settings, items, both))
     if args.cross_validate:
         figures.update(cross_validate(args.data, names, items, embedder, lm, settings.cache_dir))
     figures["seconds"] = round(time.perf_counter() - start, 1)
     emit(figures, title="preference reward model (PrefEval MCQ)", as_json=args.json)
+
+
+def judge_figures(
+    args: argparse.Namespace,
+    settings: Settings,
+    items: Sequence[McqItem],
+    shipped: Sequence[np.ndarray],
+) -> dict[str, float | int | str]:
+    """The LLM judge's MCQ figures, beside the shipped ensemble's on the same questions."""
+    judge_cfg = {
+        "model": args.judge_model,
+        "base_url": args.judge_url,
+        "prompt": args.judge_prompt,
+        "max_new_tokens": args.judge_max_new_tokens,
+    }
+    judge = judge_from_settings(settings.model_copy(update={"judge": JudgeConfig(**judge_cfg)}))
+    assert judge is not None
+    per_topic: dict[str, int] = {}
+    picked = []
+    for i, it in enumerate(items):
+        per_topic[it.topic] = per_topic.get(it.topic, 0) + 1
+        if not args.judge_per_topic or per_topic[it.topic] <= args.judge_per_topic:
+            picked.append(i)
+    t = time.perf_counter()
+    scores = []
+    for n, i in enumerate(picked):
+        scores.append(judge.score([items[i].preference], items[i].question, items[i].options))
+        if n % 10 == 9:
+            log(f"judge: {n + 1}/{len(picked)} questions")
+    chosen = [items[i] for i in picked]
+    verdicts = np.concatenate(scores) if scores else np.zeros(0)
+    return {
+        "mcq_accuracy_judge": tie_accuracy(chosen, scores),
+        "mcq_accuracy_shipped_same_items": tie_accuracy(chosen, [shipped[i] for i in picked]),
+        "judge_unreadable_rate": float(np.isnan(verdicts).mean()) if len(verdicts) else 0.0,
+        "judge_questions": len(chosen),
+        "judge_model": args.judge_model,
+        "judge_seconds": round(time.perf_counter() - t, 1),
+    }
 
 
 def cross_validate(
