@@ -113,8 +113,13 @@ Answer in exactly this format:
 those of PrefEval's ``check_violation.txt``, which can be used instead)."""
 
 
+JUDGE_MAX_CHARS = 8000
+"""The judge reads the question and the reply up to this many characters each."""
+
+
 class JudgeRewardModel:
-    """An LLM judge with PrefEval's violation prompt (``check_violation.txt``).
+    """An LLM judge with a violation prompt (:data:`JUDGE_TEMPLATE`, or PrefEval's
+    ``check_violation.txt``).
 
     ``template`` has the fields ``{preference}``, ``{question}`` and ``{end_generation}``.
     Several preferences are joined with spaces into ``{preference}``.
@@ -156,8 +161,8 @@ class JudgeRewardModel:
 
         return (
             self.template.replace("{preference}", neutralize(" ".join(preferences)))
-            .replace("{question}", neutralize(question))
-            .replace("{end_generation}", neutralize(response))
+            .replace("{question}", neutralize(question, max_chars=JUDGE_MAX_CHARS))
+            .replace("{end_generation}", neutralize(response, max_chars=JUDGE_MAX_CHARS))
         )
 
     def score(
