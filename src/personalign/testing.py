@@ -88,6 +88,7 @@ class HashingEmbedder:
 
 import os  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from personalign.backends.models.base import (  # noqa: E402
@@ -388,6 +389,41 @@ class KeywordClassifier:
 # --------------------------------------------------------------------------------------------
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a server a test or benchmark starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve_app(app: Any, *, timeout_s: float = 20.0) -> Iterator[int]:
+    """Serve the ASGI ``app`` with uvicorn on 127.0.0.1 (a free port, no lifespan events) in a
+    daemon thread; yield the port once it accepts connections, and stop the server on exit."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the test server did not start on 127.0.0.1:{port}")
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 class ScriptedOpenAIServer:
     """An OpenAI-compatible chat-completions server over real HTTP on 127.0.0.1 whose answers
     come from a Python function instead of a model: for testing what talks to guard models,
@@ -412,8 +448,7 @@ class ScriptedOpenAIServer:
         self.api_key = api_key
         self.requests: list[tuple[str, list[dict[str, str]]]] = []
         self.port = 0
-        self._server: Any = None
-        self._thread: Any = None
+        self._serving: Any = None
 
     @property
     def base_url(self) -> str:
@@ -482,27 +517,11 @@ class ScriptedOpenAIServer:
         )
 
     def __enter__(self) -> ScriptedOpenAIServer:
-        import socket
-        import threading
-        import time
-
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        config = uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="error")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"ScriptedOpenAIServer did not start on port {self.port}")
-            time.sleep(0.02)
+        self._serving = serve_app(self._app())
+        self.port = self._serving.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
+    def __exit__(self, *exc: Any) -> None:
+        if self._serving is not None:
+            self._serving.__exit__(*exc)
+            self._serving = None
