@@ -35,6 +35,12 @@ VERSION_KEY = "personalign_export_version"
 INT8_SUFFIX = ":int8-per-channel"
 
 
+def export_stamp(quantize: bool) -> tuple[str, str]:
+    """The metadata (key, value) an export carries and a cached file must match: the export
+    version, with :data:`INT8_SUFFIX` for the int8-quantized one."""
+    return VERSION_KEY, EXPORT_VERSION + (INT8_SUFFIX if quantize else "")
+
+
 def _build_model(model_dir: Path) -> Any:
     """Return a torch module computing unit sentence embeddings from ``model_dir``."""
     import torch
@@ -130,8 +136,8 @@ def _build_model(model_dir: Path) -> Any:
 def export(out: Path, model_dir: Path, *, quantize: bool = False) -> None:
     """Export the model in ``model_dir`` to ``out`` (atomically), checking it with onnxruntime.
 
-    ``quantize``: then dynamic int8 quantization of the weights, per channel (stamped
-    ``EXPORT_VERSION + INT8_SUFFIX``)."""
+    ``quantize``: then dynamic int8 quantization of the weights, per channel (its stamp:
+    :func:`export_stamp`)."""
     import torch
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter
@@ -143,7 +149,7 @@ def export(out: Path, model_dir: Path, *, quantize: bool = False) -> None:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         inputs = {"input_ids": ids, "attention_mask": mask}
-        stamp = (VERSION_KEY, EXPORT_VERSION + (INT8_SUFFIX if quantize else ""))
+        stamp = export_stamp(quantize)
         torch_to_onnx(model, inputs, "sentence_embedding", tmp, stamp=stamp)
         check_ids, check_mask = padded_batch()
         check_export(tmp, model, {"input_ids": check_ids, "attention_mask": check_mask}, atol=1e-4)

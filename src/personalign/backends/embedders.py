@@ -196,13 +196,12 @@ class MiniLMEmbedder:
 
     def _make_session(self) -> Any:
         """Open an onnxruntime session on the cached model, exporting it first if needed."""
-        from personalign.backends._export_minilm import EXPORT_VERSION, INT8_SUFFIX, VERSION_KEY
+        from personalign.backends._export_minilm import export_stamp
 
-        version = EXPORT_VERSION + (INT8_SUFFIX if self.quantize else "")
         return cached_session(
             self.onnx_path,
             threads=self.num_threads,
-            stamp=(VERSION_KEY, version),
+            stamp=export_stamp(self.quantize),
             export=self._export,
         )
 
