@@ -336,9 +336,8 @@ def main() -> None:
         num_threads=args.threads,
         guard=guard,
     )
-    figures, held_pairs, by_cat = evaluate(
-        boundary, set(str(ft_meta.get("train_keys", "")).split()), sets, args.latency_samples
-    )
+    train_keys = set(str(ft_meta.get("train_keys", "")).split())
+    figures, held_pairs, by_cat = evaluate(boundary, train_keys, sets, args.latency_samples)
     figures["load_average_1min"] = round(os.getloadavg()[0], 2)
     # the lowest-latency variant: injection scored by the fine-tuned model alone
     fast = load_boundary(
@@ -348,8 +347,8 @@ def main() -> None:
         num_threads=args.threads,
         injection_embedding=False,
     )
-    train_keys = set(str(ft_meta.get("train_keys", "")).split())
-    fast_times = latency_ms(fast, latency_pool(sets, train_keys, args.latency_samples))
+    pool = latency_pool(sets, train_keys, args.latency_samples)
+    fast_times = latency_ms(fast, pool)
     figures["admission_p95_ms_finetuned_only"] = round(percentile(fast_times, 95), 3)
     inj_held = [s.text for s in sets.injections if D.text_key(s.core) not in train_keys]
     assert fast.injection is not None
@@ -359,7 +358,6 @@ def main() -> None:
     # the int8 injection embedding beside the classifier vs the float32 one (before), same run
     if boundary.injection is not None and boundary.injection.model is not None:
         f32 = float32_injection_variant(boundary, embedder, args.artifact)
-        pool = latency_pool(sets, train_keys, args.latency_samples)
         t_int8, t_f32 = latency_interleaved([boundary, f32], pool)
         assert f32.injection is not None
         figures["admission_p95_ms_float32_injection"] = round(percentile(t_f32, 95), 3)
