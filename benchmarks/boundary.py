@@ -54,6 +54,7 @@ from rich.table import Table
 from personalign.backends.embedders import Embedder, MiniLMEmbedder, load_embedder
 from personalign.backends.finetuned import read_artifact_meta
 from personalign.config import GuardConfig, load_settings
+from personalign.errors import ConfigError
 from personalign.eval.bench import emit, parser, percentile
 from personalign.safety import datasets as D
 from personalign.safety.checkers import (
@@ -145,7 +146,7 @@ def load_sets(data: Path) -> Sets:
         + D.as_preferences(xs_safe, D.EVAL_TEMPLATES)
         + D.as_is(edgy_test + edgy_train)
     )
-    return Sets(
+    sets = Sets(
         harmful,
         benign,
         D.load_injections(data),
@@ -153,6 +154,14 @@ def load_sets(data: Path) -> Sets:
         D.load_benign_content(data),
         D.load_conversation_turns(data, part="test"),
     )
+    empty = [name for name, items in vars(sets).items() if not items]
+    if empty:
+        # a missing or empty data file is an error, never a perfect (or zero) score
+        raise ConfigError(
+            f"no data for {', '.join(empty)} under {data.resolve()}: point --data at the "
+            "shared data folder (../shared/data) holding safety/ and prefeval/"
+        )
+    return sets
 
 
 def _group(e: D.Example) -> str:
@@ -280,7 +289,7 @@ def evaluate(
     email_res = detector.detect([e.text for e in email_held]) if email_held else []
     figures["injection_false_flag_rate_emails"] = rate([r.flagged for r in email_res])
     figures["injection_rendered_as_data_rate"] = rate(
-        [rendered_as_data(s.text) for s in sets.injections] or [True]
+        [rendered_as_data(s.text) for s in sets.injections]
     )
 
     # latency: one candidate per call ---------------------------------------------------
