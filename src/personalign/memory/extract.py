@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from personalign.backends.embedders import Embedder
+from personalign.constraints import answer_style, is_standing
 from personalign.errors import BackendError, ConfigError, ModelNotAvailableError
 from personalign.types import Message
 
@@ -235,6 +236,24 @@ def cue_features(sentences: Sequence[str]) -> np.ndarray:
             out[i, j] = 1.0 if pat.search(s) else 0.0
         out[i, -1] = min(len(s) / 200.0, 1.0)
     return out
+
+
+def answer_style_sentences(sentences: Sequence[str]) -> list[int]:
+    """Indices of the sentences that state how the user wants answers written (a standing
+    wish that compiles to answer-style constraints, :func:`personalign.constraints.
+    answer_style`). A sentence that compiles only with the one before ("Commas drive me
+    crazy. Please never use them.") brings that one along. Questions are not wishes."""
+    keep: list[int] = []
+    for i, s in enumerate(sentences):
+        if s.rstrip().endswith("?") and not re.match(r"(?i)(can|could|would|will) you", s):
+            continue
+        if not_about_user(s):
+            continue
+        if answer_style(s):
+            keep.append(i)
+        elif i > 0 and is_standing(s) and answer_style(f"{sentences[i - 1]} {s}"):
+            keep += [i - 1, i]
+    return sorted(set(keep))
 
 
 def signals_change(text: str) -> bool:
@@ -485,8 +504,27 @@ class EmbeddedExtractor:
             if choice is not None:
                 out.append(choice)
                 continue
+            style = answer_style_sentences([texts[j] for j in idx])
+            if style:
+                js = [idx[k] for k in style]
+                found = answer_style(" ".join(texts[j] for j in js))
+                out.append(
+                    Candidate(
+                        text=" ".join(normalize_statement(texts[j]) for j in js),
+                        kind="explicit",
+                        topic="communication",
+                        source_turn_ids=[tid],
+                        confidence=round(max(0.9, float(max(probs[j] for j in js))), 4),
+                        change=any(signals_change(texts[j]) for j in js),
+                        reason="answer-style rule: a standing wish about answers that compiles "
+                        "to " + ", ".join(c.kind for c in found),
+                    )
+                )
+                idx = [j for j in idx if j not in js]
             keep = [j for j in idx if self._keep(texts[j], float(probs[j]))]
             tentative = not keep
+            if style and tentative:
+                continue
             if tentative:
                 keep = [
                     j for j in idx if probs[j] >= self.change_threshold and signals_change(texts[j])

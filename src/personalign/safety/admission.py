@@ -4,7 +4,10 @@ Wraps any :class:`MemoryStore`. ``add_many`` and ``update`` check each new text 
 (the :class:`~personalign.safety.checkers.Boundary`): a refused text is not stored, the
 refusal and its reason go to the user's event log (action ``refuse``), and
 :class:`~personalign.errors.RefusedError` tells the caller (with the verdict). An admitted text
-flagged as injection-like is stored with the ``injection`` flag, so it is rendered neutralized.
+flagged as injection-like is stored with the ``injection`` flag, so it is rendered neutralized,
+unless it only asks for answer style (:func:`asks_only_answer_style`: "answer me in lowercase"
+is the user's wish, applied through compiled constraints, not an attack). Each admitted text's
+constraints are compiled into ``meta["constraints"]`` (:mod:`personalign.constraints`).
 Reads pass through unchanged. Wrapping the store (not the routes) means chat ingestion, the
 API, the CLI, feedback and imports all go through the same door.
 """
@@ -15,11 +18,28 @@ from collections.abc import Sequence
 
 from personalign.backends.stores.base import MemoryStore, Records
 from personalign.backends.stores.delegating import DelegatingStore
+from personalign.constraints import Constraint, compile_text, from_meta, to_meta
 from personalign.errors import RefusedError
 from personalign.safety.checkers import Checker
-from personalign.safety.injection import INJECTION_FLAG
+from personalign.safety.injection import INJECTION_FLAG, pattern_signals
 from personalign.safety.verdict import Verdict
 from personalign.types import Preference, PreferenceIn
+
+ANSWER_STYLE_CUES = frozenset({"addresses_output"})
+"""The weak injection cues a wish about the user's own answers shows by nature ("in your
+answers"); any other cue (a URL, "new instructions:", an encoded payload) keeps the flag."""
+
+
+def asks_only_answer_style(text: str, constraints: Sequence[Constraint]) -> bool:
+    """Whether ``text`` is a user's wish about how their answers are written (it compiles to
+    constraints, every one about answer style or words to avoid) and nothing aimed at the
+    system: no strong injection cue (rules, roles, secrets, prompts, exfiltration) and no weak
+    cue beyond addressing the answers. Such a text is applied as constraints, so it is not
+    flagged as injection; its text is still only ever quoted as data."""
+    if not constraints:
+        return False
+    strong, weak = pattern_signals(text)
+    return not strong and set(weak) <= ANSWER_STYLE_CUES
 
 
 def _pin(item: PreferenceIn | str) -> PreferenceIn:
@@ -58,7 +78,16 @@ class GuardedStore(DelegatingStore):
             raise RefusedError(msg, v)
         out = []
         for p, v in zip(pins, verdicts, strict=True):
-            if INJECTION_FLAG in v.flags and INJECTION_FLAG not in p.flags:
+            constraints = from_meta(p.meta, text=p.text)
+            if constraints is None:
+                constraints = compile_text(p.text)
+                meta = {**p.meta, "constraints": to_meta(constraints, text=p.text)}
+                p = p.model_copy(update={"meta": meta})
+            if (
+                INJECTION_FLAG in v.flags
+                and INJECTION_FLAG not in p.flags
+                and not asks_only_answer_style(p.text, constraints)
+            ):
                 p = p.model_copy(update={"flags": [*p.flags, INJECTION_FLAG]})
             out.append(p)
         return out
