@@ -466,3 +466,29 @@ def test_openai_logprobs(remote: Any, llama_server: str) -> None:
     assert [s.continuation for s in scores] == [" Paris is the capital.", " Berlin."]
     assert all(s.num_tokens >= 1 and s.sum_logprob <= 0 for s in scores)
     assert scores[0].num_tokens > scores[1].num_tokens
+
+
+def test_tiny_banned_characters_and_words_never_appear(tiny_lm: Any) -> None:
+    """A near-uniform random model writes commas and any word often; banned, it writes none,
+    in the batched loop and in the token-level decoding loop alike."""
+    from personalign.generation.decoding import decode, make_rule
+
+    def sample(seed: int, **ban: Any) -> str:
+        opts = GenerationOptions(max_new_tokens=60, temperature=1.0, seed=seed, **ban)
+        return str(tiny_lm.generate(USER, options=opts).text)
+
+    free = "".join(sample(s) for s in range(6))
+    assert "," in free  # the test can fail: commas do appear without the ban
+    banned = "".join(sample(s, banned_chars=",") for s in range(6))
+    assert "," not in banned and len(banned) > 100
+    opts = GenerationOptions(max_new_tokens=40, temperature=1.0, seed=3, banned_chars=",")
+    out = decode(tiny_lm, [USER], make_rule("prompt", strength=0.0), opts)
+    assert out.token_ids and "," not in out.text
+    word_ids = tiny_lm.encode(" the")
+    assert len(word_ids) == 1
+    greedy = GenerationOptions(max_new_tokens=30, banned_words=("the",))
+    scores = tiny_lm.constrain_logits(
+        greedy, [tiny_lm.encode_chat(USER)], tiny_lm.next_token_logits([USER])
+    )
+    assert scores[0, word_ids[0]] == -np.inf
+    assert word_ids[0] not in tiny_lm.encode(tiny_lm.generate(USER, options=greedy).text)

@@ -182,6 +182,20 @@ def _budget(lm: LanguageModel, prompts: Sequence[Sequence[int]], max_new: int) -
     return budget
 
 
+def ban(
+    lm: LanguageModel,
+    options: GenerationOptions,
+    histories: Sequence[Sequence[int]],
+    scores: np.ndarray,
+) -> np.ndarray:
+    """``scores`` (R, V) with the tokens ``options`` bans (characters, words) at -inf, by the
+    backend's ``constrain_logits`` (R histories: each row's prompt and reply so far)."""
+    constrain = getattr(lm, "constrain_logits", None)
+    if constrain is None or not (options.banned_chars or options.banned_words):
+        return scores
+    return np.asarray(constrain(options, histories, np.asarray(scores, dtype=np.float32)))
+
+
 def require_logits(lm: LanguageModel, method: str) -> None:
     """Raise :class:`BackendError` unless ``lm`` exposes next-token logits."""
     if not lm.supports_logits:
@@ -218,7 +232,7 @@ def decode(
     text, sent, reason = "", 0, "length"
     logits, state = lm.forward(prompts)  # (R, V)
     for _ in range(budget):
-        scores = rule(logits)  # (V,)
+        scores = ban(lm, options, [prompts[0] + ids], rule(logits)[None])[0]  # (V,)
         token = pick_token(scores, options, rng)
         if token in eos:
             reason = "stop"
@@ -263,10 +277,25 @@ def best_of_n(
     """
     if n < 1:
         raise ValidationError(f"best_of_n needs n >= 1, got {n}")
-    opts = replace(options, temperature=BEST_OF_N_TEMPERATURE) if options.greedy else options
-    candidates = lm.generate_batch([list(messages)] * n, options=opts)
+    candidates = sample_candidates(lm, messages, n=n, options=options)
     rewards = np.asarray(score([c.text for c in candidates]), dtype=np.float64)  # (n,)
     return candidates[int(np.argmax(rewards))], rewards
+
+
+def sample_candidates(
+    lm: LanguageModel,
+    messages: Sequence[Message],
+    *,
+    n: int,
+    options: GenerationOptions,
+    also: Sequence[Sequence[Message]] = (),
+) -> list[Generation]:
+    """``n`` sampled replies to ``messages`` and one reply to each of ``also`` (e.g. the
+    plain conversation, as a baseline), in one batch; the ``also`` replies come last."""
+    if n < 1:
+        raise ValidationError(f"best_of_n needs n >= 1, got {n}")
+    opts = replace(options, temperature=BEST_OF_N_TEMPERATURE) if options.greedy else options
+    return lm.generate_batch([list(messages)] * n + [list(m) for m in also], options=opts)
 
 
 def reward_guided(
@@ -294,7 +323,7 @@ def reward_guided(
     ids: list[int] = []
     reason = "length"
     logits, state = lm.forward([prompt])  # (1, V): distribution of the next token
-    next_lp = log_softmax(logits[0])  # (V,)
+    next_lp = log_softmax(ban(lm, options, [prompt], logits)[0])  # (V,)
     while len(ids) < budget and reason == "length":
         first = np.argsort(-next_lp)[:top_k]  # (k,) candidate next tokens
         chunks = [[int(t)] for t in first]
@@ -304,7 +333,7 @@ def reward_guided(
         state = lm.select_rows(state, [0] * len(chunks))  # fork the prefix's cache k ways
         logits, state = lm.forward(chunks, state)  # (k, V)
         for _ in range(steps - 1):
-            lp = log_softmax(logits)  # (k, V)
+            lp = log_softmax(ban(lm, options, [prompt + ids + c for c in chunks], logits))  # (k, V)
             picked = [pick_token(row, options, rng) for row in lp]
             for r, tok in enumerate(picked):
                 if not done[r]:
@@ -321,7 +350,7 @@ def reward_guided(
                 reason = "stop"
                 break
             ids.append(tok)
-        next_lp = log_softmax(logits[best])
+        next_lp = log_softmax(ban(lm, options, [prompt + ids], logits[best][None])[0])
         state = lm.select_rows(state, [best])  # the kept chunk's cache is the next prefix
         text = lm.decode(ids)
         cut = find_stop(text, options.stop)
@@ -378,6 +407,12 @@ class PersonalizedGeneration:
     rows: int
     reward: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    candidates: list[str] = field(default_factory=list)
+    """best-of-N: every candidate reply, in sampling order (their rewards in ``details``)."""
+    baseline: str | None = None
+    """The reply to the plain conversation decoded beside the candidates (``baseline=True``)."""
+    cut: list[bool] = field(default_factory=list)
+    """best-of-N: per candidate, whether ``max_new_tokens`` stopped it (finish reason length)."""
 
     @property
     def text(self) -> str:
@@ -401,6 +436,7 @@ def personalized_generate(
     weights: Mapping[str, float] | None = None,
     floors: Mapping[str, float] | None = None,
     on_delta: Callable[[str], None] | None = None,
+    baseline: bool = False,
 ) -> PersonalizedGeneration:
     """Generate the reply to ``personal`` (the prompt with the user's preferences) with
     ``config.method``; ``plain`` is the same conversation without them.
@@ -409,7 +445,9 @@ def personalized_generate(
     ``mod`` mixes ``objectives`` (name -> context; default ``{"personal": personal}``) by
     ``weights`` (default even) normalized with ``floors`` (objective -> minimum weight that
     the user's weights cannot lower). ``on_delta`` streams text for the loop methods (the
-    others deliver their text in one piece at the end).
+    others deliver their text in one piece at the end). ``baseline``: best-of-N also decodes
+    the plain conversation in its batch (``PersonalizedGeneration.baseline``), so a caller can
+    hold the chosen reply to the plain reply's relevance.
     """
     method, strength = config.method, config.strength
     prompt = _last_user(plain)
@@ -430,12 +468,27 @@ def personalized_generate(
         score = float(scorer([gen.text])[0]) if reward is not None else None
         return PersonalizedGeneration(gen, method, strength, 1, score)
     if method == "best_of_n":
-        gen, rewards = best_of_n(lm, personal, scorer, n=config.n, options=options)
+        gens = sample_candidates(
+            lm, personal, n=config.n, options=options, also=[plain] if baseline else []
+        )
+        sampled = gens[: config.n]
+        rewards = np.asarray(scorer([g.text for g in sampled]), dtype=np.float64)  # (n,)
+        gen = sampled[int(np.argmax(rewards))]
         if on_delta is not None and gen.text:
             on_delta(gen.text)
         best = float(rewards.max())
         cands = {"candidate_rewards": [round(float(r), 4) for r in rewards]}
-        return PersonalizedGeneration(gen, method, strength, config.n, best, cands)
+        return PersonalizedGeneration(
+            gen,
+            method,
+            strength,
+            len(gens),
+            best,
+            cands,
+            candidates=[g.text for g in sampled],
+            baseline=gens[-1].text if baseline else None,
+            cut=[g.finish_reason == "length" for g in sampled],
+        )
     require_logits(lm, method)
     details: dict[str, Any] = {}
     if method == "reward_guided":

@@ -55,10 +55,24 @@ class GenerationOptions:
     stop: Sequence[str] = ()
     """Stored as a tuple; a single string counts as one stop string."""
     adapter: str | None = None
+    banned_chars: str = ""
+    """No generated token may contain one of these characters (``","`` for "no commas")."""
+    banned_words: Sequence[str] = ()
+    """No generated token sequence may spell one of these words (as a whole word, lower,
+    capitalized or after a space). Enforced while decoding by backends with logits; the
+    others leave them to the caller's verification (see :mod:`personalign.constraints`)."""
 
     def __post_init__(self) -> None:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         object.__setattr__(self, "stop", stop)
+        words = (
+            (self.banned_words,) if isinstance(self.banned_words, str) else tuple(self.banned_words)
+        )
+        object.__setattr__(self, "banned_words", words)
+        if not isinstance(self.banned_chars, str):
+            raise ValidationError(f"banned_chars must be a string, got {self.banned_chars!r}")
+        if any(not isinstance(w, str) or not w.strip() for w in words):
+            raise ValidationError(f"banned words must be non-empty strings, got {words!r}")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
             raise ValidationError(f"max_new_tokens must be an int, got {self.max_new_tokens!r}")
         if self.max_new_tokens <= 0:

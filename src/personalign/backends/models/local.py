@@ -608,6 +608,58 @@ class TransformersLM(LanguageModel):
             picked = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
             return [int(t) for t in picked.tolist()]
 
+    def _ban_processor(self, options: GenerationOptions) -> Any:
+        """transformers' ``NoBadWordsLogitsProcessor`` for the options' banned characters
+        (every token whose text holds one) and words (their token spellings), cached per
+        pair; ``None`` when nothing is banned."""
+        if not options.banned_chars and not options.banned_words:
+            return None
+        key = (options.banned_chars, tuple(options.banned_words))
+        cache: dict[Any, Any] = self.__dict__.setdefault("_ban_cache", {})
+        if key not in cache:
+            from transformers import NoBadWordsLogitsProcessor
+
+            seqs: list[list[int]] = []
+            if options.banned_chars:
+                texts = self.__dict__.get("_token_texts")
+                if texts is None:
+                    texts = self._tok.batch_decode([[i] for i in range(len(self._tok))])
+                    self.__dict__["_token_texts"] = texts
+                seqs += [[i] for i, t in enumerate(texts) if any(c in t for c in key[0])]
+            for w in options.banned_words:
+                for form in {w.lower(), w.capitalize(), w.upper()}:
+                    for spelled in (form, " " + form):
+                        ids = self.encode(spelled)
+                        if ids and ids not in seqs:
+                            seqs.append(ids)
+            if len(cache) > 32:
+                cache.clear()
+            cache[key] = (
+                NoBadWordsLogitsProcessor(seqs, eos_token_id=sorted(self._eos)) if seqs else None,
+                max((len(x) for x in seqs), default=1),
+            )
+        return cache[key]
+
+    def constrain_logits(
+        self, options: GenerationOptions, histories: Sequence[Sequence[int]], logits: Any
+    ) -> Any:
+        """``logits`` (rows, vocab; torch or numpy) with the tokens the options ban set to
+        -inf for each row, given each row's token history (prompt and reply so far)."""
+        import torch
+
+        entry = self._ban_processor(options)
+        if entry is None or entry[0] is None:
+            return logits
+        proc, width = entry
+        tails = [list(h)[-width:] for h in histories]
+        width = min(len(t) for t in tails) or 1
+        ids = torch.tensor([t[-width:] if t else [self._pad_id] for t in tails], dtype=torch.long)
+        as_numpy = isinstance(logits, np.ndarray)
+        scores = torch.from_numpy(logits.copy()) if as_numpy else logits
+        with torch.inference_mode():
+            out = proc(ids.to(scores.device), scores)
+        return out.numpy() if as_numpy else out
+
     def _decode_loop(
         self, prompts: list[list[int]], options: GenerationOptions, track_text: bool
     ) -> Iterator[list[_Row]]:
@@ -630,6 +682,10 @@ class TransformersLM(LanguageModel):
         logits, state = self._prefill(prompts)
         active = list(range(len(rows)))  # the rows still decoding, in batch order
         for step in range(budget):
+            if options.banned_chars or options.banned_words:
+                logits = self.constrain_logits(
+                    options, [prompts[i] + rows[i].ids for i in active], logits
+                )
             picked = self._pick(logits, options, gen)
             for i, tok in zip(active, picked, strict=True):
                 row = rows[i]
