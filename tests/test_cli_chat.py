@@ -33,7 +33,12 @@ def test_ask_json_reports_preferences_method_model_latency(env):
     )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert out["answer"] == "echo: Suggest a vegetarian dinner without meat"
+    # "never eat meat" compiles to an avoid-words constraint: the reply is repaired to pass it
+    assert out["answer"] == "echo: Suggest a vegetarian dinner"
+    (avoid,) = out["constraints"]
+    assert avoid["kind"] == "avoid_words" and "meat" in avoid["value"]
+    assert avoid["passed"] and not avoid["passed_as_generated"] and out["repaired"]
+    assert avoid["source_ids"] == [pref["id"]]
     assert [(p["id"], p["text"]) for p in out["preferences"]] == [(pref["id"], pref["text"])]
     assert out["method"] == "best_of_n" and out["model"] == "fake-lm"  # the default
     assert out["latency_ms"] > 0 and out["exchange_id"]

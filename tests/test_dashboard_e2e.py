@@ -95,7 +95,8 @@ def test_user_manages_preferences_weights_and_chat(browser, tmp_path):
         page.fill("textarea[name=message]", "I eat fish now: suggest a pescatarian dinner")
         page.click("#chat button")
         answer = page.inner_text("#chat .exchange .answer")
-        assert answer.startswith("echo: I eat fish now")
+        assert "echo: I eat fish now" in answer
+        assert answer.startswith("Happy to help!")  # the warmth slider reaches the reply
         assert "pescatarian" in page.inner_text("#chat .used")
         page.screenshot(path=str(SHOTS / "dashboard.png"), full_page=True)
 
@@ -108,4 +109,45 @@ def test_user_manages_preferences_weights_and_chat(browser, tmp_path):
         assert "pescatarian" not in page.content()
         assert "bob's private preference" in page.inner_text("#preferences")
         page.screenshot(path=str(SHOTS / "dashboard_bob.png"), full_page=True)
+        page.close()
+
+
+def test_user_sees_and_drops_a_preferences_constraints(browser, tmp_path):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with live_server(tmp_path) as server:
+        _, token = server.keys.create(scope="user", app="web", user="cleo")
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(server.url + "/ui/login")
+        page.fill("#key", token)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/ui")
+
+        text = "From now on answer me in lowercase, under 50 words"
+        page.fill("#add-pref input[name=text]", text)
+        page.click("#add-pref button")
+        item = page.locator("#preferences li[data-id]", has_text=text)
+        shown = item.locator(".constraint .describe").all_inner_texts()
+        assert shown == [
+            "Write the whole answer in lowercase letters only.",
+            "Keep the answer under 50 words.",
+        ]
+        page.screenshot(path=str(SHOTS / "dashboard_constraints.png"), full_page=True)
+
+        # drop one: a new version with the same text, the other constraint kept
+        item.locator(".constraint[data-kind=lowercase] button", has_text="drop").click()
+        assert "dropped the lowercase constraint" in page.inner_text("[role=status]")
+        item = page.locator("#preferences li[data-id]", has_text=text)
+        assert item.locator(".constraint .describe").all_inner_texts() == [
+            "Keep the answer under 50 words."
+        ]
+        assert "constraints edited" in item.inner_text()
+        assert text in page.inner_text("#history") and "superseded" in page.inner_text("#history")
+        constraints, _, _ = server.personalizer.constraints_for("web:cleo")
+        assert [c.kind for c in constraints] == ["max_words"]
+
+        # drop the last one: the preference stays, as text only
+        item.locator(".constraint[data-kind=max_words] button", has_text="drop").click()
+        item = page.locator("#preferences li[data-id]", has_text=text)
+        assert item.locator(".constraint").count() == 0
+        assert "no constraint applied" in item.inner_text()
         page.close()

@@ -36,8 +36,8 @@ def test_openai_client_non_streaming_is_personalized(server):
     extra = resp.model_extra["personalization"]
     assert extra["method"] == "best_of_n"  # the pipeline default
     assert [p["text"] for p in extra["preferences"]] == ["I am vegetarian and love tofu"]
-    sent = server.personalizer.model.calls[-1]
-    assert "I am vegetarian and love tofu" in sent[0].content
+    systems = [c[0].content for c in server.personalizer.model.calls]
+    assert any("I am vegetarian and love tofu" in s for s in systems)
 
 
 def test_openai_client_streaming(server):
@@ -156,6 +156,7 @@ def test_openapi_schema(server):
         "/v1/users/{user}/search",
         "/v1/users/{user}/profile",
         "/v1/users/{user}",
+        "/v1/users/{user}/memories/{memory_id}/constraints",
     ):
         assert p in paths, p
     assert "/ui" not in paths
@@ -181,3 +182,115 @@ def test_boundary_refuses_harmful_preferences_and_requests(server):
     )
     assert "can't help" in resp.choices[0].message.content
     assert resp.model_extra["personalization"]["method"] == "refused"
+
+
+STYLE = "From now on answer me in lowercase, under 50 words"
+
+
+def test_memory_constraints_get_put_roundtrip(server):
+    with client(server) as c:
+        rec = c.post("/v1/users/cy/memories", json={"text": STYLE}).json()
+        base = f"/v1/users/cy/memories/{rec['id']}"
+        lowercase = {
+            "kind": "lowercase",
+            "value": None,
+            "phrase": "lowercase",
+            "describe": "Write the whole answer in lowercase letters only.",
+        }
+        limit = {
+            "kind": "max_words",
+            "value": 49,
+            "phrase": "under 50 words",
+            "describe": "Keep the answer under 50 words.",
+        }
+        # the memory objects carry their constraints (added beside the record's fields)
+        listed = c.get("/v1/users/cy/memories").json()
+        assert listed[0]["constraints"] == [lowercase, limit] and listed[0]["text"] == STYLE
+        assert c.get(base).json()["constraints"] == [lowercase, limit]
+        got = c.get(base + "/constraints").json()
+        assert got["constraints"] == [lowercase, limit]
+        assert got["edited"] is False and got["compiled"] is True and got["applied"] is True
+
+        # replace: drop lowercase, change the limit, add a language (by name)
+        r = c.put(
+            base + "/constraints",
+            json={
+                "constraints": [
+                    {"kind": "max_words", "value": 40},
+                    {"kind": "language", "value": "French"},
+                ],
+                "reason": "shorter, in french",
+            },
+        )
+        assert r.status_code == 200, r.text
+        new = r.json()
+        assert new["changed"] and new["previous_id"] == rec["id"] and new["edited"]
+        assert new["text"] == STYLE and new["memory_id"] != rec["id"]
+        assert [(x["kind"], x["value"], x["describe"]) for x in new["constraints"]] == [
+            ("max_words", 40, "Keep the answer under 41 words."),
+            ("language", "fr", "Answer in French only."),
+        ]
+        nbase = f"/v1/users/cy/memories/{new['memory_id']}"
+        hist = c.get(nbase + "/history").json()
+        assert [h["id"] for h in hist] == [rec["id"], new["memory_id"]]
+        assert hist[0]["constraints"] == [lowercase, limit]  # the old version keeps its own
+        events = c.get("/v1/users/cy/export").json()["events"]
+        assert events[-1]["reason"] == (
+            "constraints edited: dropped lowercase; set max_words=40 (was max 49 words); "
+            "set language=fr (shorter, in french)"
+        )
+        assert events[-1]["actor"] == "api"
+
+        # what a GET returns can be sent back as it is: unchanged, nothing is written
+        same = c.put(nbase + "/constraints", json={"constraints": new["constraints"]}).json()
+        assert same["changed"] is False and same["memory_id"] == new["memory_id"]
+
+        # clear: the preference stays as text; no constraint applies to replies
+        cleared = c.put(nbase + "/constraints", json={"constraints": []}).json()
+        assert cleared["constraints"] == [] and cleared["edited"] and cleared["changed"]
+        constraints, _, _ = server.personalizer.constraints_for("cy")
+        assert not constraints
+        assert [m["text"] for m in c.get("/v1/users/cy/memories").json()] == [STYLE]
+        assert len(c.get("/v1/users/cy/memories?history=true").json()) == 3
+
+        # an old version cannot be edited
+        r = c.put(base + "/constraints", json={"constraints": []})
+        assert r.status_code == 409, r.text
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([{"kind": "shouty"}], "Input should be 'lowercase', 'uppercase'"),
+        ([{"kind": "max_words", "value": "abc"}], "a whole number is needed"),
+        ([{"kind": "max_words", "value": 0}], "must be between 1 and 10000"),
+        ([{"kind": "max_words", "value": True}], "constraints.0.value"),
+        ([{"kind": "lowercase", "value": 3}], "it takes no value"),
+        ([{"kind": "language", "value": "klingon"}], "unknown language"),
+        ([{"kind": "avoid_words", "value": []}], "at least one word is needed"),
+        ([{"kind": "lowercase"}, {"kind": "uppercase"}], "lowercase and uppercase exclude"),
+        ([{"kind": "lowercase", "evil": 1}], "evil"),
+    ],
+)
+def test_bad_constraints_get_422_and_store_nothing(server, items, message):
+    with client(server) as c:
+        rec = c.post("/v1/users/dee/memories", json={"text": STYLE}).json()
+        r = c.put(f"/v1/users/dee/memories/{rec['id']}/constraints", json={"constraints": items})
+        assert r.status_code == 422, r.text
+        assert message in r.json()["error"]["message"]
+        assert len(c.get(f"/v1/users/dee/memories/{rec['id']}/history").json()) == 1
+        assert c.get(f"/v1/users/dee/memories/{rec['id']}").json()["constraints"][0]["kind"] == (
+            "lowercase"
+        )
+        c.delete(f"/v1/users/dee/memories/{rec['id']}")
+
+
+def test_constraints_of_another_apps_memory_are_out_of_reach(server):
+    _, acme = server.keys.create(scope="app", app="acme2")
+    _, globex = server.keys.create(scope="app", app="globex2")
+    with client(server, acme) as a, client(server, globex) as g:
+        rec = a.post("/v1/users/al/memories", json={"text": STYLE}).json()
+        path = f"/v1/users/al/memories/{rec['id']}/constraints"
+        assert g.get(path).status_code == 404
+        assert g.put(path, json={"constraints": []}).status_code == 404
+        assert len(a.get(path).json()["constraints"]) == 2

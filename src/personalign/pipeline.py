@@ -18,12 +18,22 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from personalign.backends.models.base import GenerationOptions, LanguageModel
 from personalign.config import Settings, load_settings
+from personalign.constraints import Constraint, ConstraintSet
 from personalign.errors import ValidationError
-from personalign.generation.prompt import build_messages
+from personalign.generation.enforce import (
+    Finished,
+    StylePlan,
+    constraint_report,
+    pick,
+    requirement_lines,
+    style_plan,
+)
+from personalign.generation.prompt import SYSTEM_PROMPT, build_messages
 from personalign.memory import Memory, open_memory
 from personalign.types import (
     Exchange,
     Message,
+    Preference,
     SearchHit,
     UsedPreference,
     check_text,
@@ -254,6 +264,16 @@ class Personalizer:
         self, history: Sequence[Message], *, user: str, options: PersonalizeOptions
     ) -> tuple[list[Message], list[SearchHit], float]:
         """Build the model's messages for ``history`` (ending with the user's turn)."""
+        plan = self.plan(history, user=user, options=options)
+        return plan.messages, plan.hits, plan.retrieval_ms
+
+    def plan(
+        self, history: Sequence[Message], *, user: str, options: PersonalizeOptions
+    ) -> RequestPlan:
+        """Everything a reply to ``history`` is shaped by: the retrieved memories, the user's
+        constraints (from every active preference that compiles to one) and style weights,
+        and the model's messages: the system's own requirement lines, then the quoted
+        memory block. ``plain`` uses none of them."""
         check_user(user)
         turns = list(history)
         if not turns or turns[-1].role != "user":
@@ -261,9 +281,70 @@ class Personalizer:
         check_text(turns[-1].content, what="message")
         t0 = time.perf_counter()
         hits = self.retrieve(turns[-1].content, user=user, options=options)
+        constraints = ConstraintSet()
+        sources: dict[str, list[str]] = {}
+        records: list[Preference] = []
+        style = StylePlan()
+        if options.method != "plain" and self.memory.has_user(user=user):
+            constraints, sources, records = self.constraints_for(user)
+            style = self.style_for(user)
+            constraints = ConstraintSet.from_lists([style.constraints, list(constraints)])
         block = _render([h.record for h in hits]) if hits else None
-        messages = build_messages(turns, block)
-        return messages, hits, (time.perf_counter() - t0) * 1000
+        lines = requirement_lines(constraints, style)
+        system = SYSTEM_PROMPT
+        if lines:
+            system += "\n\n" + REQUIREMENTS_HEADER + "\n" + "\n".join(f"- {x}" for x in lines)
+        messages = build_messages(turns, block, system_prompt=system)
+        shown = {h.record.id for h in hits}
+        extra = [r for r in records if r.id not in shown]
+        return RequestPlan(
+            messages,
+            hits,
+            (time.perf_counter() - t0) * 1000,
+            constraints,
+            style,
+            sources,
+            extra,
+        )
+
+    def constraints_for(
+        self, user: str
+    ) -> tuple[ConstraintSet, dict[str, list[str]], list[Preference]]:
+        """The user's constraints: compiled from every active preference (kept in its
+        ``meta["constraints"]`` when stored; compiled now otherwise), newest wins per slot.
+        Returns them, each source preference's turn ids, and the source preferences. A
+        preference flagged as injection gives none, nor does a phrase with an injection cue
+        or a link (a closing phrase is copied into replies verbatim)."""
+        from personalign.constraints import compile_text, from_meta
+        from personalign.safety.injection import INJECTION_FLAG, pattern_signals
+
+        records = [r for r in self.memory.list(user=user) if r.kind != "episode"]  # newest first
+        groups: list[list[Constraint]] = []
+        sources: dict[str, list[str]] = {}
+        used: list[Preference] = []
+        for rec in reversed(records):  # oldest first: newer ones win their slot
+            if INJECTION_FLAG in rec.flags:
+                continue
+            items = from_meta(rec.meta, text=rec.text)
+            if items is None:
+                items = compile_text(rec.text)
+            safe = []
+            for c in items:
+                if isinstance(c.value, str):
+                    strong, weak = pattern_signals(c.value)
+                    if strong or "url" in weak:
+                        continue
+                safe.append(c.model_copy(update={"source_id": rec.id}))
+            if safe:
+                groups.append(safe)
+                sources[rec.id] = list(rec.source_turn_ids)
+                used.append(rec)
+        return ConstraintSet.from_lists(groups), sources, used
+
+    def style_for(self, user: str) -> StylePlan:
+        """The user's style plan from their current weights (none set: no plan)."""
+        profile = self.memory.store.get_profile(user=user)
+        return style_plan(profile.weights if profile is not None else None)
 
     def respond(
         self,
@@ -276,16 +357,26 @@ class Personalizer:
         options = options or PersonalizeOptions()
         history = _as_history(message)
         t0 = time.perf_counter()
-        messages, hits, retrieval_ms = self.prepare(history, user=user, options=options)
+        plan = self.plan(history, user=user, options=options)
+        messages, hits, retrieval_ms = plan.messages, plan.hits, plan.retrieval_ms
         options = self.with_adapter(options, user=user)
         refusal = self.screen(history, user=user)
         if refusal is not None:
             return self._finish(
                 history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal
             )
-        text, how = self._generate(history, messages, hits, options)
+        text, how = self._generate(history, plan, options)
         return self._finish(
-            history, messages, hits, text, user, options, t0, retrieval_ms, decoding=how
+            history,
+            messages,
+            hits,
+            text,
+            user,
+            options,
+            t0,
+            retrieval_ms,
+            decoding=how,
+            plan=plan,
         )
 
     def stream(
@@ -300,7 +391,8 @@ class Personalizer:
         options = options or PersonalizeOptions()
         history = _as_history(message)
         t0 = time.perf_counter()
-        messages, hits, retrieval_ms = self.prepare(history, user=user, options=options)
+        plan = self.plan(history, user=user, options=options)
+        messages, hits, retrieval_ms = plan.messages, plan.hits, plan.retrieval_ms
         options = self.with_adapter(options, user=user)
         refusal = self.screen(history, user=user)
         if refusal is not None:
@@ -308,7 +400,9 @@ class Personalizer:
             reply = self._finish(
                 history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal
             )
-        elif options.method in ("plain", "prompt") or not hits:
+        elif options.method == "plain" or (
+            options.method == "prompt" and not plan.constraints and not plan.style.transforms
+        ):
             parts: list[str] = []
             for delta in self.model.stream(messages, options=options.generation):
                 parts.append(delta)
@@ -316,11 +410,20 @@ class Personalizer:
             reply = self._finish(
                 history, messages, hits, "".join(parts), user, options, t0, retrieval_ms
             )
-        else:  # decoding-time methods deliver the whole reply at the end
-            text, how = self._generate(history, messages, hits, options)
+        else:  # enforced and decoding-time methods deliver the whole reply at the end
+            text, how = self._generate(history, plan, options)
             yield text
             reply = self._finish(
-                history, messages, hits, text, user, options, t0, retrieval_ms, decoding=how
+                history,
+                messages,
+                hits,
+                text,
+                user,
+                options,
+                t0,
+                retrieval_ms,
+                decoding=how,
+                plan=plan,
             )
         if on_done is not None:
             on_done(reply)
@@ -337,6 +440,7 @@ class Personalizer:
         retrieval_ms: float,
         refusal: dict[str, object] | None = None,
         decoding: dict[str, Any] | None = None,
+        plan: RequestPlan | None = None,
     ) -> Reply:
         exchange = Exchange(
             id=new_id(),
@@ -351,7 +455,18 @@ class Personalizer:
                 "min_score": options.min_score,
                 **_gen_dict(options.generation),
             },
-            preferences=_used(hits),
+            preferences=_used(hits)
+            + [
+                UsedPreference(
+                    id=r.id,
+                    text=r.text,
+                    kind=r.kind,
+                    score=1.0,
+                    matched=["constraint"],
+                    source_turn_ids=r.source_turn_ids,
+                )
+                for r in (plan.constraint_records if plan is not None and not refusal else [])
+            ],
             latency_ms=(time.perf_counter() - t0) * 1000,
             retrieval_ms=retrieval_ms,
             meta={"refusal": refusal}
@@ -359,6 +474,7 @@ class Personalizer:
             else {
                 **self._adapter_meta(options, user),
                 **({"decoding": decoding} if decoding else {}),
+                **(decoding or {}).pop("_enforced", {}),
             },
         )
         self.memory.store.log_exchange(exchange, user=user)
@@ -400,39 +516,111 @@ class Personalizer:
         return {"adapter": info.label if info is not None and info.name == name else name}
 
     def _generate(
-        self,
-        history: list[Message],
-        messages: list[Message],
-        hits: list[SearchHit],
-        options: PersonalizeOptions,
+        self, history: list[Message], plan: RequestPlan, options: PersonalizeOptions
     ) -> tuple[str, dict[str, Any] | None]:
-        """The reply text, and for decoding-time methods how it was decoded (for /why)."""
-        if options.method in ("plain", "prompt") or not hits:
-            return self.model.generate(messages, options=options.generation).text, None
+        """The reply text, and how it was made (for /why): the method's candidates, then
+        :func:`~personalign.generation.enforce.pick` (quality floor, constraints, reward)
+        and the deterministic finish (style transforms, constraint repair)."""
+        from personalign.constraints import decoding_form
         from personalign.generation.decoding import DecodingConfig, personalized_generate
 
+        messages, hits = plan.messages, plan.hits
+        gen_opts = options.generation
+        form = decoding_form(plan.constraints)
+        if options.method != "plain" and form:
+            budget = form.max_new_tokens or gen_opts.max_new_tokens
+            gen_opts = replace(
+                gen_opts,
+                banned_chars=gen_opts.banned_chars + form.banned_chars,
+                banned_words=(*gen_opts.banned_words, *form.banned_words),
+                max_new_tokens=min(gen_opts.max_new_tokens, budget),
+            )
+        question = history[-1].content
+        personalize = bool(hits or plan.constraints or plan.style.weights)
+        if options.method == "plain" or not personalize:
+            return self.model.generate(messages, options=gen_opts).text, None
+        if options.method == "prompt":
+            gen = self.model.generate(messages, options=gen_opts)
+            cut = [gen.finish_reason == "length"]
+            done = pick([gen.text], plan.constraints, plan.style, question=question, cut=cut)
+            return done.text, self._how(plan, done, {"method": options.method})
         plain = build_messages(history, None)
         safety = build_messages(history, None, system_prompt=SAFETY_PROMPT)
         prefs = [h.record.text for h in hits if h.record.kind != "episode"]
+        prefs += [r.text for r in plan.constraint_records if r.text not in prefs]
         reward = self._reward() if options.method in ("best_of_n", "reward_guided") else None
+        objectives: dict[str, Sequence[Message]] = {"personal": messages, "safety": safety}
+        weights: dict[str, float] = {"personal": 1.0}
+        for dim, line in _dimension_lines(plan.style).items():
+            objectives[dim] = build_messages(history, None, system_prompt=f"{SYSTEM_PROMPT} {line}")
+            weights[dim] = plan.style.weights[dim]
         out = personalized_generate(
             self.model,
             plain,
             messages,
-            config=DecodingConfig(method=options.method, strength=options.strength),  # type: ignore[arg-type]
-            options=options.generation,
+            config=DecodingConfig(method=options.method, strength=options.strength),
+            options=gen_opts,
             preferences=prefs,
             reward=reward,
-            objectives={"personal": messages, "safety": safety},
-            weights={"personal": 1.0},
+            objectives=objectives,
+            weights=weights,
             floors={"safety": SAFETY_FLOOR},
+            baseline=options.method == "best_of_n",
         )
-        how = {"method": out.method, "strength": out.strength, "rows": out.rows, **out.details}
+        how: dict[str, Any] = {
+            "method": out.method,
+            "strength": out.strength,
+            "rows": out.rows,
+            **out.details,
+        }
         if out.reward is not None:
             how["reward"] = round(out.reward, 4)
         if reward is not None:
             how["reward_model"] = _reward_model_name(reward)
-        return out.text, how
+        candidates = out.candidates or [out.text]
+        cut = out.cut or [out.generation.finish_reason == "length"]
+        rewards = list(out.details.get("candidate_rewards", [])) or None
+        if rewards is not None and plan.style.weights:
+            rewards = [
+                r + _style_reward(c, plan.style.weights)
+                for r, c in zip(rewards, candidates, strict=True)
+            ]
+        done = pick(
+            candidates,
+            plan.constraints,
+            plan.style,
+            question=question,
+            rewards=rewards,
+            quality=self._quality(),
+            baseline=out.baseline,
+            cut=cut,
+        )
+        return done.text, self._how(plan, done, how)
+
+    def _how(self, plan: RequestPlan, done: Finished, how: dict[str, Any]) -> dict[str, Any]:
+        """/why's decoding entry plus (under ``_enforced``, lifted into the exchange's meta)
+        the constraints with their verdicts and the style weights used."""
+        how = {**how, **({"picked": done.index} if done.notes.get("candidates", 1) > 1 else {})}
+        how.update({k: v for k, v in done.notes.items() if k != "candidates"})
+        enforced: dict[str, Any] = {}
+        if done.checks:
+            enforced["constraints"] = constraint_report(done, plan.sources)
+            enforced["repaired"] = done.repaired
+        if plan.style.weights:
+            enforced["style"] = plan.style.to_dict()
+        how["_enforced"] = enforced
+        return how
+
+    def _quality(self) -> Any:
+        """The quality floor over the memory's embedder (None without one)."""
+        if getattr(self, "_quality_floor", None) is None:
+            embedder = getattr(self.memory.store, "embedder", None)
+            if embedder is None:
+                return None
+            from personalign.rewards.quality import QualityFloor
+
+            self._quality_floor = QualityFloor(embedder)
+        return self._quality_floor
 
     def _reward(self) -> Any:
         """The LLM judge of the settings (``judge``) when one is set, else the shipped
@@ -527,3 +715,51 @@ def _render(records: Sequence[object]) -> str:
     from personalign.safety.injection import render_memories_block
 
     return render_memories_block(records)
+
+
+REQUIREMENTS_HEADER = (
+    "Requirements for this answer (set by the system from the user's settings; follow them):"
+)
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """What shapes one reply (see :meth:`Personalizer.plan`). ``constraint_records``: the
+    preferences that gave constraints and were not among the retrieved ``hits``."""
+
+    messages: list[Message]
+    hits: list[SearchHit]
+    retrieval_ms: float
+    constraints: ConstraintSet
+    style: StylePlan
+    sources: dict[str, list[str]]
+    constraint_records: list[Preference]
+
+
+_DIMENSION_PROMPTS = {
+    "conciseness": ("Answer briefly.", "Answer in detail."),
+    "structure": ("Organize the answer as a list.", "Answer in plain paragraphs."),
+    "formality": ("Use a formal tone.", "Use a casual tone."),
+    "warmth": ("Be warm and friendly.", "Be matter-of-fact."),
+    "readability": ("Use short, simple sentences.", "Use precise, technical language."),
+}
+
+
+def _dimension_lines(plan: StylePlan) -> dict[str, str]:
+    """MOD's per-dimension objectives: one instruction for each dimension the user leans on
+    (weight >= HIGH: more of it; <= LOW: less)."""
+    from personalign.generation.enforce import HIGH, LOW
+
+    out = {}
+    for dim, w in plan.weights.items():
+        if dim in _DIMENSION_PROMPTS and (w >= HIGH or w <= LOW):
+            out[dim] = _DIMENSION_PROMPTS[dim][0 if w >= HIGH else 1]
+    return out
+
+
+def _style_reward(text: str, weights: dict[str, float]) -> float:
+    """The user's weighted dimension reward of ``text`` (0 when no weight is set)."""
+    from personalign.rewards.dimensions import DIMENSION_NAMES, weighted_reward
+
+    w: dict[str, float] = {k: v for k, v in weights.items() if k in DIMENSION_NAMES and v > 0}
+    return weighted_reward(text, w) if w else 0.0

@@ -85,6 +85,15 @@ def why_table(reply: Reply) -> Table:
         table.caption = (table.caption or "") + (
             f"decoded with {decoding['method']} ({facts}): the preferences steered each token"
         )
+    lines = []
+    for c in x.meta.get("constraints", []):
+        verdict = "kept" if c["passed_as_generated"] else "repaired" if c["passed"] else "MISSED"
+        lines.append(f'\n{verdict}: {c["asks"]} (from "{c["from"]}")')
+    style = x.meta.get("style")
+    if style:
+        used = ", ".join(f"{k}={v}" for k, v in style["weights"].items())
+        lines.append(f"\nstyle weights used: {used}")
+    table.caption = (table.caption or "") + "".join(lines)
     if adapter:
         table.caption = (table.caption or "") + (
             f"\nanswered with your own adapter {x.meta['adapter']}, trained on your feedback"
@@ -113,6 +122,9 @@ def ask(
                 "latency_ms": x.latency_ms,
                 "retrieval_ms": x.retrieval_ms,
                 "exchange_id": x.id,
+                "constraints": x.meta.get("constraints", []),
+                "repaired": x.meta.get("repaired", False),
+                "style": x.meta.get("style"),
             }
         )
     else:
