@@ -37,16 +37,41 @@ def _memory(user: str | None = None, *, must_exist: bool = True) -> Iterator[Mem
 
 
 def _table(records: list[Preference], *, title: str) -> Table:
+    from personalign.memory.constraint_edits import summary
+
     table = Table(title=title, title_justify="left")
     table.add_column("id", style="dim", no_wrap=True)
     table.add_column("kind")
     table.add_column("text", overflow="fold", min_width=24, ratio=1)
+    table.add_column("constraints", overflow="fold", min_width=12)
     table.add_column("recorded", overflow="fold")
     table.add_column("status", overflow="fold")
     for r in records:
         status = "active" if r.active else ("superseded" if r.superseded_at else "forgotten")
-        cells = [r.id, r.kind, r.text, r.recorded_at.strftime("%Y-%m-%d %H:%M"), status]
-        table.add_row(*cells)
+        cells = [r.id, r.kind, r.text, summary(r), r.recorded_at.strftime("%Y-%m-%d %H:%M")]
+        table.add_row(*cells, status)
+    return table
+
+
+def _constraints_table(rec: Preference) -> Table:
+    from personalign.constraints import describe
+    from personalign.memory.constraint_edits import current
+
+    items, state = current(rec)
+    where = {
+        "compiled": "compiled from the text",
+        "edited": "as edited by the user",
+        "not_compiled": "not compiled yet: compiled now from the text",
+    }[state]
+    table = Table(title=f"constraints of {rec.id} ({where})", title_justify="left")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_column("what it asks", overflow="fold", ratio=1)
+    table.add_column("from", overflow="fold", style="dim")
+    for c in items:
+        value = ", ".join(c.value) if isinstance(c.value, list) else c.value
+        phrase = f"“{c.phrase}”" if c.phrase else "(set by the user)"
+        table.add_row(c.kind, "" if value is None else str(value), describe(c), phrase)
     return table
 
 
@@ -143,6 +168,77 @@ def forget(
         print_json(rec.model_dump(mode="json"))
     else:
         out.print(f"forgot {rec.id}: {rec.text}", highlight=False)
+
+
+@app.command()
+def constraints(
+    record_id: Annotated[str, typer.Argument(metavar="ID")],
+    user: User,
+    drop: Annotated[
+        list[str] | None,
+        typer.Option("--drop", metavar="KIND", help="Remove the constraint of this kind."),
+    ] = None,
+    clear: Annotated[
+        bool,
+        typer.Option(
+            "--clear", help="Remove every constraint (the preference stays, as text only)."
+        ),
+    ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KIND[=VALUE]",
+            help="Add one, or replace the one of its slot: --set max_words=40, --set lowercase, "
+            "--set language=french, --set avoid_words=meat,fish (repeatable).",
+        ),
+    ] = None,
+    json_out: Json = False,
+) -> None:
+    """Show the checkable constraints compiled from a preference, or edit them.
+
+    An edit (--drop, --clear, --set) writes a new version of the preference with the same
+    text (the old one stays in history); its constraints are kept as edited, even when the
+    text changes later. Kinds: lowercase, uppercase, no_commas, max_words, max_sentences,
+    bullets, numbered, title, start_phrase, end_phrase, postscript, json, quotation, language,
+    avoid_words.
+    """
+    from personalign.errors import ValidationError
+    from personalign.memory import constraint_edits as ce
+
+    with _memory(user) as mem, errors():
+        rec = mem.get(record_id, user=user)
+        if not (drop or clear or set_):
+            if json_out:
+                print_json(ce.view(rec))
+            else:
+                out.print(f"[bold]{rec.id}[/]: {rec.text}", highlight=False)
+                out.print(_constraints_table(rec))
+            return
+        if clear and drop:
+            raise ValidationError("--clear removes every constraint: do not combine it with --drop")
+        if rec.kind == "episode":
+            raise ValidationError(
+                f"{rec.id} is a raw turn, not a preference: it has no constraints"
+            )
+        sets = [ce.parse_spec(spec) for spec in set_ or []]
+        items, _ = ce.current(rec)
+        new_items, changes = ce.apply(items, clear=clear, drop=drop or [], set_=sets)
+        if not changes:
+            if json_out:
+                print_json({**ce.view(rec), "changed": False})
+            else:
+                out.print(f"nothing to change: {rec.id} is as asked", highlight=False)
+            return
+        new = ce.save(mem, rec, new_items, user=user, actor="user", change="; ".join(changes))
+    if json_out:
+        print_json({**ce.view(new), "changed": True, "previous_id": rec.id, "changes": changes})
+    else:
+        out.print(
+            f"{rec.id} superseded by [bold]{new.id}[/]: constraints edited: {'; '.join(changes)}",
+            highlight=False,
+        )
+        out.print(_constraints_table(new))
 
 
 @app.command()

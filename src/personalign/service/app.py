@@ -32,16 +32,18 @@ from personalign.errors import (
     RefusedError,
     ValidationError,
 )
+from personalign.memory import constraint_edits
 from personalign.pipeline import PersonalizeOptions, Personalizer, Reply
 from personalign.service.keys import KeyStore
 from personalign.service.schemas import (
     ChatCompletionRequest,
+    ConstraintsPut,
     MemoryIn,
     MemoryUpdate,
     ProfileIn,
     SearchIn,
 )
-from personalign.types import FeedbackIn, PreferenceIn
+from personalign.types import FeedbackIn, Preference, PreferenceIn
 from personalign.types import Message as ChatMessage
 
 MAX_BODY_BYTES = 1_000_000
@@ -228,7 +230,7 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
         """Active preferences (all versions with ``history``; raw turns with ``episodes``)."""
         kinds = None if episodes else ["explicit", "implicit"]
         recs = svc.store(p).list(user=user, include_history=history, kinds=kinds, limit=limit)  # type: ignore[arg-type]
-        return [r.model_dump(mode="json") for r in recs]
+        return [_memory_out(r) for r in recs]
 
     @app.post("/v1/users/{user}/memories", tags=["memories"], status_code=201)
     def add_memory(user: str, body: MemoryIn, p: Auth) -> dict[str, Any]:
@@ -239,7 +241,7 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
 
     @app.get("/v1/users/{user}/memories/{memory_id}", tags=["memories"])
     def get_memory(user: str, memory_id: str, p: Auth) -> dict[str, Any]:
-        return svc.store(p).get(memory_id, user=user).model_dump(mode="json")
+        return _memory_out(svc.store(p).get(memory_id, user=user))
 
     @app.put("/v1/users/{user}/memories/{memory_id}", tags=["memories"])
     def update_memory(user: str, memory_id: str, body: MemoryUpdate, p: Auth) -> dict[str, Any]:
@@ -257,7 +259,32 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
 
     @app.get("/v1/users/{user}/memories/{memory_id}/history", tags=["memories"])
     def memory_history(user: str, memory_id: str, p: Auth) -> list[dict[str, Any]]:
-        return [r.model_dump(mode="json") for r in svc.store(p).history(memory_id, user=user)]
+        return [_memory_out(r) for r in svc.store(p).history(memory_id, user=user)]
+
+    @app.get("/v1/users/{user}/memories/{memory_id}/constraints", tags=["memories"])
+    def get_constraints(user: str, memory_id: str, p: Auth) -> dict[str, Any]:
+        """The checkable constraints compiled from a preference (each with what it asks, in
+        one line), ``edited`` when the user changed them, ``compiled`` false when none were
+        stored for this text (then they are compiled now, as the pipeline does)."""
+        return constraint_edits.view(svc.store(p).get(memory_id, user=user))
+
+    @app.put("/v1/users/{user}/memories/{memory_id}/constraints", tags=["memories"])
+    def set_constraints(user: str, memory_id: str, body: ConstraintsPut, p: Auth) -> dict[str, Any]:
+        """Replace a preference's constraints (``[]``: none applies, the text stays). Writes
+        a new version with the same text (the old one stays in history) whose constraints are
+        kept as edited; nothing is written when they are unchanged (``changed`` false)."""
+        store = svc.store(p)
+        rec = store.get(memory_id, user=user)
+        if rec.kind == "episode":
+            raise ValidationError(f"{rec.id} is a raw turn, not a preference: no constraints")
+        return constraint_edits.replace(
+            store,
+            rec,
+            [c.to_constraint() for c in body.constraints],
+            user=user,
+            actor="api",
+            reason=body.reason,
+        )
 
     @app.post("/v1/users/{user}/search", tags=["memories"])
     def search(user: str, body: SearchIn, p: Auth) -> list[dict[str, Any]]:
@@ -347,6 +374,13 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
         return response
 
     return app
+
+
+def _memory_out(rec: Preference) -> dict[str, Any]:
+    """A memory on the wire: the record, and ``constraints`` (what applies for it, each with
+    ``describe``)."""
+    items, _ = constraint_edits.current(rec)
+    return {**rec.model_dump(mode="json"), "constraints": constraint_edits.as_dicts(items)}
 
 
 def _completion(reply: Reply, model: str, created: int) -> dict[str, Any]:

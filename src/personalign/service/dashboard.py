@@ -1,8 +1,9 @@
 """The user dashboard: server-rendered pages (Jinja2, plain forms, no JavaScript build).
 
 A user signs in with their user token (kept in an HttpOnly cookie); every form carries a CSRF
-token derived from that key. Pages: active preferences and their history (edit, forget),
-dimension weights (sliders), chat with "which preferences shaped this answer".
+token derived from that key. Pages: active preferences and their history (edit, forget; the
+constraints compiled from each, each with a drop button), dimension weights (sliders), chat
+with "which preferences shaped this answer".
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from personalign.errors import AuthError, PermissionDeniedError, PersonalignError
+from personalign.memory import constraint_edits
 
 if TYPE_CHECKING:
     from personalign.backends.stores.scoped import Principal
@@ -70,6 +72,10 @@ def mount_dashboard(app: FastAPI, svc: Service) -> None:
         profile = store.get_profile(user=user) if known else None
         weights = {d: (profile.weights.get(d, 0.5) if profile else 0.5) for d in dimensions()}
         exchanges = list(reversed(store.exchanges(user=user, limit=5))) if known else []
+        constraints = {}
+        for r in active:
+            items, state = constraint_edits.current(r)
+            constraints[r.id] = {"items": constraint_edits.as_dicts(items), "state": state}
         return TEMPLATES.TemplateResponse(
             request,
             "dashboard.html",
@@ -79,6 +85,7 @@ def mount_dashboard(app: FastAPI, svc: Service) -> None:
                 "history": history,
                 "weights": weights,
                 "exchanges": exchanges,
+                "constraints": constraints,
                 "csrf": _csrf(key),
                 "notice": notice,
             },
@@ -162,6 +169,28 @@ def mount_dashboard(app: FastAPI, svc: Service) -> None:
                 memory_id, user=u, actor="dashboard", reason="deleted in the dashboard"
             ),
             "forgotten (kept in history)",
+        )
+
+    @app.post("/ui/memories/{memory_id}/constraints/drop", include_in_schema=False)
+    def drop_constraint(
+        request: Request,
+        memory_id: str,
+        csrf: Annotated[str, Form()],
+        kind: Annotated[str, Form()],
+    ) -> Response:
+        def drop(store: Any, user: str) -> None:
+            rec = store.get(memory_id, user=user)
+            items, _ = constraint_edits.current(rec)
+            kept, _ = constraint_edits.apply(items, drop=[kind])
+            constraint_edits.replace(
+                store, rec, kept, user=user, actor="dashboard", reason="in the dashboard"
+            )
+
+        return act(
+            request,
+            csrf,
+            drop,
+            f"dropped the {kind} constraint (the old version is in history)",
         )
 
     @app.post("/ui/profile", include_in_schema=False)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
+from personalign.constraints import KINDS, Constraint
+from personalign.constraints import Kind as ConstraintKind
 from personalign.types import MAX_TEXT_CHARS, Kind
 
 
@@ -61,6 +63,49 @@ class MemoryUpdate(BaseModel):
 
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     reason: str | None = Field(default=None, max_length=500)
+
+
+class ConstraintIn(BaseModel):
+    """One constraint of a preference, as a user sets it. ``value`` depends on ``kind``: none
+    for lowercase, uppercase, no_commas, title, json, quotation; a whole number for max_words,
+    max_sentences (the most allowed), bullets, numbered (the count); a phrase for start_phrase,
+    end_phrase, postscript (the marker, default "P.S."); a language name or ISO 639-1 code for
+    language; a list of words (or a comma-separated string) for avoid_words. ``describe`` is
+    ignored: it is accepted so that the items of a GET can be sent back as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: ConstraintKind
+    value: StrictInt | str | list[str] | None = None
+    phrase: str = Field(default="", max_length=200)
+    describe: str | None = Field(default=None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _check_value(self) -> ConstraintIn:
+        from personalign.memory.constraint_edits import normalize
+
+        self.value = normalize(self.kind, self.value).value
+        return self
+
+    def to_constraint(self) -> Constraint:
+        return Constraint(kind=self.kind, value=self.value, phrase=self.phrase)
+
+
+class ConstraintsPut(BaseModel):
+    """A preference's constraints, all of them (``[]``: none is applied; the preference stays
+    as text). At most one per slot (lowercase and uppercase exclude each other)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    constraints: list[ConstraintIn] = Field(max_length=len(KINDS))
+    reason: str | None = Field(default=None, max_length=500)
+
+    @model_validator(mode="after")
+    def _one_per_slot(self) -> ConstraintsPut:
+        from personalign.memory.constraint_edits import check_items
+
+        check_items([c.to_constraint() for c in self.constraints])
+        return self
 
 
 class SearchIn(BaseModel):
