@@ -10,18 +10,22 @@ One run, four parts (subsets by default on a small CPU; the sizes are flags):
 2. ``compliance_<method>``: PrefEval generation: the plain answer and each method's answer to
    the question after the memory step, judged compliant when the reward model scores it
    >= 0.5. The judge for a topic is trained on the other topics under ``--data`` only (4 folds
-   by topic); so are the reward models the methods use (they share the judge's fold, so
-   best-of-N and reward-guided optimize the judge: read their compliance as an upper bound).
+   by topic). Only methods that do not select or steer by a reward model are judged here
+   (plain, prompt, contrastive, MOD): best-of-N would be judged by the very model that
+   picked its reply, so its compliance is measured by ``benchmarks/verifiable_preferences.py``
+   with independent rule-based verifiers instead.
    ``--reward`` picks the kind (default the shipped one: the cross-encoder + feature-model
    ensemble; ``--probe`` adds the opt-in LM probe over this model's hidden states); the
    retrieved preferences (not the raw turns) are what the methods' reward models condition
    on, as in the pipeline.
-   ``compliance_personalized`` is the default method's. 10 sampled pairs are printed.
+   10 sampled pairs (plain vs prompt) are printed.
 3. ``user_reward_<method>``: simulated users (PersonalLLM protocol): random Dirichlet weights
    over the style dimensions, prompts from MT-Bench-101 first turns and PrefEval questions;
    the user-weighted dimension reward of each method's answer. ``prompt`` puts the user's
    style instructions in the system prompt; ``mod`` mixes one context per dimension by the
-   user's weights; ``best_of_n`` reranks by the user's weighted reward.
+   user's weights. (Best-of-N reranked by the same weighted reward would be judged by its own
+   selector, so it is not reported; ``tests/test_constraints.py`` and
+   ``benchmarks/verifiable_preferences.py`` measure how weights move replies.)
 4. ``cost_ratio_<method>``: seconds per generated token relative to plain decoding
    (``lm.generate`` on the same personal prompt), measured interleaved in this run.
 
@@ -181,14 +185,11 @@ def compliance(
                 "question": it.question,
                 "plain": plain,
                 "plain_score": round(float(score["plain"]), 3),
-                "personalized": answers.get(DEFAULT_METHOD, ""),
-                "personalized_score": round(float(score.get(DEFAULT_METHOD, np.nan)), 3),
+                "personalized": answers.get("prompt", ""),
+                "personalized_score": round(float(score.get("prompt", np.nan)), 3),
             }
         )
-    figures = {f"compliance_{k}": float(np.mean(v)) for k, v in judged.items()}
-    if f"compliance_{DEFAULT_METHOD}" in figures:
-        figures["compliance_personalized"] = figures[f"compliance_{DEFAULT_METHOD}"]
-    return figures, pairs
+    return {f"compliance_{k}": float(np.mean(v)) for k, v in judged.items()}, pairs
 
 
 # -- 3. simulated users ------------------------------------------------------------------------
@@ -224,7 +225,6 @@ def simulated_users(
             "mod": decode(
                 lm, per_dim, make_rule("mod", strength=0.0, weights=list(w.values())), options
             ).text,
-            "best_of_n": best_of_n(lm, styled, score, n=4, options=options)[0].text,
         }
         for name, text in texts.items():
             rewards.setdefault(name, []).append(float(score([text])[0]))
@@ -377,7 +377,7 @@ def main() -> None:
                 gen_items,
                 memory,
                 rms,
-                methods=["prompt", "contrastive", "mod", "best_of_n"],
+                methods=["prompt", "contrastive", "mod"],
                 options=options,
                 strength=args.strength,
             )
@@ -414,7 +414,7 @@ def main() -> None:
         for i, pair in enumerate(sample, 1):
             print(f"--- pair {i}: {pair['preference']}\nQ: {pair['question']}")
             print(f"[plain, judge {pair['plain_score']}] {pair['plain']!r}")
-            print(f"[personalized, judge {pair['personalized_score']}] {pair['personalized']!r}")
+            print(f"[prompt, judge {pair['personalized_score']}] {pair['personalized']!r}")
     emit(figures, title="decoding-time personalization", as_json=args.json)
 
 
