@@ -1,7 +1,9 @@
 """The main job (``make demo``): one scripted user, several sessions, a changed preference,
 and questions where the preferences matter. For each question it prints the plain and the
-personalized answer side by side with the preferences used, then the memory as the user sees
-it. Runs offline on embedded defaults (SmolLM2-135M-Instruct, all-MiniLM-L6-v2, SQLite).
+personalized answer side by side, with the verdict of each constraint's verifier on both
+(the constraints compiled from what the user said: a length limit, bullet points, a closing
+phrase, foods to avoid) and the preferences used, then the memory as the user sees it. Runs
+offline on embedded defaults (SmolLM2-135M-Instruct, all-MiniLM-L6-v2, SQLite).
 
     python -m personalign.demo [--home DIR] [--max-tokens N]
 """
@@ -17,6 +19,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from personalign.constraints import Constraint, describe, from_meta, verify
 from personalign.types import Message
 
 USER = "sam"
@@ -31,13 +34,14 @@ SESSIONS: list[list[str]] = [
     ],
     [
         "Write a haiku about autumn leaves.",
-        "I prefer short answers, please keep replies brief and to the point.",
+        "I prefer short answers: please keep your replies under 60 words.",
         "What is the difference between TCP and UDP?",
         "Summarize the plot of Hamlet in two sentences.",
     ],
     [
         "What causes the seasons on Earth?",
         "I love hiking in the mountains, I'd rather be outdoors than in a museum.",
+        'From now on, please always end your answers with "Happy trails!"',
         "How many bones are in the human body?",
         "Give me a synonym for 'happy'.",
     ],
@@ -46,6 +50,7 @@ SESSIONS: list[list[str]] = [
         "Actually, I'm not vegetarian anymore: I started eating fish again, "
         "so I'm pescatarian now.",
         "What's a good way to learn touch typing?",
+        "Lists are easier for me to read, so I like my answers as 3 bullet points.",
     ],
 ]
 
@@ -58,6 +63,15 @@ QUESTIONS = [
 
 def _session_messages(texts: list[str], session: int) -> list[Message]:
     return [Message(role="user", content=t, id=f"s{session}:t{i}") for i, t in enumerate(texts)]
+
+
+def _constraints(report: list[dict[str, object]]) -> list[Constraint]:
+    return [Constraint.model_validate({"kind": c["kind"], "value": c["value"]}) for c in report]
+
+
+def _verdict(passed: bool, asks: str, detail: str) -> str:
+    mark = "[green]pass[/]" if passed else "[red]fail[/]"
+    return f"{mark} {asks}" + (f" [dim]({detail})[/]" if detail and not passed else "")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,6 +123,15 @@ def main(argv: list[str] | None = None) -> None:
             how = personal.exchange.method
             table.add_column(f"personalized ({how})", ratio=1, overflow="fold")
             table.add_row(plain.text.strip(), personal.text.strip())
+            report = personal.exchange.meta.get("constraints", [])
+            checks = {c.constraint.kind: c for c in verify(plain.text, _constraints(report))}
+            for c in report:
+                before = checks[c["kind"]]
+                table.add_row(
+                    _verdict(before.passed, c["asks"], before.detail),
+                    _verdict(c["passed"], c["asks"], c.get("detail", ""))
+                    + ("" if c["passed_as_generated"] else " [dim](repaired)[/]"),
+                )
             console.print(table)
             used = personal.preferences
             console.print(
@@ -122,10 +145,12 @@ def main(argv: list[str] | None = None) -> None:
         table.add_column("status", no_wrap=True)
         table.add_column("preference", ratio=1, overflow="fold")
         table.add_column("topic", no_wrap=True)
+        table.add_column("applied as", ratio=1, overflow="fold")
         table.add_column("id", style="dim", no_wrap=True)
         for r in sorted(prefs, key=lambda r: not r.active):
             status = "active" if r.active else "[dim]superseded[/]"
-            table.add_row(status, r.text, r.topic or "", r.id[:8])
+            applied = " ".join(describe(c) for c in from_meta(r.meta, text=r.text) or [])
+            table.add_row(status, r.text, r.topic or "", applied, r.id[:8])
         console.print(table)
         n_turns = len(p.memory.list(user=USER, kinds=["episode"]))
         console.print(f"{n_turns} raw turns kept as episodic memory (searchable, not shown).")
