@@ -150,8 +150,11 @@ def test_embedded_extractor_choice_rule(extractor: EmbeddedExtractor) -> None:
 
 def test_change_cue_makes_tentative_candidates(extractor: EmbeddedExtractor) -> None:
     low = EmbeddedExtractor(HashingEmbedder(), cue_classifier(), threshold=0.99)
-    cands = low.extract([Message(role="user", content="I no longer eat meat.", id="x")])
+    cands = low.extract([Message(role="user", content="I no longer listen to jazz.", id="x")])
     assert len(cands) == 1 and cands[0].tentative and cands[0].change
+    # a food the user no longer eats is a rule the diet patterns read, kept outright
+    (meat,) = low.extract([Message(role="user", content="I no longer eat meat.", id="y")])
+    assert meat.topic == "food" and meat.change and not meat.tentative
     assert extractor.extract([Message(role="user", content="What time is it?")]) == []
 
 

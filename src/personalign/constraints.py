@@ -171,6 +171,9 @@ _ANSWERS = r"(?:answers?|repl(?:y|ies)|responses?|messages?|texts?|outputs?|ever
 
 _RX_LOWER = re.compile(
     r"\blower[- ]?case\b|\bsmall letters\b|\bno (?:capital|upper[- ]?case|caps)\b|"
+    r"\b(?:capital(?:s| letters?)|caps|upper[- ]?case)\b[^.!?]{0,40}\b(?:skip|avoid|drop|leave|"
+    r"stress|annoy|bother|irritat|hate|(?:look|feel) like (?:yelling|shouting)|"
+    r"are (?:yelling|shouting)|too loud)\w*|"
     rf"\b{_NEG}\b[^.!?]{{0,30}}\b(?:capital(?:s|i[sz]\w*| letters?)?|caps|upper[- ]?case)\b",
     re.I,
 )
@@ -182,7 +185,8 @@ _RX_UPPER = re.compile(
 _RX_COMMA = re.compile(r"\bcommas?\b|\bcomma[- ]free\b", re.I)
 _RX_COMMA_NEG = re.compile(
     rf"\b{_NEG}\b|\bcomma[- ]free\b|\b(?:annoy|irritat|distract|drive[sn]? me|dislike|detest|"
-    r"loathe|allergic|overus|too many|get rid|leave out|cut out|omit|remove|eliminate|free of)",
+    r"loathe|allergic|overus|too many|get rid|leave (?:them |it )?out|cut (?:them |it )?out|"
+    r"omit|remove|eliminate|free of|confus|bother|hate)",
     re.I,
 )
 _RX_MAX_WORDS = [
@@ -190,7 +194,9 @@ _RX_MAX_WORDS = [
         r"\b(?P<rel>under|fewer than|less than|below|at most|no more than|not more than|"
         r"max(?:imum)?(?: of)?|within|up to|a max(?:imum)? of|limit(?:ed)?(?: \w+)? to|"
         r"keep(?: \w+){0,3} (?:to|under|below)|cap(?:ped)?(?: \w+)? (?:at|to)|shorter than|"
-        r"not (?:exceed|go over)(?: \w+)?)\s+(?:about |around |roughly )?"
+        r"(?:not|don'?t|do not|never) (?:exceed|go (?:over|beyond|past)|use more than|"
+        r"write more than)"
+        r"(?: \w+)?)\s+(?:about |around |roughly )?"
         rf"{_NUM}\s+words?\b",
         re.I,
     ),
@@ -200,6 +206,11 @@ _RX_MAX_WORDS = [
         re.I,
     ),
 ]
+_RX_OVER_WORDS = re.compile(
+    rf"\b(?:longer|more) than\s+{_NUM}\s+words?\b(?=[^.!?]*\b(?:lose|too long|stay (?:below|under)|"
+    r"don'?t|do not|never|avoid|hate|annoy|skip|no)\b)",
+    re.I,
+)
 _RX_TWEET = re.compile(r"\b(?:tweet|twitter|text message|sms)\b", re.I)
 _RX_SHORT = re.compile(
     r"\b(?:short|brief|concise|succinct|terse|to the point|bite-sized|compact|tl;?dr)\b"
@@ -220,8 +231,8 @@ _RX_BULLETS = re.compile(
 )
 _RX_NUMBERED = re.compile(r"\bnumbered (?:list|points|items|steps)\b|\bnumber(?:ed)? them\b", re.I)
 _RX_COUNT = re.compile(
-    rf"\b(?:exactly |just |only )?{_NUM}\s+(?:\w+ )?(?:bullets?|bullet[- ]points?|points|items|"
-    r"entries|lines|things|tips|steps|dot points)\b",
+    rf"\b(?:exactly |just |only )?{_NUM}\s+(?:(?:\w+ )?(?:bullets?|bullet[- ]points?|points|items|"
+    r"entries|lines|things|tips|steps|dot points)|of them)\b",
     re.I,
 )
 _RX_TITLE = re.compile(
@@ -254,12 +265,15 @@ _RX_PS = re.compile(r"\bp\.\s?s\b\.?|\bps\b|\bpost-?script\b|\bpost script\b", r
 _RX_PPS = re.compile(r"\bp\.\s?p\.\s?s\b", re.I)
 _RX_JSON = re.compile(r"\bjson\b", re.I)
 _RX_QUOTE = re.compile(
-    r"\b(?:wrap|wrapped|enclose|enclosed|put|surround|surrounded|inside|within|in)\b[^.!?]{0,40}"
-    r"\b(?:double )?(?:quotation marks?|quote marks?|quotes)\b",
+    r"\b(?:wrap|wrapped|enclose|enclosed|put|surround|surrounded|inside|within|in|between)\b"
+    r"[^.!?]{0,40}\b(?:double )?(?:quotation marks?|quote marks?|quotes|quote characters?)\b|"
+    r"\b(?:start|begin)\w*\b[^.!?]{0,20}\band (?:end|finish)\w*\b[^.!?]{0,40}"
+    r"\b(?:double )?(?:quotation marks?|quote marks?|quotes?|quote characters?)\b",
     re.I,
 )
 _RX_LANG = re.compile(
-    r"\b(?:in|into|using|use|speak|speaking|write|writing)\s+(?P<lang>"
+    r"\b(?:in|into|using|use|speak|speaking|write|writing|stick (?:to|with)|switch (?:to|into)|"
+    r"only (?:read|speak|understand))\s+(?P<lang>"
     + "|".join(LANGUAGES)
     + r")\b|\b(?P<lang2>"
     + "|".join(LANGUAGES)
@@ -347,7 +361,12 @@ FOOD_GROUPS: dict[str, list[str]] = {
 _RX_VEG = re.compile(
     r"\b(?P<neg>not|no longer|never been|stopped being|quit being|used to be|n't)?\s*(?:a |an |"
     r"strict |strictly |fully |mostly )?(?P<diet>vegetarian|vegan|pescatarian|pescetarian|"
-    r"plant-based)\b",
+    r"plant-based|kosher|halal)\b",
+    re.I,
+)
+_RX_DIET_MAYBE = re.compile(
+    r"\b(?:try|trying|consider\w*|contemplat\w*|thinking (?:of|about)|plan\w* to|might|maybe|"
+    r"want to (?:go|become|be)|going to|curious|for)\b",
     re.I,
 )
 _RX_DIET_CHANGE = re.compile(r"\b(?:anymore|any more|no longer|used to|stopped)\b", re.I)
@@ -358,6 +377,34 @@ _RX_ALLERGY = re.compile(
     r"(?P<food>[a-z][a-z -]{1,25}?)(?=[.,;!?]| and | or | because | since | so |$)",
     re.I,
 )
+_LIST = r"[a-z][a-z -]{1,25}?(?:(?:,\s*|\s+(?:and|or)\s+)[a-z][a-z -]{1,25}?){0,8}"
+_RX_AVOID_FOOD = [
+    re.compile(
+        r"\b(?:stopped|quit|gave up|given up|cut out|no longer|don'?t|do not|never|can'?t|cannot|"
+        r"won'?t)\s+(?:eat|eating|have|having|touch|touching|consume|consuming|drink|drinking)"
+        rf"\s+(?:any |all |anything with |foods? with )?(?P<food>{_LIST})"
+        r"(?=[.,;!?]| because | since | so | anymore| any more| two| a | for | ever|$)",
+        re.I,
+    ),
+    re.compile(
+        r"\b(?:never|don'?t|do not|please don'?t|stop|avoid)\s+(?:ever\s+)?(?:recommend\w*|"
+        r"suggest\w*|includ\w*|offer\w*|serv\w*|giv\w* me|add\w*|put\w*|us\w*|propos\w*|"
+        rf"mention\w*)\s+(?:me\s+)?(?:any\s+)?(?:dishes\s+with\s+|recipes\s+with\s+)?"
+        rf"(?P<food>{_LIST})(?=[.,;!?]| to me| in | for me| at all| because| since| ever|$)",
+        re.I,
+    ),
+    re.compile(rf"\bkeep\s+(?:any\s+|all\s+)?(?P<food>{_LIST})\s+(?:out of|off|away from)\b", re.I),
+    re.compile(
+        r"\b(?P<food>[a-z]+(?: [a-z]+)?)\s+(?:makes?|made|gives?|gave)\s+me\s+(?:really |so |"
+        r"very |terribly |quite )?(?:sick|ill|nauseous|bloated|a rash|hives|break out)\b",
+        re.I,
+    ),
+    re.compile(
+        r"\b(?:allergic|allergy|allergies|intolerant|intolerance|sensitive|sensitivity)\s+"
+        rf"(?:to\s+)?(?:all\s+|any\s+)?(?P<food>{_LIST})(?=[.,;!?]| so | and I| because|$)",
+        re.I,
+    ),
+]
 _RX_ALLERGY2 = re.compile(
     r"\b(?P<food>[a-z]+(?: [a-z]+)?)[- ](?:allergy|allergies|intolerance|intolerant|free)\b", re.I
 )
@@ -415,12 +462,24 @@ def _length_constraints(t: str) -> list[Constraint]:
             rel = (m.groupdict().get("rel") or "").lower()
             strict = bool(re.search(r"under|fewer|less|below|shorter", rel))
             return [Constraint(kind="max_words", value=max(n - 1 if strict else n, 1), phrase=m[0])]
+    m = _RX_OVER_WORDS.search(t)
+    if m:
+        return [Constraint(kind="max_words", value=_num(m.group(1)), phrase=m.group(0))]
     m = _RX_TWEET.search(t)
     if m and re.search(r"\b(?:keep|like|short|length|size|long|fit)\b", t, re.I):
         return [Constraint(kind="max_words", value=40, phrase=m.group(0))]
-    m = _RX_SHORT.search(t)
-    if m and not _RX_SHORT_NEG.search(t):
-        return [Constraint(kind="max_words", value=60, phrase=m.group(0))]
+    for m in _RX_SHORT.finditer(t):
+        if _RX_SHORT_NEG.search(t):
+            break
+        rest = t[m.end() :].lstrip()
+        follows = re.match(r"(?:and \w+ )?(\w+)", rest)
+        clause_end = not rest or rest[0] in ",.;:!?)"
+        about_answers = clause_end or (
+            follows is not None
+            and re.fullmatch(_ANSWERS + r"|and|please|but|so|when|ones?", follows.group(1), re.I)
+        )
+        if about_answers:
+            return [Constraint(kind="max_words", value=60, phrase=m.group(0))]
     return []
 
 
@@ -447,7 +506,13 @@ def _layout_constraints(t: str) -> list[Constraint]:
 
 def _title_constraints(t: str) -> list[Constraint]:
     m = _RX_TITLE.search(t)
-    if m and _RX_TITLE_ASK.search(t) and not re.search(r"\b(?:job|book|movie|film) title", t, re.I):
+    about_answers = "<<" in t or re.search(rf"\b{_ANSWERS}\b|\b(?:each|every|all)\b", t, re.I)
+    if (
+        m
+        and about_answers
+        and _RX_TITLE_ASK.search(t)
+        and not re.search(r"\b(?:job|book|movie|film) title", t, re.I)
+    ):
         return [Constraint(kind="title", phrase=m.group(0))]
     return []
 
@@ -456,7 +521,16 @@ def _phrase_constraints(t: str) -> list[Constraint]:
     out: list[Constraint] = []
     m = _RX_START.search(t)
     if m:
-        out.append(Constraint(kind="start_phrase", value=m.group("p").strip(), phrase=m.group(0)))
+        value = m.group("p").strip()
+        lead = t[max(0, m.start() - 30) : m.start()] + m.group(0)[: m.start("p") - m.start()]
+        part = re.search(
+            r"\b(?:lines?|bullets?|points?|items?|entr(?:y|ies)|p\.\s?s\b|postscripts?|titles?|"
+            r"headings?|lists?|sentences?|paragraphs?|sections?|steps?)\b",
+            lead,
+            re.I,
+        )
+        if not part and re.search(r"\w", value) and not _RX_PS.fullmatch(value.strip(" .")):
+            out.append(Constraint(kind="start_phrase", value=value, phrase=m.group(0)))
     m = _RX_END.search(t)
     if m is None:
         m = _RX_END_UNQUOTED.search(t)
@@ -487,7 +561,23 @@ def _wrap_constraints(t: str) -> list[Constraint]:
     return []
 
 
+_NATIVE = {
+    "es": r"en espa(?:ñ|n)ol|en castellano",
+    "fr": r"en fran(?:ç|c)ais",
+    "de": r"auf deutsch",
+    "it": r"in italiano",
+    "pt": r"em portugu(?:ê|e)s",
+    "nl": r"in het nederlands",
+}
+_RX_NATIVE = re.compile(
+    r"\b(?:" + "|".join(f"(?P<{c}>{rx})" for c, rx in _NATIVE.items()) + r")\b", re.I
+)
+
+
 def _language_constraints(t: str) -> list[Constraint]:
+    m = _RX_NATIVE.search(t)
+    if m and m.lastgroup:  # asked in the language itself ("contesta en español")
+        return [Constraint(kind="language", value=m.lastgroup, phrase=m.group(0))]
     for m in _RX_LANG.finditer(t):
         name = (m.group("lang") or m.group("lang2")).lower()
         if _RX_LANG_ASK.search(t) and not _RX_LANG_NOT.search(t):
@@ -505,6 +595,14 @@ def _food_words(food: str) -> list[str]:
     if f in _FOODISH or f.rstrip("s") in _FOODISH:
         base = f[:-1] if f.endswith("s") and f[:-1] in _FOODISH else f
         return sorted({base, f})
+    words = f.split()
+    if len(words) > 1:  # "severe peanut", "any other shellfish", "fresh salmon"
+        for k in (2, 1):
+            tail = " ".join(words[-k:])
+            if tail != f:
+                found = _food_words(tail)
+                if found:
+                    return found
     return []
 
 
@@ -513,11 +611,21 @@ def _avoid_constraints(t: str) -> list[Constraint]:
     phrases: list[str] = []
     for m in _RX_VEG.finditer(t):
         diet = m.group("diet").lower()
-        negated = bool(m.group("neg")) or bool(_RX_DIET_CHANGE.search(t[m.end() : m.end() + 30]))
+        negated = (
+            bool(m.group("neg"))
+            or bool(_RX_DIET_CHANGE.search(t[m.end() : m.end() + 30]))
+            or bool(
+                _RX_DIET_MAYBE.search(
+                    re.split(r"[.,;:!?]|\band\b|\bbut\b", t[: m.start()])[-1][-40:]
+                )
+            )
+        )
         if negated:
             continue
         phrases.append(m.group(0).strip())
-        if diet.startswith("pesc"):
+        if diet in ("kosher", "halal"):
+            words += FOOD_GROUPS["pork"] + (FOOD_GROUPS["shellfish"] if diet == "kosher" else [])
+        elif diet.startswith("pesc"):
             words += MEATS
         elif diet == "vegetarian":
             words += MEATS + SEAFOOD
@@ -529,11 +637,21 @@ def _avoid_constraints(t: str) -> list[Constraint]:
             if (
                 rx is _RX_ALLERGY
                 and m.group(0).lower().startswith("no ")
-                and not re.search(r"\b(?:eat|food|recipe|meal|cook|dish|diet|allerg)", t, re.I)
+                and not re.search(
+                    r"\b(?:eat|food|recipe|meal|cook|dish|diet|allerg|ideas|suggestions)", t, re.I
+                )
             ):
                 continue
             found = []
             for part in re.split(r"\s*(?:,|\band\b|\bor\b)\s*", food):
+                found += _food_words(part)
+            if found:
+                words += found
+                phrases.append(m.group(0).strip())
+    for rx in _RX_AVOID_FOOD:
+        for m in rx.finditer(t):
+            found = []
+            for part in re.split(r"\s*(?:,|\band\b|\bor\b)\s*", m.group("food")):
                 found += _food_words(part)
             if found:
                 words += found
@@ -595,6 +713,10 @@ _RX_STANDING = re.compile(
     r"i (?:hate|dislike|can'?t stand|find|enjoy|read|am|'m)|i'm|"
     r"(?:please )?(?:never|stop|no more|don'?t ever|do not ever)|"
     r"when(?:ever)? (?:you )?(?:answer|reply|respond|write)|remember|make sure|"
+    r"(?:answer|reply|respond|write|talk)(?:ing)?(?: back)?(?: to)? me|respond|keep it|"
+    r"(?:your|each|every|any) (?:entire |whole |full )?(?:answer|reply|response|message)s?|"
+    r"(?:answers|replies|responses)|(?:everything|anything|all) you (?:tell|say|write|send|give)|"
+    r"to me|with me|from you|write back|i(?:'d| would) (?:much )?rather|"
     r"(?:easier|easiest|harder|hard) for me)\b",
     re.I,
 )
@@ -603,7 +725,7 @@ _RX_STANDING = re.compile(
 def is_standing(text: str) -> bool:
     """Whether ``text`` states how answers should be in general ("from now on", "I prefer",
     "my answers", "never ..."), not a one-off task ("rewrite this in French")."""
-    return bool(_RX_STANDING.search(text))
+    return bool(_RX_STANDING.search(text) or _RX_NATIVE.search(text))
 
 
 def answer_style(text: str) -> list[Constraint]:

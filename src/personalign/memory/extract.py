@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from personalign.backends.embedders import Embedder
-from personalign.constraints import answer_style, is_standing
+from personalign.constraints import answer_style, compile_text, is_standing
 from personalign.errors import BackendError, ConfigError, ModelNotAvailableError
 from personalign.types import Message
 
@@ -245,7 +245,11 @@ def answer_style_sentences(sentences: Sequence[str]) -> list[int]:
     crazy. Please never use them.") brings that one along. Questions are not wishes."""
     keep: list[int] = []
     for i, s in enumerate(sentences):
-        if s.rstrip().endswith("?") and not re.match(r"(?i)(can|could|would|will) you", s):
+        if (
+            s.rstrip().endswith("?")
+            and not re.search(r"(?i)\b(can|could|would|will) you\b", s)
+            and not re.search(r"(?i)\b(?:ok|okay|alright|right|please|yeah|deal)\?$", s.rstrip())
+        ):
             continue
         if not_about_user(s):
             continue
@@ -254,6 +258,20 @@ def answer_style_sentences(sentences: Sequence[str]) -> list[int]:
         elif i > 0 and is_standing(s) and answer_style(f"{sentences[i - 1]} {s}"):
             keep += [i - 1, i]
     return sorted(set(keep))
+
+
+def food_rule_sentences(sentences: Sequence[str]) -> list[int]:
+    """Indices of the sentences that state what the user does not eat (a diet, an allergy,
+    foods to keep out: they compile to words to avoid). Questions and other people's diets
+    are not the user's rules."""
+    return [
+        i
+        for i, s in enumerate(sentences)
+        if not s.rstrip().endswith("?")
+        and not not_about_user(s)
+        and re.search(r"(?i)\b(?:i|i'm|i've|i'd|my|me|we|our|us)\b", s)
+        and any(c.kind == "avoid_words" for c in compile_text(s))
+    ]
 
 
 def signals_change(text: str) -> bool:
@@ -521,6 +539,23 @@ class EmbeddedExtractor:
                     )
                 )
                 idx = [j for j in idx if j not in js]
+            food = food_rule_sentences([texts[j] for j in idx])
+            if food:
+                js = [idx[k] for k in food]
+                out.append(
+                    Candidate(
+                        text=" ".join(normalize_statement(texts[j]) for j in js),
+                        kind="explicit",
+                        topic="food",
+                        source_turn_ids=[tid],
+                        confidence=round(max(0.9, float(max(probs[j] for j in js))), 4),
+                        change=any(signals_change(texts[j]) for j in js),
+                        reason="diet rule: foods the user does not eat (compiles to words to "
+                        "avoid)",
+                    )
+                )
+                idx = [j for j in idx if j not in js]
+                style = style or food
             keep = [j for j in idx if self._keep(texts[j], float(probs[j]))]
             tentative = not keep
             if style and tentative:

@@ -8,8 +8,10 @@ flagged as injection-like is stored with the ``injection`` flag, so it is render
 unless it only asks for answer style (:func:`asks_only_answer_style`: "answer me in lowercase"
 is the user's wish, applied through compiled constraints, not an attack). Each admitted text's
 constraints are compiled into ``meta["constraints"]`` (:mod:`personalign.constraints`).
-Reads pass through unchanged. Wrapping the store (not the routes) means chat ingestion, the
-API, the CLI, feedback and imports all go through the same door.
+A refused text that only asks for answer style gets a second look (:func:`second_look`): it is
+admitted when what it would add to a reply is. Reads pass through unchanged. Wrapping the
+store (not the routes) means chat ingestion, the API, the CLI, feedback and imports all go
+through the same door.
 """
 
 from __future__ import annotations
@@ -42,6 +44,27 @@ def asks_only_answer_style(text: str, constraints: Sequence[Constraint]) -> bool
     return not strong and set(weak) <= ANSWER_STYLE_CUES
 
 
+def residue(text: str, constraints: Sequence[Constraint]) -> str:
+    """``text`` without the spans its constraints were compiled from (what else it says)."""
+    out = text
+    for c in constraints:
+        for span in (c.phrase or "").split("; "):
+            if span:
+                out = out.replace(span, " ")
+    return " ".join(out.split())
+
+
+def second_look(text: str, constraints: Sequence[Constraint]) -> list[str] | None:
+    """For a refused text that only asks for answer style: the texts that carry everything it
+    would add to a reply (what it says besides the constraints, and each start or end phrase
+    it would put in every answer), to check again; ``None`` when it asks for more than style
+    (then the refusal stands). A harmful phrase or request survives in one of them."""
+    if not asks_only_answer_style(text, constraints):
+        return None
+    phrases = [str(c.value) for c in constraints if c.kind in ("start_phrase", "end_phrase")]
+    return [residue(text, constraints) or ".", *phrases]
+
+
 def _pin(item: PreferenceIn | str) -> PreferenceIn:
     return PreferenceIn(text=item) if isinstance(item, str) else item
 
@@ -61,6 +84,16 @@ class GuardedStore(DelegatingStore):
         """Check ``items``; record and raise on a refusal; flag injection-like texts."""
         pins = [_pin(i) for i in items]
         verdicts: list[Verdict] = self.checker.check([p.text for p in pins])
+        for i, (p, v) in enumerate(zip(pins, verdicts, strict=True)):
+            if v.admitted:
+                continue
+            parts = second_look(p.text, from_meta(p.meta, text=p.text) or compile_text(p.text))
+            if parts is not None:
+                again = self.checker.check(parts)
+                if all(a.admitted for a in again):
+                    # the wording of a style wish ("sign off every message with ...") read
+                    # as harm; what it would put in a reply is harmless
+                    verdicts[i] = again[0]
         refused = [(p, v) for p, v in zip(pins, verdicts, strict=True) if not v.admitted]
         for p, v in refused:
             self.inner.record_event(
