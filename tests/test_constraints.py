@@ -250,6 +250,16 @@ def test_pipeline_json_constraint_gives_valid_json(pz):
         ("Eggs give me hives so leave them out of recipes.", {"avoid_words": ["egg", "eggs"]}),
         ("Don't recommend shrimp or crab to me.", {"avoid_words": ["crab", "shrimp"]}),
         ("I have a severe peanut allergy.", {"avoid_words": ["peanut", "peanuts"]}),
+        (
+            'Please make "Over and out." the final words of each answer.',
+            {"end_phrase": "Over and out."},
+        ),
+        (
+            "Add 'Two cents.' as the last line of everything you send me.",
+            {"end_phrase": "Two cents."},
+        ),
+        ("Reply in JSON format only, my parser breaks otherwise.", {"json": None}),
+        ("no caps please, ever. it's just my style.", {"lowercase": None}),
     ],
 )
 def test_more_ways_of_saying_it(text, expected):
@@ -325,3 +335,19 @@ def test_a_style_wish_refused_for_its_wording_gets_a_second_look(tmp_path):
             store.add_many([harmful], user="u")
     assert [r.text for r in store.list(user="u")] == [wish]
     store.close()
+
+
+def test_pick_prefers_an_answer_to_a_question_back():
+    from personalign.generation.enforce import asks_back
+
+    back = "What kind of recipe do you have in mind? Do you like pasta?"
+    answer = "Try a quick vegetable stir fry with rice and a soy ginger sauce tonight."
+    assert asks_back(back) and not asks_back(answer)
+    done = pick(
+        [back, answer],
+        ConstraintSet(),
+        style_plan(None),
+        question="What should I cook tonight?",
+        rewards=[0.9, 0.1],  # the reward prefers the question: the answer still wins
+    )
+    assert done.text == answer

@@ -40,6 +40,20 @@ def test_openai_client_non_streaming_is_personalized(server):
     assert any("I am vegetarian and love tofu" in s for s in systems)
 
 
+def test_openai_client_reply_follows_a_stated_constraint(server):
+    with client(server) as c:
+        r = c.post("/v1/users/lo/memories", json={"text": "From now on answer me in lowercase."})
+        assert r.status_code == 201, r.text
+    oc = openai.OpenAI(base_url=server.url + "/v1", api_key=server.admin_key)
+    resp = oc.chat.completions.create(
+        model="fake-lm", messages=[{"role": "user", "content": "Tell Me About Tea"}], user="lo"
+    )
+    text = resp.choices[0].message.content
+    assert text == "echo: tell me about tea"  # repaired: the fake model echoes capitals
+    (c,) = resp.model_extra["personalization"]["constraints"]
+    assert c["kind"] == "lowercase" and c["passed"] and not c["passed_as_generated"]
+
+
 def test_openai_client_streaming(server):
     oc = openai.OpenAI(base_url=server.url + "/v1", api_key=server.admin_key)
     stream = oc.chat.completions.create(

@@ -251,6 +251,14 @@ _RX_END = re.compile(
     + _QUOTED,
     re.I,
 )
+_RX_END_AS = re.compile(
+    r"\b(?:make|use|put|add|have|keep|want)\s+"
+    + _QUOTED
+    + r"\s+(?:as |be )?(?:the |your )?(?:very )?"
+    r"(?:final|last|closing) (?:words?|line|sentence|thing)\b|"
+    r"\badd\s+" + _QUOTED.replace("?P<p>", "?P<p2>") + r"\s+(?:at|to) the (?:very )?end\b",
+    re.I,
+)
 _RX_END_UNQUOTED = re.compile(
     r"\b(?:end|finish|close|conclude|sign(?:ing)? off)\b[^.!?]{0,40}?\b(?:with|by saying)\s+"
     r"(?:the (?:exact )?(?:phrase|words?|line)\s*:?\s*)?(?P<p>[A-Z][^.!?,;]{1,40}[.!?]?)",
@@ -533,6 +541,13 @@ def _phrase_constraints(t: str) -> list[Constraint]:
             out.append(Constraint(kind="start_phrase", value=value, phrase=m.group(0)))
     m = _RX_END.search(t)
     if m is None:
+        m = _RX_END_AS.search(t)
+        if m is not None and m.group("p") is None:
+            value = m.group("p2").strip()
+            if not _RX_PS.match(value):
+                out.append(Constraint(kind="end_phrase", value=value, phrase=m.group(0)))
+            return out
+    if m is None:
         m = _RX_END_UNQUOTED.search(t)
     if m and not _RX_PS.fullmatch(m.group("p").strip(" .")):
         phrase = m.group("p").strip()
@@ -716,7 +731,8 @@ _RX_STANDING = re.compile(
     r"(?:answer|reply|respond|write|talk)(?:ing)?(?: back)?(?: to)? me|respond|keep it|"
     r"(?:your|each|every|any) (?:entire |whole |full )?(?:answer|reply|response|message)s?|"
     r"(?:answers|replies|responses)|(?:everything|anything|all) you (?:tell|say|write|send|give)|"
-    r"to me|with me|from you|write back|i(?:'d| would) (?:much )?rather|"
+    r"to me|with me|from you|write back|i(?:'d| would) (?:much )?rather|from here|please,? ever|"
+    r"(?:just )?my style|my (?:parser|app|script|program|code|tool|screen|phone|eyes|reader)|"
     r"(?:easier|easiest|harder|hard) for me)\b",
     re.I,
 )

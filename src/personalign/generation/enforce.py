@@ -9,7 +9,8 @@ constraints and weights, after any decoding method.
   split, or short ones joined; ``structure`` low: lists flattened into prose).
 * :func:`pick` chooses among candidate replies: first one that is not degenerate and passes
   the quality floor (relevance to the question, :mod:`personalign.rewards.quality`), then one
-  that already satisfies the most constraints before any repair, then the highest reward.
+  that answers rather than asks a question back, then one that passes the most constraints
+  once finished, then before any repair, then the highest reward.
 * :func:`finish` applies the style transforms and :func:`personalign.constraints.repair`, and
   verifies the result: what ``/why`` shows.
 
@@ -281,6 +282,13 @@ def finish(
     return repair(styled, constraints, question=question) if constraints else styled
 
 
+def asks_back(text: str) -> bool:
+    """Whether a reply mostly asks the user a question back ("What recipe do you have in
+    mind?") instead of answering: at least half of its sentences are questions."""
+    parts = [p for p in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if re.search(r"\w", p)]
+    return bool(parts) and 2 * sum(p.rstrip().endswith("?") for p in parts) >= len(parts)
+
+
 def pick(
     candidates: Sequence[str],
     constraints: ConstraintSet,
@@ -319,10 +327,13 @@ def pick(
     bad = [degenerate(c) for c in candidates]
     r = list(rewards) if rewards is not None else [0.0] * len(candidates)
 
+    asks = [asks_back(c) for c in candidates]
+
     def key(i: int) -> tuple[Any, ...]:
         return (
             floor[i],
             bad[i] is None,
+            not asks[i],
             sum(ch.passed for ch in after[i]),
             sum(ch.passed for ch in before[i]),
             float(r[i]),

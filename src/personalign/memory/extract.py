@@ -247,7 +247,7 @@ def answer_style_sentences(sentences: Sequence[str]) -> list[int]:
     for i, s in enumerate(sentences):
         if (
             s.rstrip().endswith("?")
-            and not re.search(r"(?i)\b(can|could|would|will) you\b", s)
+            and not re.search(r"(?i)\b(can|could|would|will) (?:you|your)\b", s)
             and not re.search(r"(?i)\b(?:ok|okay|alright|right|please|yeah|deal)\?$", s.rstrip())
         ):
             continue

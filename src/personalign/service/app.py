@@ -410,6 +410,9 @@ def _why(reply: Reply) -> dict[str, Any]:
         "preferences": [p.model_dump(mode="json") for p in x.preferences],
         "latency_ms": x.latency_ms,
         "retrieval_ms": x.retrieval_ms,
+        "constraints": x.meta.get("constraints", []),
+        "repaired": x.meta.get("repaired", False),
+        "style": x.meta.get("style"),
     }
 
 
