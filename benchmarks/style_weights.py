@@ -38,7 +38,12 @@ from personalign.eval.bench import emit, parser
 DIMENSIONS = ("conciseness", "structure", "formality", "warmth", "readability")
 _WORD = re.compile(r"[A-Za-z0-9']+")
 _LIST_LINE = re.compile(r"^\s*(?:[*\-•]|\d+[.)])\s+\S", re.M)
-_CONTRACTION = re.compile(r"\b\w+'(?:t|s|re|ll|ve|d|m)\b", re.I)
+# a possessive ("the user's") is not a contraction: 's counts only after the words it shortens
+_CONTRACTION = re.compile(
+    r"\b\w+n't\b|\b\w+'(?:re|ll|ve|d|m)\b|"
+    r"\b(?:it|that|there|what|here|who|he|she|let|where|how)'s\b",
+    re.I,
+)
 _FRIENDLY = re.compile(
     r"\b(?:happy|glad|hope|enjoy|great|wonderful|love|delighted|pleasure|thanks?|welcome|"
     r"lovely|fun|awesome|cheers)\b|!",
@@ -88,7 +93,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--method", default="prompt", help="the pipeline method answering")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument(
+        "--dimensions", default=",".join(DIMENSIONS), help="comma-separated subset to measure"
+    )
     args = p.parse_args(argv)
+    dims = [d.strip() for d in args.dimensions.split(",") if d.strip()]
+    unknown = sorted(set(dims) - set(DIMENSIONS))
+    if unknown or not dims:
+        raise SystemExit(f"unknown dimensions {unknown}; choose from {', '.join(DIMENSIONS)}")
 
     from personalign.backends.models.base import GenerationOptions
     from personalign.config import load_settings
@@ -103,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out: dict[str, float | int | str] = {"prompts": len(qs), "method": args.method}
     samples: list[dict[str, str]] = []
     try:
-        for dim in DIMENSIONS:
+        for dim in dims:
             ours: list[bool] = []
             told: list[bool] = []
             for i, q in enumerate(qs):
@@ -131,10 +143,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             out[f"direction_told_{dim}"] = round(sum(told) / len(told), 3)
     finally:
         pz.close()
-    out["direction_min"] = min(float(out[f"direction_{d}"]) for d in DIMENSIONS)
-    out["direction_mean"] = round(sum(float(out[f"direction_{d}"]) for d in DIMENSIONS) / 5, 3)
+    out["direction_min"] = min(float(out[f"direction_{d}"]) for d in dims)
+    out["direction_mean"] = round(sum(float(out[f"direction_{d}"]) for d in dims) / len(dims), 3)
     out["direction_told_mean"] = round(
-        sum(float(out[f"direction_told_{d}"]) for d in DIMENSIONS) / 5, 3
+        sum(float(out[f"direction_told_{d}"]) for d in dims) / len(dims), 3
     )
     out["seconds"] = round(time.perf_counter() - t0, 1)
     if not args.json:

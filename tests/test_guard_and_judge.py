@@ -153,12 +153,12 @@ def test_configured_judge_ranks_the_pipelines_candidates(tmp_path) -> None:  # t
                 user="sam",
                 options=PersonalizeOptions(generation=GenerationOptions(max_new_tokens=16)),
             )
-        assert len(server.requests) == 4  # best-of-4: one judge call per candidate
+        assert len(server.requests) == 3  # best-of-3: one judge call per candidate
     how = reply.exchange.meta["decoding"]
     assert reply.text == "Try a lentil curry tonight."
     assert how["reward_model"] == "judge judge-1"
-    # the fake serves its three replies in turn: steak, mumble, curry, steak
-    assert how["candidate_rewards"] == [0.0, UNDECIDED_REWARD, 1.0, 0.0]
+    # the fake serves its three replies in turn: steak, mumble, curry
+    assert how["candidate_rewards"] == [0.0, UNDECIDED_REWARD, 1.0]
 
 
 def test_unreadable_verdicts_never_win_best_of_n() -> None:

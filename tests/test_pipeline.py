@@ -221,7 +221,7 @@ def test_default_method_is_best_of_n_and_why_says_so(p):
     assert PersonalizeOptions().method == "best_of_n"
     assert x.method == "best_of_n" and x.preferences
     how = x.meta["decoding"]
-    assert how["method"] == "best_of_n" and len(how["candidate_rewards"]) == 4
+    assert how["method"] == "best_of_n" and len(how["candidate_rewards"]) == 3
     assert 0.0 <= how["reward"] <= 1.0
 
 
