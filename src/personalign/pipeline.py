@@ -86,10 +86,9 @@ def open_guarded_memory(
     with the hashing test embedder (fast tests, never production); then the guard model of
     ``settings.guard`` when one is set (:func:`~personalign.safety.guard_from_settings`).
     """
-    from personalign.backends.embedders import load_embedder
+    from personalign.backends.embedders import HashingEmbedder, load_embedder
     from personalign.safety import guard_from_settings, load_boundary
     from personalign.safety.admission import GuardedStore
-    from personalign.testing import HashingEmbedder
 
     settings = settings or load_settings()
     embedder = embedder or load_embedder(settings.embedder, settings.cache_dir)

@@ -1,269 +1,40 @@
 """Fakes for tests and offline demos: deterministic, fast, no model files.
 
-Each fake satisfies the interface of the real backend it stands in for.
+Each fake satisfies the interface of the real backend it stands in for. The fakes that the
+runtime itself can select live beside the real backends and are re-exported here:
+:class:`HashingEmbedder` (:mod:`personalign.backends.embedders`), :class:`FakeLM`
+(:mod:`personalign.backends.models.fake`) and :class:`CueExtractor`
+(:mod:`personalign.memory.extract`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
-import re
-from collections.abc import Mapping, Sequence
-from functools import lru_cache
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from personalign.errors import ValidationError
+from personalign.backends.embedders import HashingEmbedder
+from personalign.backends.models.fake import FakeLM
+from personalign.memory.extract import CueExtractor
+
+__all__ = [
+    "CueExtractor",
+    "FakeLM",
+    "HashingEmbedder",
+    "KeywordClassifier",
+    "ScriptedOpenAIServer",
+    "free_port",
+    "serve_app",
+    "tiny_model_dir",
+]
 
 # --------------------------------------------------------------------------------------------
-# HashingEmbedder: a stand-in for personalign.backends.embedders.Embedder
+# tiny_model_dir: for fast tests of TransformersLM without the real weights
 # --------------------------------------------------------------------------------------------
-
-_WORD = re.compile(r"\w+")
-
-
-@lru_cache(maxsize=65536)
-def _bucket(feature: str, dim: int) -> tuple[int, float]:
-    """Map a feature to a (bucket, sign) pair with a stable, unsalted hash."""
-    h = int.from_bytes(hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest(), "little")
-    return h % dim, (1.0 if (h >> 63) & 1 else -1.0)
-
-
-class HashingEmbedder:
-    """A deterministic embedder with no model: the hashing trick on words and trigrams.
-
-    Features are the lower-cased word tokens (regex ``\\w+``, weight 1) and the character
-    trigrams of each word padded with ``#`` (weight ``1/sqrt(n_trigrams)`` each, so a word and
-    its trigrams weigh the same), hashed with BLAKE2b into ``dim`` signed buckets; rows are
-    L2-normalised. Texts sharing words get a high cosine, texts sharing only word fragments a
-    lower one. A text with no word gets a fixed unit vector. The same text gives the same
-    vector in every process.
-    """
-
-    def __init__(self, dim: int = 384) -> None:
-        """Make an embedder of ``dim`` dimensions (``name`` is ``hashing-<dim>``)."""
-        if dim < 2:
-            raise ValueError(f"HashingEmbedder: dim must be >= 2 (got {dim})")
-        self.dim: int = dim
-        self.name: str = f"hashing-{dim}"
-
-    def _vector(self, text: str) -> np.ndarray:
-        """The unit vector of one text."""
-        v = np.zeros(self.dim, dtype=np.float64)
-        words = _WORD.findall(text.lower())
-        for word in words:
-            b, s = _bucket("w:" + word, self.dim)
-            v[b] += s
-            padded = f"#{word}#"
-            grams = [padded[i : i + 3] for i in range(len(padded) - 2)]
-            weight = 1.0 / math.sqrt(len(grams))
-            for gram in grams:
-                b, s = _bucket("c:" + gram, self.dim)
-                v[b] += s * weight
-        norm = float(np.linalg.norm(v))
-        if norm == 0.0:  # no words (or an exact cancellation): a fixed direction
-            b, s = _bucket("<empty>", self.dim)
-            v[:] = 0.0
-            v[b] = s
-            norm = 1.0
-        return (v / norm).astype(np.float32)
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Return a ``(len(texts), dim)`` float32 array of unit-norm rows."""
-        if isinstance(texts, str):
-            raise ValidationError("embed() takes a sequence of strings, not a single string")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ValidationError(f"embed(): item {i} is {type(text).__name__}, expected str")
-            out[i] = self._vector(text)
-        return out
-
-
-# --------------------------------------------------------------------------------------------
-# FakeLM: a stand-in for personalign.backends.models.LanguageModel; tiny_model_dir for
-# fast tests of TransformersLM without the real weights
-# --------------------------------------------------------------------------------------------
-
-import os  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from personalign.backends.models.base import (  # noqa: E402
-    ContinuationScore,
-    DecodeState,
-    Generation,
-    GenerationOptions,
-    LanguageModel,
-    check_messages,
-    find_stop,
-    select_state_rows,
-)
-from personalign.errors import BackendError  # noqa: E402
-from personalign.types import Message  # noqa: E402
-
-_FAKE_TEXT = (
-    "<eos> <unk> <system> <user> <assistant> <eot> the a an is are was of to and in on for "
-    "with you i it that this yes no not good bad paris london berlin france capital city "
-    "coffee tea short long answer please thanks hello world echo like prefer want do can "
-    "will be my your . , ? !"
-)
-_FAKE_WORDS: tuple[str, ...] = tuple(_FAKE_TEXT.split())
-
-
-class FakeLM(LanguageModel):
-    """A deterministic language model with no weights (a ``LanguageModel``).
-
-    Replies: ``replies`` as a list is served in order (cycling), as a callable is called with
-    the messages; by default the reply echoes the last user message as ``"echo: <text>"``.
-    ``max_new_tokens`` counts whitespace words. The token level uses a fixed 58-word vocab
-    (unknown words map to ``<unk>``, id 1; ``<eos>`` is id 0) and a fixed random bigram model,
-    so ``forward``, ``next_token_logits`` and ``logprobs`` agree with each other.
-    """
-
-    supports_logits = True
-
-    def __init__(
-        self,
-        replies: Sequence[str] | Callable[[list[Message]], str] | None = None,
-        *,
-        name: str = "fake-lm",
-    ) -> None:
-        """Make a fake model serving ``replies`` (see the class doc)."""
-        self.name = name
-        self._replies = replies
-        self._served = 0
-        self.calls: list[list[Message]] = []
-        """Every conversation passed to generate/stream, in order (for assertions)."""
-        self._vocab = {w: i for i, w in enumerate(_FAKE_WORDS)}
-        rng = np.random.default_rng(0)
-        v = len(_FAKE_WORDS)
-        self._bigram = rng.normal(0.0, 2.0, size=(v, v)).astype(np.float32)
-        self._context = rng.normal(0.0, 0.5, size=(v, v)).astype(np.float32)
-
-    # chat level
-    def _reply(self, messages: Sequence[Message]) -> str:
-        msgs = check_messages(messages)
-        self.calls.append(msgs)
-        if callable(self._replies):
-            return self._replies(msgs)
-        if self._replies:
-            reply = self._replies[self._served % len(self._replies)]
-            self._served += 1
-            return reply
-        last = next((m.content for m in reversed(msgs) if m.role == "user"), "")
-        return f"echo: {last}"
-
-    def _finish(self, text: str, options: GenerationOptions) -> tuple[list[str], str]:
-        if options.adapter is not None:
-            raise BackendError(f"no adapter store configured: cannot apply {options.adapter!r}")
-        reason = "stop"
-        words = text.split(" ")
-        if len(words) > options.max_new_tokens:
-            words, reason = words[: options.max_new_tokens], "length"
-        out = " ".join(words)
-        cut = find_stop(out, options.stop)
-        if cut >= 0:
-            out, reason = out[:cut], "stop"
-        pieces = out.split(" ")
-        return [p if i == 0 else " " + p for i, p in enumerate(pieces)] if out else [], reason
-
-    def generate(self, messages: Sequence[Message], *, options: GenerationOptions) -> Generation:
-        """The scripted reply, cut at ``max_new_tokens`` words and at stop strings."""
-        pieces, reason = self._finish(self._reply(messages), options)
-        return Generation(
-            text="".join(pieces),
-            model=options.adapter or self.name,
-            prompt_tokens=sum(len(m.content.split()) for m in messages),
-            completion_tokens=len(pieces),
-            finish_reason=reason,
-            seconds=0.0,
-        )
-
-    def stream(self, messages: Sequence[Message], *, options: GenerationOptions) -> Iterator[str]:
-        """The same text as :meth:`generate`, one word per delta."""
-        pieces, _ = self._finish(self._reply(messages), options)
-        yield from pieces
-
-    def generate_batch(
-        self, conversations: Sequence[Sequence[Message]], *, options: GenerationOptions
-    ) -> list[Generation]:
-        """One :meth:`generate` per conversation."""
-        return [self.generate(c, options=options) for c in conversations]
-
-    # token level
-    @property
-    def vocab_size(self) -> int:
-        """Number of words in the fixed vocab."""
-        return len(_FAKE_WORDS)
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        """``{0}`` (``<eos>``)."""
-        return frozenset({0})
-
-    def encode(self, text: str) -> list[int]:
-        """Lower-cased words and punctuation marks to ids (unknown: 1)."""
-        words = re.findall(r"\w+|[^\w\s]", text.lower())
-        return [self._vocab.get(w, 1) for w in words]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Ids to space-joined words, special tokens dropped."""
-        return " ".join(_FAKE_WORDS[i] for i in ids if i > 5)
-
-    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
-        """``<role> words <eot>`` per message, then ``<assistant>``."""
-        ids: list[int] = []
-        for m in check_messages(messages):
-            ids += [self._vocab[f"<{m.role}>"], *self.encode(m.content), self._vocab["<eot>"]]
-        return [*ids, self._vocab["<assistant>"]]
-
-    def _logits(self, tokens: Sequence[int]) -> np.ndarray:
-        return self._bigram[tokens[-1]] + self._context[sum(tokens) % self.vocab_size]
-
-    def forward(
-        self, input_ids: Sequence[Sequence[int]], past: DecodeState | None = None
-    ) -> tuple[np.ndarray, DecodeState]:
-        """Same contract as ``LanguageModel.forward``; the state is the token history."""
-        rows = [[int(t) for t in r] for r in input_ids]
-        if not rows or any(not r for r in rows):
-            raise ValidationError("forward needs non-empty rows")
-        if any(t < 0 or t >= self.vocab_size for r in rows for t in r):
-            raise ValidationError(f"token id out of range [0, {self.vocab_size})")
-        if past is None:
-            tokens = rows
-        else:
-            if len(rows) != past.batch_size or len({len(r) for r in rows}) != 1:
-                raise ValidationError("forward: one row per batch row, all the same length")
-            past.take()
-            tokens = [t + r for t, r in zip(past.tokens, rows, strict=True)]
-        logits = np.stack([self._logits(t) for t in tokens]).astype(np.float32)
-        return logits, DecodeState(tokens=tokens)
-
-    def select_rows(self, state: DecodeState, rows: Sequence[int]) -> DecodeState:
-        """Same contract as ``LanguageModel.select_rows``: the selected token histories."""
-        picked, _ = select_state_rows(state, rows)
-        return DecodeState(tokens=[list(state.tokens[i]) for i in picked])
-
-    def logprobs(
-        self, messages: Sequence[Message], continuations: Sequence[str]
-    ) -> list[ContinuationScore]:
-        """Sum/mean log-probability of each continuation under the bigram model."""
-        prompt = self.encode_chat(messages)
-        out = []
-        for text in continuations:
-            ids = self.encode(text)
-            if not ids:
-                raise ValidationError(f"continuation {text!r} has no tokens")
-            total, hist = 0.0, list(prompt)
-            for t in ids:
-                lg = self._logits(hist).astype(np.float64)
-                total += float(lg[t] - lg.max() - np.log(np.exp(lg - lg.max()).sum()))
-                hist.append(t)
-            out.append(ContinuationScore(text, total, total / len(ids), len(ids)))
-        return out
 
 
 def tiny_model_dir(path: Path, *, tokenizer_dir: Path | None = None, seed: int = 0) -> Path:
@@ -319,40 +90,8 @@ def tiny_model_dir(path: Path, *, tokenizer_dir: Path | None = None, seed: int =
 
 
 # --------------------------------------------------------------------------------------------
-# CueExtractor: a stand-in for personalign.memory.extract.Extractor
+# KeywordClassifier: a stand-in for personalign.backends.finetuned.FinetunedClassifier
 # --------------------------------------------------------------------------------------------
-
-
-class CueExtractor:
-    """An extractor with no model: every user sentence that opens with a first-person
-    preference cue ("I prefer", "I'm vegetarian", "My favourite ...") becomes an explicit
-    candidate, as the embedded extractor's rule does; a change cue ("no longer", "I stopped")
-    marks it as a change. Works with any embedder (the HashingEmbedder in fast tests)."""
-
-    name = "cue-extractor"
-
-    def extract(self, messages: Sequence[Message]) -> list[Any]:
-        """Candidates from the user turns of ``messages``, in turn order."""
-        from personalign.memory.extract import Candidate, split_sentences, states_preference
-
-        out = []
-        for m in messages:
-            if m.role != "user":
-                continue
-            for sentence in split_sentences(m.content):
-                if states_preference(sentence) and not sentence.endswith("?"):
-                    change = bool(
-                        re.search(r"\b(no longer|stopped|not anymore|anymore)\b", sentence, re.I)
-                    )
-                    out.append(
-                        Candidate(
-                            text=sentence.rstrip("."),
-                            source_turn_ids=[m.id] if m.id else [],
-                            change=change,
-                            reason="cue-extractor: opens with a first-person preference",
-                        )
-                    )
-        return out
 
 
 class KeywordClassifier:

@@ -10,25 +10,30 @@ Implementations:
   torch or transformers: the ONNX file is exported once into the cache by a subprocess
   (:mod:`personalign.backends._export_minilm`).
 * :class:`SentenceTransformerEmbedder` — any local sentence-transformers directory (torch).
-* :class:`personalign.testing.HashingEmbedder` — deterministic, model-free, for tests.
+* :class:`HashingEmbedder` — deterministic, model-free, for tests and offline demos
+  (``load_embedder("hashing")``; :mod:`personalign.testing` re-exports it).
 
 Pick one by name with :func:`load_embedder`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import math
 import os
+import re
 import threading
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from personalign.backends._onnx import cached_session, run_exporter
-from personalign.errors import ConfigError, ModelNotAvailableError
+from personalign.errors import ConfigError, ModelNotAvailableError, ValidationError
 from personalign.types import check_texts
 
 
@@ -328,7 +333,7 @@ def load_embedder(name: str, cache_dir: Path) -> Embedder:
 
     ``"minilm"``: :class:`MiniLMEmbedder` (the default; ``"minilm-int8"``: its int8-quantized
     variant, whose vectors are not interchangeable with the default's). ``"hashing"``: the
-    model-free :class:`personalign.testing.HashingEmbedder`. A filesystem path:
+    model-free :class:`HashingEmbedder`. A filesystem path:
     :class:`SentenceTransformerEmbedder`. Raises :class:`ConfigError` for an unknown name and
     :class:`ModelNotAvailableError` when the model or a package it needs is missing.
     """
@@ -338,8 +343,6 @@ def load_embedder(name: str, cache_dir: Path) -> Embedder:
     if key.lower() == "minilm-int8":
         return MiniLMEmbedder(cache_dir, quantize=True)
     if key.lower() == "hashing":
-        from personalign.testing import HashingEmbedder
-
         return HashingEmbedder()
     if key and _looks_like_path(key):
         return SentenceTransformerEmbedder(key)
@@ -347,3 +350,68 @@ def load_embedder(name: str, cache_dir: Path) -> Embedder:
         f"unknown embedder {name!r}: use 'minilm', 'minilm-int8', 'hashing', "
         "or the path of a local sentence-transformers folder"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# HashingEmbedder: a model-free Embedder (tests, offline demos, the 'hashing' setting)
+# --------------------------------------------------------------------------------------------
+
+_WORD = re.compile(r"\w+")
+
+
+@lru_cache(maxsize=65536)
+def _bucket(feature: str, dim: int) -> tuple[int, float]:
+    """Map a feature to a (bucket, sign) pair with a stable, unsalted hash."""
+    h = int.from_bytes(hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest(), "little")
+    return h % dim, (1.0 if (h >> 63) & 1 else -1.0)
+
+
+class HashingEmbedder:
+    """A deterministic embedder with no model: the hashing trick on words and trigrams.
+
+    Features are the lower-cased word tokens (regex ``\\w+``, weight 1) and the character
+    trigrams of each word padded with ``#`` (weight ``1/sqrt(n_trigrams)`` each, so a word and
+    its trigrams weigh the same), hashed with BLAKE2b into ``dim`` signed buckets; rows are
+    L2-normalised. Texts sharing words get a high cosine, texts sharing only word fragments a
+    lower one. A text with no word gets a fixed unit vector. The same text gives the same
+    vector in every process.
+    """
+
+    def __init__(self, dim: int = 384) -> None:
+        """Make an embedder of ``dim`` dimensions (``name`` is ``hashing-<dim>``)."""
+        if dim < 2:
+            raise ValueError(f"HashingEmbedder: dim must be >= 2 (got {dim})")
+        self.dim: int = dim
+        self.name: str = f"hashing-{dim}"
+
+    def _vector(self, text: str) -> np.ndarray:
+        """The unit vector of one text."""
+        v = np.zeros(self.dim, dtype=np.float64)
+        words = _WORD.findall(text.lower())
+        for word in words:
+            b, s = _bucket("w:" + word, self.dim)
+            v[b] += s
+            padded = f"#{word}#"
+            grams = [padded[i : i + 3] for i in range(len(padded) - 2)]
+            weight = 1.0 / math.sqrt(len(grams))
+            for gram in grams:
+                b, s = _bucket("c:" + gram, self.dim)
+                v[b] += s * weight
+        norm = float(np.linalg.norm(v))
+        if norm == 0.0:  # no words (or an exact cancellation): a fixed direction
+            b, s = _bucket("<empty>", self.dim)
+            v[:] = 0.0
+            v[b] = s
+            norm = 1.0
+        return (v / norm).astype(np.float32)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Return a ``(len(texts), dim)`` float32 array of unit-norm rows."""
+        if isinstance(texts, str):
+            raise ValidationError("embed() takes a sequence of strings, not a single string")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValidationError(f"embed(): item {i} is {type(text).__name__}, expected str")
+            out[i] = self._vector(text)
+        return out

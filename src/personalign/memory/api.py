@@ -89,7 +89,7 @@ def open_memory(
     if extractor is None and settings.embedder == "hashing":
         # the embedded extractor's classifier needs MiniLM vectors; the fake embedder pairs
         # with the fake, rule-only extractor
-        from personalign.testing import CueExtractor
+        from personalign.memory.extract import CueExtractor
 
         extractor = CueExtractor()
     return Memory(open_store(settings, embedder), settings, extractor)

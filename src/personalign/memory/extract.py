@@ -784,3 +784,38 @@ class LLMExtractor:
             change=p.change or signals_change(p.text),
             reason=f"llm {self.model.name} (attempt {attempt}): {p.why or 'no reason given'}",
         )
+
+
+# --------------------------------------------------------------------------------------------
+# CueExtractor: a model-free Extractor (tests; the 'hashing' embedder's extractor)
+# --------------------------------------------------------------------------------------------
+
+
+class CueExtractor:
+    """An extractor with no model: every user sentence that opens with a first-person
+    preference cue ("I prefer", "I'm vegetarian", "My favourite ...") becomes an explicit
+    candidate, as the embedded extractor's rule does; a change cue ("no longer", "I stopped")
+    marks it as a change. Works with any embedder (the HashingEmbedder in fast tests)."""
+
+    name = "cue-extractor"
+
+    def extract(self, messages: Sequence[Message]) -> list[Any]:
+        """Candidates from the user turns of ``messages``, in turn order."""
+        out = []
+        for m in messages:
+            if m.role != "user":
+                continue
+            for sentence in split_sentences(m.content):
+                if states_preference(sentence) and not sentence.endswith("?"):
+                    change = bool(
+                        re.search(r"\b(no longer|stopped|not anymore|anymore)\b", sentence, re.I)
+                    )
+                    out.append(
+                        Candidate(
+                            text=sentence.rstrip("."),
+                            source_turn_ids=[m.id] if m.id else [],
+                            change=change,
+                            reason="cue-extractor: opens with a first-person preference",
+                        )
+                    )
+        return out

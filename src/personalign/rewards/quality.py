@@ -7,7 +7,7 @@ The floor has two parts, neither of which reads the preferences:
 * :func:`degenerate` — text rules that name why a reply is no answer at all (empty, too short,
   a stub that only announces an answer, list numbering or punctuation without words, loops).
 * :func:`relevance` — cosine similarity between the question and each reply under the
-  embedder (all-MiniLM-L6-v2 in use, :class:`personalign.testing.HashingEmbedder` in unit
+  embedder (all-MiniLM-L6-v2 in use, :class:`personalign.backends.embedders.HashingEmbedder` in unit
   tests).
 
 :class:`QualityFloor` combines them: a reply passes when it is not degenerate and is nearly as

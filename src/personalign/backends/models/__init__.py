@@ -4,7 +4,7 @@
 
 * ``smollm2`` — the embedded SmolLM2-135M-Instruct (:meth:`TransformersLM.embedded`);
 * a directory — any local causal LM through transformers (:class:`TransformersLM`);
-* ``fake`` — :class:`~personalign.testing.FakeLM`, for tests and dry runs;
+* ``fake`` — :class:`~personalign.backends.models.fake.FakeLM`, for tests and dry runs;
 * ``openai:<name>`` — an OpenAI-compatible server (:class:`OpenAICompatLM`) at
   ``settings.openai_base_url`` with ``settings.openai_api_key``.
 
@@ -24,6 +24,7 @@ from personalign.backends.models.base import (
     GenerationOptions,
     LanguageModel,
 )
+from personalign.backends.models.fake import FakeLM
 from personalign.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 EMBEDDED_MODEL = "smollm2"
 OPENAI_PREFIX = "openai:"
 FAKE_MODEL = "fake"
-"""The deterministic :class:`~personalign.testing.FakeLM` (echoes; for tests and dry runs)."""
+"""The deterministic :class:`FakeLM` (echoes; for tests and dry runs)."""
 
 __all__ = [
     "EMBEDDED_MODEL",
@@ -58,8 +59,6 @@ def load_model(
 
         return TransformersLM.embedded(settings.cache_dir, dtype=dtype, device=device)
     if spec == FAKE_MODEL:
-        from personalign.testing import FakeLM
-
         return FakeLM()
     if spec.startswith(OPENAI_PREFIX):
         name = spec[len(OPENAI_PREFIX) :].strip()
