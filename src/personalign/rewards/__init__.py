@@ -4,6 +4,8 @@
   structure, formality), each a documented pure function ``str -> [0, 1]``.
 * :mod:`~personalign.rewards.weights` — user weights over objectives, normalized with floors
   that user weights cannot lower (the safety objective's guarantee).
+* :mod:`~personalign.rewards.base` — the reward-model interface and the numpy ranker fitting
+  the reward models share.
 * :mod:`~personalign.rewards.preference_rm` — preference-conditioned reward models:
   ``score(preferences, prompt, responses) -> array`` (an embedded model and an LLM judge).
 

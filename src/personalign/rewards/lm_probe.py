@@ -5,7 +5,7 @@ The embedded SmolLM2-135M is asked whether a reply respects the user's preferenc
 yes/no answer picks the compliant PrefEval MCQ option 31% of the time, chance is 25%), but
 its hidden states at the question's last token after :data:`PROBE_LAYERS` carry the
 answer: standardized, they are scored by a linear ranker trained listwise on the reward
-model's groups (first option compliant; :func:`personalign.rewards.preference_rm.fit_listwise`)
+model's groups (first option compliant; :func:`personalign.rewards.base.fit_listwise`)
 and calibrated to a probability. The language model stays frozen; the artifact is the
 ranker (``rewards/artifacts/lm_probe.npz``, numpy training, deterministic, trained by
 ``scripts/train_reward_model.py --probe``).
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from personalign.errors import ModelNotAvailableError, ValidationError
+from personalign.rewards.base import fit_calibration, fit_listwise, min_over_preferences
 from personalign.types import Message
 
 if TYPE_CHECKING:
@@ -132,7 +133,6 @@ class LMProbeRewardModel:
         self, preferences: Sequence[str], prompt: str, responses: Sequence[str]
     ) -> np.ndarray:
         """Compliance in [0, 1], the minimum over ``preferences`` (1 if none)."""
-        from personalign.rewards.preference_rm import min_over_preferences
 
         def pairs(prefs: list[str], resps: list[str]) -> np.ndarray:
             z = self.logits([(p, prompt, r) for p in prefs for r in resps])
@@ -197,8 +197,6 @@ def train_probe(
 ) -> LMProbeRewardModel:
     """Train a probe over ``lm``'s ``layers`` on (preference, prompt, options) groups of one
     size whose first option is compliant. ``recipe`` overrides :data:`PROBE_RECIPE`."""
-    from personalign.rewards.preference_rm import fit_calibration, fit_listwise
-
     sizes = {len(options) for _, _, options in items}
     if len(sizes) != 1 or min(sizes) < 2:
         raise ValidationError(f"probe groups need one size >= 2 options, got sizes {sizes}")

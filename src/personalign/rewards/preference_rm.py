@@ -32,11 +32,19 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from personalign.errors import ConfigError, ModelNotAvailableError, ValidationError
+from personalign.rewards.base import (
+    PreferenceRewardModel,
+    check_inputs,
+    fit_calibration,
+    fit_listwise,
+    min_over_preferences,
+)
+from personalign.rewards.lm_probe import LMProbeRewardModel
 from personalign.types import Message
 
 if TYPE_CHECKING:
@@ -46,43 +54,10 @@ if TYPE_CHECKING:
     from personalign.config import Settings
 
 
-@runtime_checkable
-class PreferenceRewardModel(Protocol):
-    """Scores replies by compliance with the user's preferences (see the module doc)."""
-
-    def score(
-        self, preferences: Sequence[str], prompt: str, responses: Sequence[str]
-    ) -> np.ndarray:
-        """``(len(responses),)`` float64 in [0, 1]; higher respects the preferences better."""
-        ...
-
-
-def _check(preferences: Sequence[str], responses: Sequence[str]) -> tuple[list[str], list[str]]:
-    if isinstance(preferences, str) or isinstance(responses, str):
-        raise ValidationError("preferences and responses are sequences of strings, not a string")
-    return [p for p in preferences if p.strip()], list(responses)
-
-
 # -- LLM judge ---------------------------------------------------------------------------------
 
 _ANSWER = re.compile(r"<answer>\s*\[?\s*(yes|no)\b", re.I)
 _BARE = re.compile(r"^\W*(yes|no)\b", re.I)
-
-
-def min_over_preferences(
-    preferences: Sequence[str],
-    responses: Sequence[str],
-    pair_scores: Callable[[list[str], list[str]], np.ndarray],
-) -> np.ndarray:
-    """Each response's minimum over ``preferences`` of ``pair_scores(prefs, resps)``, which
-    scores every (preference, response) pair preference-major ``(P * R,)``; 1 with no
-    preference (nothing to violate). Checks the inputs."""
-    prefs, resps = _check(preferences, responses)
-    if not prefs or not resps:
-        return np.ones(len(resps))
-    scores = np.asarray(pair_scores(prefs, resps), dtype=np.float64).reshape(len(prefs), -1)
-    out: np.ndarray = scores.min(axis=0)
-    return out
 
 
 def parse_verdict(text: str) -> bool | None:
@@ -169,7 +144,7 @@ class JudgeRewardModel:
         self, preferences: Sequence[str], prompt: str, responses: Sequence[str]
     ) -> np.ndarray:
         """1.0 for "no violation", 0.0 for "violation", NaN for an unparsable verdict."""
-        prefs, resps = _check(preferences, responses)
+        prefs, resps = check_inputs(preferences, responses)
         if not prefs:
             return np.ones(len(resps))
         chats = [[Message(role="user", content=self.prompt(prefs, prompt, r))] for r in resps]
@@ -506,7 +481,7 @@ class EmbeddedRewardModel:
         self, preferences: Sequence[str], prompt: str, responses: Sequence[str]
     ) -> np.ndarray:
         """Calibrated compliance in [0, 1], the minimum over ``preferences`` (1 if none)."""
-        prefs, resps = _check(preferences, responses)
+        prefs, resps = check_inputs(preferences, responses)
         z = np.full(len(resps), np.inf)
         for p in prefs:
             z = np.minimum(z, self.logits(p, prompt, resps))
@@ -684,7 +659,7 @@ class EnsembleRewardModel:
         self, preferences: Sequence[str], prompt: str, responses: Sequence[str]
     ) -> np.ndarray:
         """Compliance in [0, 1] (1 with no preference)."""
-        prefs, resps = _check(preferences, responses)
+        prefs, resps = check_inputs(preferences, responses)
         if not prefs:
             return np.ones(len(resps))
         z = np.zeros(len(resps))
@@ -717,8 +692,6 @@ def load_reward_model(
     if embedder is not None:
         models.append(EmbeddedRewardModel.load(embedder))
     if lm is not None and hasattr(lm, "hidden_states"):
-        from personalign.rewards.lm_probe import LMProbeRewardModel
-
         with contextlib.suppress(ModelNotAvailableError):  # the probe reads another model
             models.append(LMProbeRewardModel.load(lm))  # type: ignore[arg-type]
     if not models:
@@ -737,46 +710,6 @@ def shipped_reward_model(cache_dir: Path) -> PreferenceRewardModel:
 
 
 # -- training (numpy, deterministic) -----------------------------------------------------------
-
-
-def fit_listwise(
-    groups: np.ndarray, *, l2: float = 1e-3, epochs: int = 800, lr: float = 0.05
-) -> np.ndarray:
-    """Weights (F,) of a linear scorer ranking option 0 first in each group ``(N, K, F)``:
-    full-batch Adam on the softmax cross-entropy over the K options, L2 ``l2``, from zeros."""
-    x = np.asarray(groups, dtype=np.float64)  # (N, K, F)
-    n, _, f = x.shape
-    w, m, v = np.zeros(f), np.zeros(f), np.zeros(f)
-    for t in range(1, epochs + 1):
-        s = x @ w  # (N, K)
-        p = np.exp(s - s.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        p[:, 0] -= 1.0  # d loss / d s
-        g = np.einsum("nk,nkf->f", p, x) / n + l2 * w  # (F,)
-        m = 0.9 * m + 0.1 * g
-        v = 0.999 * v + 0.001 * g * g
-        w -= lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
-    return w
-
-
-def fit_calibration(z: np.ndarray, *, epochs: int = 2000) -> tuple[float, float]:
-    """(scale, bias) of ``sigmoid(scale * z + bias)`` by class-balanced logistic regression
-    over ranker scores ``z`` of groups ``(N, K)`` whose first option is compliant and the
-    others violating."""
-    z = np.asarray(z, dtype=np.float64)
-    labels = np.zeros_like(z)
-    labels[:, 0] = 1.0
-    z, y = z.ravel(), labels.ravel()
-    pos = max(1.0, float(y.sum()))
-    neg = max(1.0, float(len(y) - y.sum()))
-    weight = np.where(y > 0, 0.5 / pos, 0.5 / neg)  # (N * K,)
-    a, b = 1.0, 0.0
-    for _ in range(epochs):
-        p = 1.0 / (1.0 + np.exp(-(a * z + b)))
-        err = weight * (p - y)
-        a -= 1.0 * float((err * z).sum())
-        b -= 1.0 * float(err.sum())
-    return a, b
 
 
 def feature_groups(
