@@ -9,7 +9,6 @@ bad requests and 5xx only for backend failures.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any
@@ -21,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from personalign import __version__
 from personalign.backends.models.base import GenerationOptions
-from personalign.backends.stores.scoped import Principal, ScopedStore
+from personalign.backends.stores.scoped import Principal
 from personalign.errors import (
     AuthError,
     BackendError,
@@ -34,6 +33,8 @@ from personalign.errors import (
 )
 from personalign.memory import constraint_edits
 from personalign.pipeline import PersonalizeOptions, Personalizer, Reply
+from personalign.service.core import Service
+from personalign.service.dashboard import mount_dashboard
 from personalign.service.keys import KeyStore
 from personalign.service.schemas import (
     ChatCompletionRequest,
@@ -100,27 +101,6 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
-
-
-class Service:
-    """What the routes share: the personalizer, the key store, a model lock."""
-
-    def __init__(self, personalizer: Personalizer, keys: KeyStore) -> None:
-        self.personalizer = personalizer
-        self.keys = keys
-        self.model_lock = threading.Lock()  # one generation at a time on a local model
-
-    def principal(self, request: Request) -> Principal:
-        auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-        key = key or request.headers.get("x-api-key") or request.cookies.get("pal_key")
-        return self.keys.verify(key)
-
-    def store(self, principal: Principal) -> ScopedStore:
-        return ScopedStore(self.personalizer.memory.store, principal)
-
-    def model_names(self) -> list[str]:
-        return [self.personalizer.model.name, "personalign"]
 
 
 def _principal(request: Request) -> Principal:
@@ -363,8 +343,6 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
         return {"erased": user, "rows": rows, "adapters": adapters}
 
     if dashboard:
-        from personalign.service.dashboard import mount_dashboard
-
         mount_dashboard(app, svc)
 
     @app.middleware("http")

@@ -22,7 +22,7 @@ from personalign.memory import constraint_edits
 
 if TYPE_CHECKING:
     from personalign.backends.stores.scoped import Principal
-    from personalign.service.app import Service
+    from personalign.service.core import Service
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 DEFAULT_DIMENSIONS = ("conciseness", "reading_level", "warmth", "structure", "formality")

@@ -1,0 +1,32 @@
+"""What the HTTP routes and the dashboard share: :class:`Service`."""
+
+from __future__ import annotations
+
+import threading
+
+from fastapi import Request
+
+from personalign.backends.stores.scoped import Principal, ScopedStore
+from personalign.pipeline import Personalizer
+from personalign.service.keys import KeyStore
+
+
+class Service:
+    """What the routes share: the personalizer, the key store, a model lock."""
+
+    def __init__(self, personalizer: Personalizer, keys: KeyStore) -> None:
+        self.personalizer = personalizer
+        self.keys = keys
+        self.model_lock = threading.Lock()  # one generation at a time on a local model
+
+    def principal(self, request: Request) -> Principal:
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        key = key or request.headers.get("x-api-key") or request.cookies.get("pal_key")
+        return self.keys.verify(key)
+
+    def store(self, principal: Principal) -> ScopedStore:
+        return ScopedStore(self.personalizer.memory.store, principal)
+
+    def model_names(self) -> list[str]:
+        return [self.personalizer.model.name, "personalign"]
