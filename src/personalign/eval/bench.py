@@ -14,6 +14,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 
@@ -27,13 +29,11 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) by linear interpolation; NaN for no values."""
-    if not values:
+    """The ``q``-th percentile (0-100) by linear interpolation (:func:`numpy.percentile`);
+    NaN for no values."""
+    if len(values) == 0:
         return math.nan
-    s = sorted(values)
-    pos = (len(s) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+    return float(np.percentile(values, q))
 
 
 def emit(figures: Mapping[str, float | int | str], *, title: str, as_json: bool) -> None:
