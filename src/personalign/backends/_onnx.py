@@ -3,41 +3,26 @@ embedder and the fine-tuned classifiers).
 
 The export needs torch and runs in a subprocess, so the calling process never imports torch.
 :func:`cached_session` opens the cached file when its metadata stamp is current, else exports
-under an advisory file lock (another process may be exporting the same file) and opens the
-result; :func:`run_exporter` runs the exporter and turns its failures into clear errors.
+under an advisory file lock (:class:`filelock.FileLock`; another process may be exporting the
+same file) and opens the result; :func:`run_exporter` runs the exporter and turns its failures
+into clear errors.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from personalign.errors import ModelNotAvailableError
 
 SRC_ROOT = str(Path(__file__).resolve().parents[2])
 """The folder holding the ``personalign`` package, put on the exporter's PYTHONPATH."""
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (a no-op where ``fcntl`` is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: the atomic rename alone keeps readers safe
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def cached_session(
@@ -65,7 +50,8 @@ def cached_session(
 
     session = open_current()
     if session is None:
-        with file_lock(path.with_name(".export.lock")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(path.with_name(".export.lock")):  # blocks until the lock is free
             session = open_current()  # another process may have exported meanwhile
             if session is None:
                 export()
