@@ -36,6 +36,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from personalign.errors import ValidationError
+from personalign.text import split_sentences
 
 Kind = Literal[
     "lowercase",
@@ -850,7 +851,6 @@ def describe(c: Constraint) -> str:
 # --------------------------------------------------------------------------------------------
 
 _WORDS = re.compile(r"\w+")
-_SENT_END = re.compile(r"(?<=[.!?])\s+")
 _BULLET_LINE = re.compile(r"^\s*[*-]\s+\S", re.M)
 _NUMBERED_LINE = re.compile(r"^\s*\d+[.)]\s+\S", re.M)
 _TITLE = re.compile(r"<<[^\n]+>>")
@@ -932,7 +932,7 @@ def check(text: str, c: Constraint) -> Check:
             ok = 0 < n <= int(v)  # type: ignore[arg-type]
             detail = "" if ok else f"{n} words"
         case "max_sentences":
-            n = len([x for x in _SENT_END.split(s) if x.strip()])
+            n = len(split_sentences(s, lines=False))
             ok = 0 < n <= int(v)  # type: ignore[arg-type]
             detail = "" if ok else f"{n} sentences"
         case "bullets":
@@ -1045,7 +1045,7 @@ _TITLE_STOP = set(
 
 def _sentences(text: str) -> list[str]:
     flat = " ".join(_LIST_MARK.sub("", line).strip() for line in text.splitlines() if line.strip())
-    return [x.strip() for x in _SENT_END.split(flat) if x.strip()]
+    return split_sentences(flat)
 
 
 def _truncate_words(text: str, limit: int) -> str:

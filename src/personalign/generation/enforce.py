@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from personalign.constraints import Check, Constraint, ConstraintSet, repair, verify, word_count
+from personalign.text import split_sentences
 
 HIGH = 0.7
 LOW = 0.3
@@ -285,7 +286,7 @@ def finish(
 def asks_back(text: str) -> bool:
     """Whether a reply mostly asks the user a question back ("What recipe do you have in
     mind?") instead of answering: at least half of its sentences are questions."""
-    parts = [p for p in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if re.search(r"\w", p)]
+    parts = [p for p in split_sentences(text) if re.search(r"\w", p)]
     return bool(parts) and 2 * sum(p.rstrip().endswith("?") for p in parts) >= len(parts)
 
 

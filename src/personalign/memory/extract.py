@@ -34,6 +34,8 @@ from pydantic import ValidationError as PydanticValidationError
 from personalign.backends.embedders import Embedder
 from personalign.constraints import answer_style, compile_text, is_standing
 from personalign.errors import BackendError, ConfigError, ModelNotAvailableError
+from personalign.text import SENTENCE_OPENERS
+from personalign.text import split_sentences as text_split_sentences
 from personalign.types import Message
 
 if TYPE_CHECKING:
@@ -81,7 +83,6 @@ class Extractor(Protocol):
 # Text helpers and cue features (shared by training and inference)
 # --------------------------------------------------------------------------------------------
 
-_SENT_RE = re.compile(r"(?<=[.!?])\s+(?=[\"'(A-Z0-9])|\n+")
 _WORD_RE = re.compile(r"[a-z0-9']+")
 _LEAD_RE = re.compile(
     r"^(?:(?:oh|ah|well|also|and|but|so|yes|yeah|ok|okay|thanks|thank you|great|hi|hello|hey)"
@@ -211,8 +212,9 @@ _STOP = frozenset(_STOP_WORDS.split())
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split ``text`` into sentences (on ., ! or ? followed by a capital, and on newlines)."""
-    return [s.strip() for s in _SENT_RE.split(text) if s and s.strip()]
+    """Split ``text`` into sentences (on ., ! or ? followed by a capital, and on newlines):
+    :func:`personalign.text.split_sentences` with ``opens=SENTENCE_OPENERS``."""
+    return text_split_sentences(text, opens=SENTENCE_OPENERS)
 
 
 def content_words(text: str) -> set[str]:

@@ -45,6 +45,7 @@ from personalign.rewards.base import (
     min_over_preferences,
 )
 from personalign.rewards.lm_probe import LMProbeRewardModel
+from personalign.text import split_sentences as text_split_sentences
 from personalign.types import Message
 
 if TYPE_CHECKING:
@@ -227,7 +228,6 @@ visit consider
 """.split()  # noqa: SIM905
 )
 _CONTENT = re.compile(r"[a-z][a-z'-]+")
-_SENT = re.compile(r"(?<=[.!?])\s+|\n+")
 
 FEATURE_NAMES: tuple[str, ...] = (
     "cos_pref",  # cosine(preference, response)
@@ -295,7 +295,7 @@ def content_words(text: str) -> list[str]:
 
 def split_sentences(text: str, limit: int = 12) -> list[str]:
     """The response's sentences and lines (at most ``limit``, the first ones)."""
-    parts = [s.strip(" -*•\t") for s in _SENT.split(text)]
+    parts = text_split_sentences(text, strip=" -*•\t")
     return [s for s in parts if len(content_words(s)) >= 2][:limit]
 
 

@@ -59,6 +59,7 @@ import numpy as np
 
 from personalign.backends.embedders import Embedder
 from personalign.errors import ValidationError
+from personalign.text import split_sentences
 from personalign.types import check_texts
 
 MIN_WORDS = 5
@@ -82,7 +83,6 @@ _LINE_MARKER = re.compile(r"^[ \t]*(?:\(?\d{1,3}[.)]|\(?[A-Za-z][.)]|[-*+•·])
 _BARE_MARKER = re.compile(r"(?<!\S)\(?\d{1,3}[.)](?=\s|$)")
 _TOKEN = re.compile(r"[^\W_]+")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
-_SEGMENT_SPLIT = re.compile(r"(?<=[.!?。！？])\s+|\n+")
 _TRAILING_JUNK = re.compile(r"[\s`~*_\-–—.…]+$")
 # the whole reply is one sentence that announces what follows ("Sure, here is the recipe.")
 _ANNOUNCED = (
@@ -166,7 +166,7 @@ def _content_words(tokens: Sequence[str]) -> list[str]:
 def _segments(text: str) -> list[str]:
     """Sentences and lines, each as its normalized word string; empty ones dropped."""
     out = []
-    for seg in _SEGMENT_SPLIT.split(text):
+    for seg in split_sentences(text, ends=".!?。！？"):
         words = _tokens(seg)
         if words:
             out.append(" ".join(words))

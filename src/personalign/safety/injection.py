@@ -28,6 +28,7 @@ import numpy as np
 
 from personalign.backends.embedders import Embedder
 from personalign.safety.classifier import EmbeddingClassifier
+from personalign.text import SENTENCE_OPENERS, split_sentences
 
 #: The flag stored on a record whose text was detected as injection-like.
 INJECTION_FLAG = "injection"
@@ -109,15 +110,12 @@ def pattern_signals(text: str) -> tuple[list[str], list[str]]:
     return strong, weak
 
 
-_SPLIT = re.compile(r"(?:\r?\n)+|(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
-
-
 def segments(text: str, *, min_chars: int = 25, cap: int = 48) -> list[str]:
     """Split ``text`` into sentence-like segments of at least ``min_chars`` characters.
 
     At most ``cap`` segments (the first and last halves of a longer text).
     """
-    parts = [p.strip() for p in _SPLIT.split(text) if p and p.strip()]
+    parts = split_sentences(text, opens=SENTENCE_OPENERS + r"\[")
     out: list[str] = []
     buf = ""
     for p in parts:
