@@ -6,7 +6,8 @@ import pytest
 
 from personalign.backends.models.base import GenerationOptions
 from personalign.config import load_settings
-from personalign.errors import ValidationError
+from personalign.errors import ConfigError, NotFoundError, ValidationError
+from personalign.feedback import events
 from personalign.pipeline import PersonalizeOptions, Personalizer, open_guarded_memory
 from personalign.testing import CueExtractor, FakeLM, HashingEmbedder
 from personalign.types import Message
@@ -286,3 +287,28 @@ def test_any_real_embedder_gets_the_classifier_boundary_not_patterns_only(tmp_pa
         assert [type(c) for c in checkers] == [PatternChecker]
     finally:
         hashing.close()
+
+
+def test_record_feedback_learns_through_the_memory_without_a_model(tmp_path):
+    """Feedback needs no language model: critique reaches the memory with the memory's
+    extractor, a rating re-estimates the weights; asking for the model is a ConfigError."""
+    settings = load_settings(home=tmp_path, embedder="hashing")
+    memory = open_guarded_memory(settings, HashingEmbedder(), extractor=CueExtractor())
+    with Personalizer(memory) as no_model, pytest.raises(ConfigError):
+        _ = no_model.model
+    memory = open_guarded_memory(settings, HashingEmbedder(), extractor=CueExtractor())
+    pz = Personalizer(memory, FakeLM(name="fake"))
+    reply = pz.respond("How do I boil an egg?", user="cy", options=PersonalizeOptions("prompt"))
+    pz.flush()
+    feedback_only = Personalizer(memory)
+    xid = reply.exchange.id
+    res = feedback_only.record_feedback(
+        events.critique("Way too long. I prefer short answers.", exchange_id=xid), user="cy"
+    )
+    assert res.memories == ["I prefer short answers"] and res.profile is None
+    res = pz.record_feedback(events.stars(2, exchange_id=xid), user="cy")
+    assert res.profile is not None and res.feedback.kind == "rating"
+    assert [f.kind for f in memory.store.feedback(user="cy")] == ["critique", "rating"]
+    with pytest.raises(NotFoundError):  # another user's exchange: nothing stored
+        pz.record_feedback(events.critique("no", exchange_id=xid), user="dan")
+    pz.close()

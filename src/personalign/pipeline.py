@@ -4,6 +4,9 @@ For a user's message: retrieve the relevant memories -> render them as a delimit
 data block -> generate -> log the exchange -> ingest the user's turn into memory in the
 background, after the reply, without delaying it. ``close()`` waits for pending ingestion, so
 nothing a user said is lost when the process ends normally.
+
+Feedback on a reply goes through :meth:`Personalizer.record_feedback` (the HTTP service, the
+``feedback`` commands and ``chat`` all call it): stored, then learned from.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from personalign.backends.models.base import GenerationOptions, LanguageModel
 from personalign.config import Settings, load_settings
 from personalign.constraints import Constraint, ConstraintSet
-from personalign.errors import ValidationError
+from personalign.errors import ConfigError, ValidationError
+from personalign.feedback.learn import FeedbackOutcome, memory_extractor, record_feedback
 from personalign.generation.enforce import (
     Finished,
     StylePlan,
@@ -32,6 +36,7 @@ from personalign.generation.prompt import SYSTEM_PROMPT, build_messages
 from personalign.memory import Memory, open_memory
 from personalign.types import (
     Exchange,
+    FeedbackIn,
     Message,
     Preference,
     SearchHit,
@@ -44,6 +49,7 @@ from personalign.types import (
 
 if TYPE_CHECKING:
     from personalign.backends.embedders import Embedder
+    from personalign.backends.stores.base import MemoryStore
     from personalign.feedback.adapters import AdapterStore
     from personalign.memory.extract import Extractor, TopicTagger
     from personalign.rewards.preference_rm import PreferenceRewardModel
@@ -187,19 +193,21 @@ class Personalizer:
     def __init__(
         self,
         memory: Memory,
-        model: LanguageModel,
+        model: LanguageModel | None = None,
         *,
         checker: Checker | None = None,
         adapters: AdapterStore | None = None,
         reward_model: PreferenceRewardModel | None = None,
     ) -> None:
-        """``checker`` screens each request; by default the memory's own boundary.
+        """``model``: what answers; without one the personalizer serves the memory and the
+        feedback path only (:attr:`model` raises :class:`ConfigError`).
+        ``checker`` screens each request; by default the memory's own boundary.
         ``adapters``: per-user adapters; a user who has one is answered with it.
         ``reward_model``: what best-of-N and reward-guided decoding rank by; by default the
         shipped one, loaded on first use (e.g. ``load_reward_model(cache, embedder, lm)``
         adds the opt-in LM probe)."""
         self.memory = memory
-        self.model = model
+        self._model = model
         self.adapters = adapters
         self.checker = checker or getattr(memory.store, "checker", None)
         self._ingest = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
@@ -207,6 +215,17 @@ class Personalizer:
         self._lock = threading.Lock()
         self._tagger: TopicTagger | None = None
         self._reward_model: Any = reward_model
+
+    @property
+    def model(self) -> LanguageModel:
+        """The language model (:class:`ConfigError` when opened without one)."""
+        if self._model is None:
+            raise ConfigError("this personalizer has no language model (memory and feedback only)")
+        return self._model
+
+    @model.setter
+    def model(self, model: LanguageModel) -> None:
+        self._model = model
 
     @classmethod
     def open(
@@ -678,6 +697,20 @@ class Personalizer:
         if fut.exception() is not None:
             log.error("ingesting a turn failed: %s", fut.exception())
 
+    # -- the feedback path ---------------------------------------------------------------
+
+    def record_feedback(
+        self, feedback: FeedbackIn, *, user: str, store: MemoryStore | None = None
+    ) -> FeedbackOutcome:
+        """Store ``feedback`` (a rating, pairwise choice, edit, critique or weight override,
+        see :mod:`personalign.feedback.events`) for ``user`` and learn from it with the
+        memory's extractor: critique and edits reach the memory, choices, ratings and edits
+        re-estimate the user's weights (:func:`personalign.feedback.learn.record_feedback`).
+        ``store``: the store to write through, over this personalizer's memory (default: the
+        memory's own; the HTTP service passes the caller's scoped store)."""
+        target = self.memory.store if store is None else store
+        return record_feedback(target, feedback, user=user, extractor=memory_extractor(self.memory))
+
     def flush(self) -> None:
         """Wait until every queued turn is ingested; re-raise the first failure."""
         with self._lock:
@@ -692,7 +725,8 @@ class Personalizer:
         finally:
             self._ingest.shutdown(wait=True)
             self.memory.close()
-            self.model.close()
+            if self._model is not None:
+                self._model.close()
 
     def __enter__(self) -> Personalizer:
         return self
