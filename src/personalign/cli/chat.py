@@ -269,7 +269,6 @@ def _feedback(
     """/good, /bad, /edit TEXT, /prefer [1|2] on the last answer."""
     from personalign.errors import PersonalignError
     from personalign.feedback import events
-    from personalign.feedback.learn import memory_extractor, record_feedback
 
     if not last:
         out.print("no answer yet")
@@ -301,7 +300,7 @@ def _feedback(
             first, second = x.response, pending.pop("text")
             chosen, rejected = (first, second) if arg == "1" else (second, first)
             fb = events.pairwise(chosen, rejected, exchange_id=x.id, source="chat")
-        res = record_feedback(p.memory.store, fb, user=user, extractor=memory_extractor(p.memory))
+        res = p.record_feedback(fb, user=user)
     except PersonalignError as e:
         err.print(f"[bold red]error:[/] {e}")
         return

@@ -69,10 +69,10 @@ def weights_line(p: Profile | None) -> str:
 
 
 def _record(user: str, fb: FeedbackIn, json_out: bool) -> None:
-    from personalign.feedback.learn import memory_extractor, record_feedback
+    from personalign.pipeline import Personalizer
 
     with _memory() as mem, errors():
-        res = record_feedback(mem.store, fb, user=user, extractor=memory_extractor(mem))
+        res = Personalizer(mem).record_feedback(fb, user=user)  # no model needed
     _report(res, json_out)
 
 

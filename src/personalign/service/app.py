@@ -304,12 +304,8 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
         by ``exchange_id``) and learn from it: critique and edits reach the memory, choices
         and ratings re-estimate the weights. Returns the record, the new profile (when the
         weights changed) and the preferences learned."""
-        from personalign.feedback.learn import memory_extractor, record_feedback
-
         fb = FeedbackIn(**body.model_dump(exclude={"source"}), source="api")  # checks the kind
-        res = record_feedback(
-            svc.store(p), fb, user=user, extractor=memory_extractor(personalizer.memory)
-        )
+        res = svc.personalizer.record_feedback(fb, user=user, store=svc.store(p))
         return {
             "feedback": res.feedback.model_dump(mode="json"),
             "profile": res.profile.model_dump(mode="json") if res.profile else None,
