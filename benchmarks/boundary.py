@@ -56,7 +56,6 @@ from personalign.backends.finetuned import read_artifact_meta
 from personalign.config import GuardConfig, load_settings
 from personalign.errors import ConfigError
 from personalign.eval.bench import emit, parser, percentile
-from personalign.safety import datasets as D
 from personalign.safety.checkers import (
     DEFAULT_ARTIFACT,
     DEFAULT_FINETUNED,
@@ -74,6 +73,7 @@ from personalign.safety.injection import (
     render_memories_block,
 )
 from personalign.safety.verdict import Verdict
+from personalign.training import safety_data as D
 
 ROLE_TOKENS = ("<|", "|>", "[INST]", "<<SYS>>", "</s>", "<s>")
 

@@ -23,7 +23,7 @@ Two artifacts from the same training data:
   which runs beside the fine-tuned classifier in the shipped boundary (the faster session).
 
 Reproducible: fixed seed, deterministic training (one thread), data read in sorted order. The
-held-out protocol (:data:`personalign.safety.datasets.HELDOUT_PROTOCOL`) is stored in both
+held-out protocol (:data:`personalign.training.safety_data.HELDOUT_PROTOCOL`) is stored in both
 artifacts together with the keys of every training text, so that ``benchmarks/boundary.py``
 scores only what the artifacts never saw. Prints the held-out figures of the numpy
 classifiers alone (the benchmark measures the whole boundary: patterns + classifier).
@@ -46,7 +46,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from personalign.backends.embedders import load_embedder  # noqa: E402
-from personalign.safety import datasets as D  # noqa: E402
 from personalign.safety.checkers import (  # noqa: E402
     DEFAULT_ARTIFACT,
     DEFAULT_FINETUNED,
@@ -55,6 +54,7 @@ from personalign.safety.checkers import (  # noqa: E402
 from personalign.safety.classifier import EmbeddingClassifier, fit, save_artifact  # noqa: E402
 from personalign.safety.injection import segments  # noqa: E402
 from personalign.safety.policy import load_policy  # noqa: E402
+from personalign.training import safety_data as D  # noqa: E402
 
 CONTRAST_REPEAT = 3
 """Generated contrast pairs are few; they are repeated to weigh as much as a mid-size source."""

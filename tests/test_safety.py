@@ -39,13 +39,13 @@ from personalign.safety import (
     parse_guard_output,
     render_memories_block,
 )
-from personalign.safety import datasets as D
 from personalign.safety.checkers import FinetunedChecker
 from personalign.safety.classifier import fit, load_artifact, save_artifact
 from personalign.safety.guard import LLAMA_GUARD_3_MAP, policy_codes
 from personalign.safety.injection import LINE_PREFIX
 from personalign.safety.policy import parse_policy
 from personalign.testing import HashingEmbedder, KeywordClassifier
+from personalign.training import safety_data as D
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(
