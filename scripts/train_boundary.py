@@ -51,10 +51,11 @@ from personalign.safety.checkers import (  # noqa: E402
     DEFAULT_FINETUNED,
     FAST_INJECTION,
 )
-from personalign.safety.classifier import EmbeddingClassifier, fit, save_artifact  # noqa: E402
+from personalign.safety.classifier import EmbeddingClassifier  # noqa: E402
 from personalign.safety.injection import segments  # noqa: E402
 from personalign.safety.policy import load_policy  # noqa: E402
 from personalign.training import safety_data as D  # noqa: E402
+from personalign.training.boundary import fit, save_artifact  # noqa: E402
 
 CONTRAST_REPEAT = 3
 """Generated contrast pairs are few; they are repeated to weigh as much as a mid-size source."""

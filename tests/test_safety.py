@@ -40,12 +40,13 @@ from personalign.safety import (
     render_memories_block,
 )
 from personalign.safety.checkers import FinetunedChecker
-from personalign.safety.classifier import fit, load_artifact, save_artifact
+from personalign.safety.classifier import load_artifact
 from personalign.safety.guard import LLAMA_GUARD_3_MAP, policy_codes
 from personalign.safety.injection import LINE_PREFIX
 from personalign.safety.policy import parse_policy
 from personalign.testing import HashingEmbedder, KeywordClassifier
 from personalign.training import safety_data as D
+from personalign.training.boundary import fit, save_artifact
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(
