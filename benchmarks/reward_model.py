@@ -62,8 +62,8 @@ from personalign.rewards.preference_rm import (
     EnsembleRewardModel,
     PreferenceRewardModel,
     judge_from_settings,
-    train,
 )
+from personalign.training.reward_model import train
 
 if TYPE_CHECKING:
     from personalign.backends.models.local import TransformersLM

@@ -26,15 +26,17 @@ import numpy as np
 from personalign.eval.bench import parser
 from personalign.eval.prefeval_tasks import load_mcq, reward_items, topics
 from personalign.rewards.lm_probe import ARTIFACT as PROBE_ARTIFACT
-from personalign.rewards.lm_probe import train_probe
 from personalign.rewards.preference_rm import (
     ARTIFACT,
     CROSS_ENCODER_ARTIFACT,
-    CROSS_ENCODER_RECIPE,
     FEATURE_NAMES,
     EmbeddedRewardModel,
+)
+from personalign.training.reward_model import (
+    CROSS_ENCODER_RECIPE,
     train,
     train_cross_encoder,
+    train_probe,
 )
 
 L2 = 1e-3

@@ -73,8 +73,9 @@ def test_shared_prefix_is_read_once_with_the_same_states(
 
 
 def test_probe_trains_scores_and_roundtrips(tiny_lm: Any, tmp_path: Path) -> None:
-    from personalign.rewards.lm_probe import LMProbeRewardModel, train_probe
+    from personalign.rewards.lm_probe import LMProbeRewardModel
     from personalign.rewards.preference_rm import PreferenceRewardModel
+    from personalign.training.reward_model import train_probe
 
     memo: dict[Any, np.ndarray] = {}
     probe = train_probe(tiny_lm, ITEMS, layers=LAYERS, memo=memo, epochs=300)
@@ -97,7 +98,8 @@ def test_probe_trains_scores_and_roundtrips(tiny_lm: Any, tmp_path: Path) -> Non
 
 
 def test_probe_refuses_another_model_or_shape(tiny_lm: Any, tmp_path: Path) -> None:
-    from personalign.rewards.lm_probe import LMProbeRewardModel, train_probe
+    from personalign.rewards.lm_probe import LMProbeRewardModel
+    from personalign.training.reward_model import train_probe
 
     probe = train_probe(tiny_lm, ITEMS, layers=LAYERS, epochs=10)
     probe.meta["model"] = "some-other-model"

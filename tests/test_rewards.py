@@ -217,12 +217,9 @@ ITEMS = [
 def test_embedded_model_trains_scores_and_roundtrips(tmp_path: Path) -> None:
     import json
 
-    from personalign.rewards.preference_rm import (
-        FEATURE_NAMES,
-        EmbeddedRewardModel,
-        train,
-    )
+    from personalign.rewards.preference_rm import FEATURE_NAMES, EmbeddedRewardModel
     from personalign.testing import HashingEmbedder
+    from personalign.training.reward_model import train
 
     base = EmbeddedRewardModel(HashingEmbedder(), np.zeros(len(FEATURE_NAMES)))
     rm = train(base, ITEMS, epochs=200)
@@ -318,7 +315,7 @@ def test_ensemble_averages_log_odds() -> None:
 
 
 def test_cross_encoder_examples_balance_the_classes() -> None:
-    from personalign.rewards.preference_rm import cross_encoder_examples
+    from personalign.training.reward_model import cross_encoder_examples
 
     texts, pairs, labels, weights = cross_encoder_examples(ITEMS)
     assert len(texts) == len(pairs) == len(labels) == 9

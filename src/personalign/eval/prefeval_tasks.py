@@ -274,10 +274,9 @@ def trained_reward_model(
     import hashlib
 
     from personalign.backends.finetuned import data_hash
-    from personalign.rewards.preference_rm import (
+    from personalign.rewards.preference_rm import QUANTIZE_CROSS_ENCODER, CrossEncoderRewardModel
+    from personalign.training.reward_model import (
         CROSS_ENCODER_RECIPE,
-        QUANTIZE_CROSS_ENCODER,
-        CrossEncoderRewardModel,
         cross_encoder_examples,
         train_cross_encoder,
     )
@@ -311,13 +310,8 @@ def trained_probe(
     and model (training is deterministic). ``memo`` shares features between folds."""
     import hashlib
 
-    from personalign.rewards.lm_probe import (
-        FEATURES_VERSION,
-        PROBE_LAYERS,
-        PROBE_RECIPE,
-        LMProbeRewardModel,
-        train_probe,
-    )
+    from personalign.rewards.lm_probe import FEATURES_VERSION, PROBE_LAYERS, LMProbeRewardModel
+    from personalign.training.reward_model import PROBE_RECIPE, train_probe
 
     items = reward_items(data_dir, names)
     blob = json.dumps([items, PROBE_RECIPE, PROBE_LAYERS, FEATURES_VERSION, lm.name, lm.dtype])
@@ -352,8 +346,8 @@ def fold_reward_models(
         FEATURE_NAMES,
         EmbeddedRewardModel,
         EnsembleRewardModel,
-        train,
     )
+    from personalign.training.reward_model import train
 
     if kind not in ("cross_encoder", "embedded", "ensemble"):
         raise ConfigError(f"unknown reward model kind {kind!r}")

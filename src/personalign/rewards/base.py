@@ -1,7 +1,7 @@
-"""What the reward models share: the :class:`PreferenceRewardModel` interface, the
-min-over-preferences rule, and the numpy fitting of a listwise linear ranker and its
-calibration (used by :mod:`~personalign.rewards.preference_rm` and
-:mod:`~personalign.rewards.lm_probe`)."""
+"""What the reward models share: the :class:`PreferenceRewardModel` interface and the
+min-over-preferences rule (used by :mod:`~personalign.rewards.preference_rm` and
+:mod:`~personalign.rewards.lm_probe`; their listwise ranker is fitted by
+:mod:`personalign.training.reward_model`)."""
 
 from __future__ import annotations
 
@@ -48,46 +48,3 @@ def min_over_preferences(
     scores = np.asarray(pair_scores(prefs, resps), dtype=np.float64).reshape(len(prefs), -1)
     out: np.ndarray = scores.min(axis=0)
     return out
-
-
-# -- training (numpy, deterministic) -----------------------------------------------------------
-
-
-def fit_listwise(
-    groups: np.ndarray, *, l2: float = 1e-3, epochs: int = 800, lr: float = 0.05
-) -> np.ndarray:
-    """Weights (F,) of a linear scorer ranking option 0 first in each group ``(N, K, F)``:
-    full-batch Adam on the softmax cross-entropy over the K options, L2 ``l2``, from zeros."""
-    x = np.asarray(groups, dtype=np.float64)  # (N, K, F)
-    n, _, f = x.shape
-    w, m, v = np.zeros(f), np.zeros(f), np.zeros(f)
-    for t in range(1, epochs + 1):
-        s = x @ w  # (N, K)
-        p = np.exp(s - s.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        p[:, 0] -= 1.0  # d loss / d s
-        g = np.einsum("nk,nkf->f", p, x) / n + l2 * w  # (F,)
-        m = 0.9 * m + 0.1 * g
-        v = 0.999 * v + 0.001 * g * g
-        w -= lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
-    return w
-
-
-def fit_calibration(z: np.ndarray, *, epochs: int = 2000) -> tuple[float, float]:
-    """(scale, bias) of ``sigmoid(scale * z + bias)`` by class-balanced logistic regression
-    over ranker scores ``z`` of groups ``(N, K)`` whose first option is compliant and the
-    others violating."""
-    z = np.asarray(z, dtype=np.float64)
-    labels = np.zeros_like(z)
-    labels[:, 0] = 1.0
-    z, y = z.ravel(), labels.ravel()
-    pos = max(1.0, float(y.sum()))
-    neg = max(1.0, float(len(y) - y.sum()))
-    weight = np.where(y > 0, 0.5 / pos, 0.5 / neg)  # (N * K,)
-    a, b = 1.0, 0.0
-    for _ in range(epochs):
-        p = 1.0 / (1.0 + np.exp(-(a * z + b)))
-        err = weight * (p - y)
-        a -= 1.0 * float((err * z).sum())
-        b -= 1.0 * float(err.sum())
-    return a, b

@@ -5,7 +5,7 @@ The embedded SmolLM2-135M is asked whether a reply respects the user's preferenc
 yes/no answer picks the compliant PrefEval MCQ option 31% of the time, chance is 25%), but
 its hidden states at the question's last token after :data:`PROBE_LAYERS` carry the
 answer: standardized, they are scored by a linear ranker trained listwise on the reward
-model's groups (first option compliant; :func:`personalign.rewards.base.fit_listwise`)
+model's groups (first option compliant; :func:`personalign.training.reward_model.train_probe`)
 and calibrated to a probability. The language model stays frozen; the artifact is the
 ranker (``rewards/artifacts/lm_probe.npz``, numpy training, deterministic, trained by
 ``scripts/train_reward_model.py --probe``).
@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from personalign.errors import ModelNotAvailableError, ValidationError
-from personalign.rewards.base import fit_calibration, fit_listwise, min_over_preferences
+from personalign.errors import ModelNotAvailableError
+from personalign.rewards.base import min_over_preferences
 from personalign.types import Message
 
 if TYPE_CHECKING:
@@ -39,8 +39,6 @@ PROBE_LAYERS: tuple[int, ...] = (10, 20, 30)
 ARTIFACT = Path(__file__).with_name("artifacts") / "lm_probe.npz"
 MAX_RESPONSE_CHARS = 1200
 """Replies are read up to this many characters (bounds the probe's cost on long replies)."""
-PROBE_RECIPE: dict[str, float | int] = {"l2": 0.1, "epochs": 400, "lr": 0.05}
-"""Hyper-parameters of :func:`train_probe` (the shipped probe and the CV folds)."""
 SYSTEM = "You check whether an assistant's reply respects the user's stated preference."
 FEATURES_VERSION = 2
 """Bump when the prompt or how its states are read changes (2: shared prefixes read once),
@@ -183,39 +181,3 @@ class LMProbeRewardModel:
                 layers=[int(x) for x in z["layers"]],
                 meta=meta,
             )
-
-
-def train_probe(
-    lm: TransformersLM,
-    items: Sequence[tuple[str, str, Sequence[str]]],
-    *,
-    layers: Sequence[int] = PROBE_LAYERS,
-    memo: dict[Triple, np.ndarray] | None = None,
-    extra_meta: dict[str, Any] | None = None,
-    log: Callable[[str], None] | None = None,
-    **recipe: float | int,
-) -> LMProbeRewardModel:
-    """Train a probe over ``lm``'s ``layers`` on (preference, prompt, options) groups of one
-    size whose first option is compliant. ``recipe`` overrides :data:`PROBE_RECIPE`."""
-    sizes = {len(options) for _, _, options in items}
-    if len(sizes) != 1 or min(sizes) < 2:
-        raise ValidationError(f"probe groups need one size >= 2 options, got sizes {sizes}")
-    hp = {**PROBE_RECIPE, **recipe}
-    k = sizes.pop()
-    triples = [(p, q, o) for p, q, options in items for o in options]
-    x = probe_features(lm, triples, memo, layers=layers, log=log).astype(np.float64)  # (N*K, F)
-    mean, std = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6)
-    groups = ((x - mean) / std).reshape(len(items), k, -1)  # (N, K, F)
-    w = fit_listwise(groups, l2=float(hp["l2"]), epochs=int(hp["epochs"]), lr=float(hp["lr"]))
-    z = groups @ w  # (N, K)
-    scale, bias = fit_calibration(z)
-    meta = {
-        "model": lm.name,
-        "features_version": FEATURES_VERSION,
-        "layers": [int(x) for x in layers],
-        "groups": len(items),
-        "recipe": hp,
-        "train_mcq_accuracy": round(float(np.mean(z.argmax(axis=1) == 0)), 4),
-        **(extra_meta or {}),
-    }
-    return LMProbeRewardModel(lm, w, mean, std, scale=scale, bias=bias, layers=layers, meta=meta)

@@ -9,6 +9,7 @@ Implementations:
 * :class:`CrossEncoderRewardModel` — all-MiniLM-L6-v2 fine-tuned with LoRA as a cross-encoder
   over (preference + prompt, response) pairs (:mod:`personalign.backends.finetuned`;
   torch-free onnxruntime at run time), trained offline by ``scripts/train_reward_model.py``
+  (:mod:`personalign.training.reward_model`)
   (artifact ``rewards/artifacts/preference_rm.safetensors``).
 * :class:`EnsembleRewardModel` — several models' mean log-odds. The shipped default
   (:func:`load_reward_model`) is the cross-encoder with the embedded feature model.
@@ -29,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,8 +41,6 @@ from personalign.errors import ConfigError, ModelNotAvailableError, ValidationEr
 from personalign.rewards.base import (
     PreferenceRewardModel,
     check_inputs,
-    fit_calibration,
-    fit_listwise,
     min_over_preferences,
 )
 from personalign.rewards.lm_probe import LMProbeRewardModel
@@ -50,7 +49,7 @@ from personalign.types import Message
 
 if TYPE_CHECKING:
     from personalign.backends.embedders import Embedder
-    from personalign.backends.finetuned import TextClassifier, TrainReport
+    from personalign.backends.finetuned import TextClassifier
     from personalign.backends.models.base import GenerationOptions, LanguageModel
     from personalign.config import Settings
 
@@ -566,78 +565,6 @@ class CrossEncoderRewardModel:
         return min_over_preferences(preferences, responses, pairs)
 
 
-CROSS_ENCODER_RECIPE: dict[str, float | int] = {
-    "max_length": 128,
-    "epochs": 1.0,
-    "batch_size": 32,
-    "lr": 5e-4,
-    "lora_r": 8,
-    "lora_alpha": 16,
-    "listwise_weight": 1.0,
-    "seed": 0,
-}
-"""Hyper-parameters of :func:`train_cross_encoder` (the shipped model and the CV folds)."""
-
-
-def cross_encoder_examples(
-    items: Sequence[tuple[str, str, Sequence[str]]],
-) -> tuple[list[str], list[str], list[str], np.ndarray]:
-    """(texts, pairs, labels, weights) of (preference, prompt, options) groups whose first
-    option is compliant: one example per option, the compliant one weighted ``K - 1`` so
-    both classes weigh the same."""
-    texts: list[str] = []
-    pairs: list[str] = []
-    labels: list[str] = []
-    weights: list[float] = []
-    for pref, prompt, options in items:
-        first = cross_encoder_input(pref, prompt)
-        for j, option in enumerate(options):
-            texts.append(first)
-            pairs.append(option)
-            labels.append(VIOLATING if j else COMPLIANT)
-            weights.append(1.0 if j else float(len(options) - 1))
-    return texts, pairs, labels, np.array(weights)
-
-
-def train_cross_encoder(
-    items: Sequence[tuple[str, str, Sequence[str]]],
-    out: Path,
-    *,
-    extra_meta: dict[str, object] | None = None,
-    log: Callable[[str], None] | None = print,
-    **recipe: float | int,
-) -> TrainReport:
-    """Fine-tune the cross-encoder on (preference, prompt, options) groups of equal size
-    (first option compliant) and write its artifact to ``out`` (needs torch and PEFT).
-    ``recipe`` overrides :data:`CROSS_ENCODER_RECIPE`."""
-    from personalign.backends.finetuned import train_classifier
-
-    sizes = {len(options) for _, _, options in items}
-    if len(sizes) != 1 or min(sizes) < 2:
-        raise ValidationError(f"reward groups need one size >= 2 options, got sizes {sizes}")
-    hp = {**CROSS_ENCODER_RECIPE, **recipe}
-    texts, pairs, labels, weights = cross_encoder_examples(items)
-    return train_classifier(
-        texts,
-        labels,
-        out,
-        pairs=pairs,
-        label_names=[VIOLATING, COMPLIANT],
-        sample_weight=weights,
-        max_length=int(hp["max_length"]),
-        epochs=float(hp["epochs"]),
-        batch_size=int(hp["batch_size"]),
-        lr=float(hp["lr"]),
-        lora_r=int(hp["lora_r"]),
-        lora_alpha=int(hp["lora_alpha"]),
-        seed=int(hp["seed"]),
-        group_size=sizes.pop(),
-        listwise_weight=float(hp["listwise_weight"]),
-        extra_meta={"task": "preference_reward", **(extra_meta or {})},
-        log=log,
-    )
-
-
 class EnsembleRewardModel:
     """Several reward models combined: the sigmoid of the ``weights``-weighted mean of their
     log-odds (a product of experts; equal weights by default). The cross-encoder and the
@@ -707,36 +634,3 @@ def shipped_reward_model(cache_dir: Path) -> PreferenceRewardModel:
     from personalign.backends.embedders import load_embedder
 
     return load_reward_model(cache_dir, load_embedder("minilm", cache_dir))
-
-
-# -- training (numpy, deterministic) -----------------------------------------------------------
-
-
-def feature_groups(
-    rm: EmbeddedRewardModel, items: Sequence[tuple[str, str, Sequence[str]]]
-) -> np.ndarray:
-    """Feature groups ``(N, K, F)`` of (preference, prompt, K options) items, batch-embedded."""
-    texts: list[str] = []
-    for pref, prompt, options in items:
-        texts += _texts_needed(pref, prompt, options)
-    rm._cache.add(texts)
-    return np.stack([rm.features(pref, prompt, options) for pref, prompt, options in items])
-
-
-def train(
-    rm: EmbeddedRewardModel,
-    items: Sequence[tuple[str, str, Sequence[str]]],
-    *,
-    l2: float = 1e-3,
-    epochs: int = 800,
-) -> EmbeddedRewardModel:
-    """A model over ``rm``'s embedder trained on ``items`` (first option compliant)."""
-    groups = feature_groups(rm, items)  # (N, K, F)
-    w = fit_listwise(groups, l2=l2, epochs=epochs)
-    ranker = EmbeddedRewardModel(rm.embedder, w)
-    ranker._cache = rm._cache
-    z = np.stack([ranker.logits(p, q, options) for p, q, options in items])  # (N, K)
-    scale, bias = fit_calibration(z)
-    trained = EmbeddedRewardModel(rm.embedder, w, bias=bias, scale=scale)
-    trained._cache = rm._cache  # share the embedded texts
-    return trained
