@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def finetune(args: argparse.Namespace, npz_meta: dict[str, object]) -> None:
     """Fine-tune the one MiniLM boundary classifier (LoRA) and write its artifact."""
-    from personalign.backends.finetuned import train_classifier
+    from personalign.training.finetune import train_classifier
 
     texts, labels, weights, keys = finetune_training_set(args.data, args.seed)
     names = [D.BENIGN, INJECTION, *D.GOLD_CATEGORIES]

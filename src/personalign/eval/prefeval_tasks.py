@@ -273,8 +273,8 @@ def trained_reward_model(
     would give). ``quantize``: run its int8 export (default: as the shipped model runs)."""
     import hashlib
 
-    from personalign.backends.finetuned import data_hash
     from personalign.rewards.preference_rm import QUANTIZE_CROSS_ENCODER, CrossEncoderRewardModel
+    from personalign.training.finetune import data_hash
     from personalign.training.reward_model import (
         CROSS_ENCODER_RECIPE,
         cross_encoder_examples,

@@ -39,8 +39,8 @@ from personalign.rewards.preference_rm import (
 )
 
 if TYPE_CHECKING:
-    from personalign.backends.finetuned import TrainReport
     from personalign.backends.models.local import TransformersLM
+    from personalign.training.finetune import TrainReport
 
 
 # -- the shared listwise ranker (numpy, deterministic) ----------------------------------------
@@ -132,7 +132,7 @@ def train_cross_encoder(
     """Fine-tune the cross-encoder on (preference, prompt, options) groups of equal size
     (first option compliant) and write its artifact to ``out`` (needs torch and PEFT).
     ``recipe`` overrides :data:`CROSS_ENCODER_RECIPE`."""
-    from personalign.backends.finetuned import train_classifier
+    from personalign.training.finetune import train_classifier
 
     sizes = {len(options) for _, _, options in items}
     if len(sizes) != 1 or min(sizes) < 2:
