@@ -2,7 +2,7 @@
 
 Reproducible: the data split is a fixed hash, training is deterministic Newton steps (no random
 initialisation), weights are rounded to 6 decimals. Trains on every PrefEval topic under
-``--data`` plus the MT-Bench-101 *train* half (see ``personalign.eval.suites._prefdata``);
+``--data`` plus the MT-Bench-101 *train* half (see ``personalign.training.extractor``);
 the filler half, used by the benchmarks, is never trained on.
 
     python scripts/train_extractor.py [--data ../shared/data] [--out PATH] [--topics a,b,...]
@@ -18,8 +18,9 @@ from pathlib import Path
 from personalign.backends.embedders import load_embedder
 from personalign.config import load_settings
 from personalign.eval.bench import DEFAULT_DATA
-from personalign.eval.suites._prefdata import fit_classifier, topics
+from personalign.eval.suites._prefdata import topics
 from personalign.memory.extract import ARTIFACT
+from personalign.training.extractor import fit_classifier
 
 
 def main() -> None:

@@ -22,9 +22,9 @@ from personalign.memory.extract import (
     signals_change,
     split_sentences,
     states_preference,
-    train_logreg,
 )
 from personalign.testing import FakeLM, HashingEmbedder
+from personalign.training.extractor import train_logreg
 from personalign.types import Message
 
 

@@ -282,7 +282,7 @@ def signals_change(text: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# The classifier: logistic regression, trained and applied with numpy
+# The classifier: logistic regression, applied with numpy (trained by personalign.training)
 # --------------------------------------------------------------------------------------------
 
 
@@ -348,32 +348,6 @@ class SentenceClassifier:
                 f"extractor artifact {path} is missing: run scripts/train_extractor.py"
             )
         return cls.from_json(json.loads(path.read_text()))
-
-
-def train_logreg(
-    x: np.ndarray, y: np.ndarray, *, l2: float = 1.0, iters: int = 30
-) -> tuple[np.ndarray, float]:
-    """Class-balanced L2 logistic regression by Newton's method: deterministic, no seed needed.
-
-    ``x``: ``(n, d)``, ``y``: ``(n,)`` in {0, 1}. Returns ``(weights (d,), bias)``.
-    """
-    n, d = x.shape
-    pos = max(float(y.sum()), 1.0)
-    neg = max(float(n - y.sum()), 1.0)
-    sw = np.where(y > 0, n / (2 * pos), n / (2 * neg))  # balanced sample weights
-    xb = np.hstack([x, np.ones((n, 1))])
-    w = np.zeros(d + 1)
-    reg = np.full(d + 1, l2)
-    reg[-1] = 0.0  # no penalty on the bias
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-(xb @ w)))
-        grad = xb.T @ (sw * (p - y)) + reg * w
-        h = (xb * (sw * p * (1 - p))[:, None]).T @ xb + np.diag(reg) + 1e-9 * np.eye(d + 1)
-        step = np.linalg.solve(h, grad)
-        w -= step
-        if float(np.abs(step).max()) < 1e-8:
-            break
-    return w[:-1], float(w[-1])
 
 
 # --------------------------------------------------------------------------------------------

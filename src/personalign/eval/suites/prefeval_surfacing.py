@@ -33,7 +33,6 @@ from personalign.eval.suites._prefdata import (
     CachingEmbedder,
     Variant,
     filler_messages,
-    fit_classifier,
     load_items,
     mtbench_dialogues,
     preference_conversation,
@@ -41,6 +40,7 @@ from personalign.eval.suites._prefdata import (
 )
 from personalign.memory.extract import EmbeddedExtractor, SentenceClassifier, split_sentences
 from personalign.memory.ingest import add_messages
+from personalign.training.extractor import fit_classifier
 
 NS: tuple[int, ...] = (10, 100, 300)
 K = 5
