@@ -6,4 +6,9 @@ only. The training scripts (``scripts/train_*.py``), the evaluation suites' cros
 and the benchmarks call these recipes.
 
 * :mod:`personalign.training.safety_data` — the safety boundary's training and evaluation sets.
+* :mod:`personalign.training.boundary` — the boundary's embedding classifiers (fit, save).
+* :mod:`personalign.training.finetune` — LoRA fine-tuning of the MiniLM classifiers.
+* :mod:`personalign.training.reward_model` — the cross-encoder, embedded and LM-probe
+  reward models.
+* :mod:`personalign.training.extractor` — the memory extractor's sentence classifier.
 """
