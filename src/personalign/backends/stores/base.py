@@ -1,5 +1,8 @@
 """The ``MemoryStore`` interface: every verb is scoped by a keyword-only ``user``.
 
+``MemoryStore`` is the composition of small protocols (records, revisions, search, events,
+exchanges, profiles, feedback, users); a caller that needs one part may ask for just that one.
+
 Stores keep every version of every memory (nothing is overwritten), an append-only event log
 of every change, and answer hybrid searches. Contract tests in ``tests/test_store_contract.py``
 run against every implementation.
@@ -10,7 +13,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from personalign.config import RetrievalConfig
 from personalign.types import (
@@ -37,14 +40,8 @@ Feedbacks = list[Feedback]
 Names = list[str]
 
 
-class MemoryStore(abc.ABC):
-    """Preference and episodic memory for many users.
-
-    Errors: :class:`~personalign.errors.ValidationError` for bad input,
-    :class:`~personalign.errors.NotFoundError` for an id that does not exist *for that user*
-    (another user's id is indistinguishable from a missing one),
-    :class:`~personalign.errors.ConflictError` when updating or forgetting an inactive version.
-    """
+class RecordStore(Protocol):
+    """Memories in: add; and out: one by id, or the user's (active) ones."""
 
     @abc.abstractmethod
     def add_many(
@@ -83,22 +80,9 @@ class MemoryStore(abc.ABC):
     ) -> Records:
         """Active memories (all versions with ``include_history``), newest first."""
 
-    @abc.abstractmethod
-    def search(
-        self,
-        query: str,
-        *,
-        user: str,
-        k: int = 10,
-        kinds: Sequence[Kind] | None = None,
-        config: RetrievalConfig | None = None,
-        as_of: datetime | None = None,
-    ) -> Hits:
-        """Hybrid search over the user's memories active at ``as_of`` (default: now).
 
-        Signals: dense cosine, FTS BM25, recency; fused as ``config.fusion`` says. Results are
-        sorted by fused score, best first (see :class:`~personalign.types.SearchHit`).
-        """
+class RevisionStore(Protocol):
+    """New versions of a memory, its end, and its history."""
 
     @abc.abstractmethod
     def update(
@@ -126,6 +110,31 @@ class MemoryStore(abc.ABC):
     def history(self, record_id: str, *, user: str) -> Records:
         """Every version of the memory ``record_id`` belongs to, oldest first."""
 
+
+class SearchStore(Protocol):
+    """Hybrid (vector, full-text, recency) search over a user's memories."""
+
+    @abc.abstractmethod
+    def search(
+        self,
+        query: str,
+        *,
+        user: str,
+        k: int = 10,
+        kinds: Sequence[Kind] | None = None,
+        config: RetrievalConfig | None = None,
+        as_of: datetime | None = None,
+    ) -> Hits:
+        """Hybrid search over the user's memories active at ``as_of`` (default: now).
+
+        Signals: dense cosine, FTS BM25, recency; fused as ``config.fusion`` says. Results are
+        sorted by fused score, best first (see :class:`~personalign.types.SearchHit`).
+        """
+
+
+class EventLog(Protocol):
+    """The append-only log of every change (and of what changed nothing)."""
+
     @abc.abstractmethod
     def record_event(
         self,
@@ -142,32 +151,9 @@ class MemoryStore(abc.ABC):
     def events(self, *, user: str, limit: int | None = None) -> Events:
         """The user's event log, oldest first."""
 
-    def export(self, *, user: str) -> dict[str, Any]:
-        """All of the user's data as a JSON-serializable dict (built from the read verbs)."""
-        check_user(user)
-        return {
-            "user": user,
-            "exported_at": utcnow().isoformat(),
-            "memories": [
-                m.model_dump(mode="json") for m in self.list(user=user, include_history=True)
-            ],
-            "events": [e.model_dump(mode="json") for e in self.events(user=user)],
-            "exchanges": [x.model_dump(mode="json") for x in self.exchanges(user=user)],
-            "profile": [p.model_dump(mode="json") for p in self.profile_history(user=user)],
-            "feedback": [f.model_dump(mode="json") for f in self.feedback(user=user)],
-        }
 
-    @abc.abstractmethod
-    def erase_user(self, *, user: str) -> int:
-        """Hard-delete everything of the user (history and logs too). Returns rows deleted."""
-
-    @abc.abstractmethod
-    def has_user(self, *, user: str) -> bool:
-        """Whether the user has any data."""
-
-    @abc.abstractmethod
-    def users(self) -> Names:
-        """Every user with data, sorted."""
+class ExchangeLog(Protocol):
+    """The log of requests and replies."""
 
     @abc.abstractmethod
     def log_exchange(self, exchange: Exchange, *, user: str) -> None:
@@ -180,6 +166,10 @@ class MemoryStore(abc.ABC):
     @abc.abstractmethod
     def get_exchange(self, exchange_id: str, *, user: str) -> Exchange:
         """One logged exchange by id."""
+
+
+class ProfileStore(Protocol):
+    """Versions of a user's dimension weights."""
 
     @abc.abstractmethod
     def set_profile(
@@ -197,6 +187,15 @@ class MemoryStore(abc.ABC):
     def profile_history(self, *, user: str) -> Profiles:
         """Every version of the user's weights, oldest first."""
 
+    def get_profile(self, *, user: str) -> Profile | None:
+        """The user's current weights, or None if never set."""
+        history = self.profile_history(user=user)
+        return history[-1] if history else None
+
+
+class FeedbackStore(Protocol):
+    """Append-only feedback, linked to exchanges."""
+
     @abc.abstractmethod
     def add_feedback(self, fb: FeedbackIn, *, user: str) -> Feedback:
         """Append one feedback record (its ``exchange_id``, if set, must be one of the user's
@@ -207,10 +206,55 @@ class MemoryStore(abc.ABC):
     def feedback(self, *, user: str, limit: int | None = None) -> Feedbacks:
         """The user's feedback, oldest first (the newest ``limit`` if given)."""
 
-    def get_profile(self, *, user: str) -> Profile | None:
-        """The user's current weights, or None if never set."""
-        history = self.profile_history(user=user)
-        return history[-1] if history else None
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+class UserStore(Protocol):
+    """Who has data; the user's erasure."""
+
+    @abc.abstractmethod
+    def users(self) -> Names:
+        """Every user with data, sorted."""
+
+    @abc.abstractmethod
+    def has_user(self, *, user: str) -> bool:
+        """Whether the user has any data."""
+
+    @abc.abstractmethod
+    def erase_user(self, *, user: str) -> int:
+        """Hard-delete everything of the user (history and logs too). Returns rows deleted."""
+
+
+class MemoryStore(
+    RecordStore,
+    RevisionStore,
+    SearchStore,
+    EventLog,
+    ExchangeLog,
+    ProfileStore,
+    FeedbackStore,
+    UserStore,
+):
+    """Preference and episodic memory for many users.
+
+    Errors: :class:`~personalign.errors.ValidationError` for bad input,
+    :class:`~personalign.errors.NotFoundError` for an id that does not exist *for that user*
+    (another user's id is indistinguishable from a missing one),
+    :class:`~personalign.errors.ConflictError` when updating or forgetting an inactive version.
+    """
+
+    def export(self, *, user: str) -> dict[str, Any]:
+        """All of the user's data as a JSON-serializable dict (built from the read verbs)."""
+        check_user(user)
+        return {
+            "user": user,
+            "exported_at": utcnow().isoformat(),
+            "memories": [
+                m.model_dump(mode="json") for m in self.list(user=user, include_history=True)
+            ],
+            "events": [e.model_dump(mode="json") for e in self.events(user=user)],
+            "exchanges": [x.model_dump(mode="json") for x in self.exchanges(user=user)],
+            "profile": [p.model_dump(mode="json") for p in self.profile_history(user=user)],
+            "feedback": [f.model_dump(mode="json") for f in self.feedback(user=user)],
+        }
+
+    def close(self) -> None:
         """Release connections."""
