@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import psycopg
@@ -40,16 +40,7 @@ from psycopg.types.json import Json
 from psycopg_pool import ConnectionPool
 
 from personalign.backends.embedders import Embedder
-from personalign.backends.stores.base import (
-    Events,
-    Exchanges,
-    Feedbacks,
-    Hits,
-    MemoryStore,
-    Names,
-    Profiles,
-    Records,
-)
+from personalign.backends.stores.base import Hits
 from personalign.backends.stores.hybrid import (
     Candidate,
     dense_query,
@@ -58,70 +49,18 @@ from personalign.backends.stores.hybrid import (
     rank,
 )
 from personalign.backends.stores.postgres_migrations import MIGRATIONS
+from personalign.backends.stores.sql import ACTIVE_NOW, COLUMNS, FIELDS, SQLStore, search_args
 from personalign.config import RetrievalConfig
-from personalign.errors import (
-    BackendError,
-    ConfigError,
-    ConflictError,
-    NotFoundError,
-    ValidationError,
-)
-from personalign.types import (
-    Event,
-    Exchange,
-    Feedback,
-    FeedbackIn,
-    Kind,
-    Preference,
-    PreferenceIn,
-    Profile,
-    SearchHit,
-    check_text,
-    check_user,
-    check_weights,
-    new_id,
-    utcnow,
-)
+from personalign.errors import BackendError, ConfigError, ConflictError
+from personalign.types import Event, Kind, Preference, Profile, SearchHit, utcnow
 
 Conn = Connection[DictRow]
 
-_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-_FIELDS = (
-    "id",
-    "user_id",
-    "text",
-    "kind",
-    "topic",
-    "dimension",
-    "tags",
-    "strength",
-    "source",
-    "source_turn_ids",
-    "valid_from",
-    "valid_to",
-    "recorded_at",
-    "superseded_at",
-    "superseded_by",
-    "root_id",
-    "previous_id",
-    "flags",
-    "meta",
-)
-_COLUMNS = ", ".join(_FIELDS)
 _ACTIVE_AT = (
     "valid_from <= %(t)s AND (valid_to IS NULL OR valid_to > %(t)s) "
     "AND recorded_at <= %(t)s AND (superseded_at IS NULL OR superseded_at > %(t)s)"
 )
-_ACTIVE_NOW = "superseded_at IS NULL AND valid_to IS NULL"
 _MIGRATION_LOCK = 0x70657273_6D656D  # pg_advisory_xact_lock key for schema migrations
-USER_TABLES = ("memories", "events", "exchanges", "profiles", "feedback", "users")
-"""Every table holding a user's data; ``erase_user`` deletes from each (users last)."""
-
-
-def _check_id(record_id: str) -> str:
-    if not isinstance(record_id, str) or not _ID_RE.match(record_id):
-        raise ValidationError(f"bad memory id {record_id!r}: expected 32 hex characters")
-    return record_id
 
 
 def _ts_query(terms: list[str]) -> str | None:
@@ -132,12 +71,7 @@ def _ts_query(terms: list[str]) -> str | None:
 
 
 def _row_to_pref(row: DictRow) -> Preference:
-    return Preference.model_validate({f: row[f] for f in _FIELDS})
-
-
-def _coerce(item: PreferenceIn | str) -> PreferenceIn:
-    pin = PreferenceIn(text=item) if isinstance(item, str) else item
-    return pin.model_copy(update={"text": check_text(pin.text, what="memory text")})
+    return Preference.model_validate({f: row[f] for f in FIELDS})
 
 
 def _where(url: str) -> str:
@@ -156,12 +90,19 @@ def _configure(conn: Conn) -> None:
     conn.commit()
 
 
-class PostgresStore(MemoryStore):
+class PostgresStore(SQLStore):
     """:class:`MemoryStore` on PostgreSQL + pgvector. Safe to share across threads.
 
     ``url`` is a ``postgresql://`` URL or libpq conninfo; tables live in the first schema of
     its ``search_path``. ``pool_size`` bounds the connections this store opens.
     """
+
+    _SEQ: ClassVar[str] = "seq"
+    _BODY: ClassVar[str] = "body::text AS body"
+    _JSON_ARG: ClassVar[str] = "?::json"
+    _LOCK: ClassVar[str] = " FOR UPDATE"
+    _USER_ORDER: ClassVar[str] = 'user_id COLLATE "C"'
+    _VECTOR_DTYPE: ClassVar[Any] = np.float32
 
     exact_scan_max: int = 5000
     """Above this many matching rows of a user, dense search uses the HNSW index."""
@@ -253,169 +194,44 @@ class PostgresStore(MemoryStore):
     def close(self) -> None:
         self._pool.close()
 
-    # -- helpers ------------------------------------------------------------------------
+    # -- the primitives of SQLStore ----------------------------------------------------
 
-    def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        vectors = self.embedder.embed(list(texts))
-        if vectors.shape != (len(texts), self.embedder.dim):
-            raise BackendError(f"embedder returned shape {vectors.shape} for {len(texts)} texts")
-        return np.asarray(vectors, dtype=np.float32)
+    def _read(self) -> Any:
+        return self._tx()
 
-    def _ensure_user(self, conn: Conn, user: str, at: datetime) -> None:
-        conn.execute(
-            "INSERT INTO users (user_id, created_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-            (user, at),
-        )
+    def _write(self) -> Any:
+        return self._tx()
 
-    def _event_row(
-        self,
-        *,
-        user: str,
-        action: str,
-        record_id: str | None,
-        actor: str,
-        reason: str | None,
-        payload: dict[str, Any],
-        at: datetime,
-    ) -> tuple[Any, ...]:
-        return (user, at, action, record_id, actor, reason, Json(payload))
+    def _x(self, conn: Conn, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor[DictRow]:
+        return conn.execute(sql.replace("?", "%s"), args)
 
-    def _events(self, conn: Conn, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _xmany(self, conn: Conn, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO events (user_id, at, action, record_id, actor, reason, payload) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                rows,
-            )
+            cur.executemany(sql.replace("?", "%s"), rows)
 
-    def _memory_row(
-        self,
-        pin: PreferenceIn,
-        *,
-        rid: str,
-        user: str,
-        vector: np.ndarray,
-        now: datetime,
-        root_id: str | None = None,
-        previous_id: str | None = None,
-    ) -> tuple[Any, ...]:
-        return (
-            rid,
-            user,
-            pin.text,
-            pin.kind,
-            pin.topic,
-            pin.dimension,
-            Json(pin.tags),
-            pin.strength,
-            pin.source,
-            Json(pin.source_turn_ids),
-            pin.valid_from or now,
-            now,
-            root_id or rid,
-            previous_id,
-            Json(pin.flags),
-            Json(pin.meta),
-            vector,
-            self.embedder.name,
-        )
+    def _t(self, dt: datetime) -> datetime:
+        return dt
 
-    def _insert(self, conn: Conn, rows: Sequence[tuple[Any, ...]]) -> None:
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO memories (id, user_id, text, kind, topic, dimension, tags, strength, "
-                "source, source_turn_ids, valid_from, recorded_at, root_id, previous_id, flags, "
-                "meta, embedding, embedder) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                rows,
-            )
+    def _j(self, value: Any) -> Json:
+        return Json(value)
 
-    def _fetch(self, conn: Conn, record_id: str, user: str, *, lock: bool = False) -> Preference:
-        row = conn.execute(
-            f"SELECT {_COLUMNS} FROM memories WHERE id = %s AND user_id = %s"
-            + (" FOR UPDATE" if lock else ""),
-            (record_id, user),
-        ).fetchone()
-        if row is None:
-            raise NotFoundError(f"no memory {record_id} for user {user!r}")
+    def _pref(self, row: DictRow) -> Preference:
         return _row_to_pref(row)
 
-    # -- verbs --------------------------------------------------------------------------
+    def _event_of(self, row: DictRow) -> Event:
+        return Event.model_validate(dict(row))
 
-    def add_many(
-        self,
-        items: Sequence[PreferenceIn | str],
-        *,
-        user: str,
-        actor: str = "user",
-        reason: str | None = None,
-    ) -> Records:
-        check_user(user)
-        pins = [_coerce(i) for i in items]
-        if not pins:
-            return []
-        vectors = self._embed([p.text for p in pins])
-        now = utcnow()
-        ids = [new_id() for _ in pins]
-        with self._tx() as conn:
-            self._ensure_user(conn, user, now)
-            self._insert(
-                conn,
-                [
-                    self._memory_row(pin, rid=rid, user=user, vector=vec, now=now)
-                    for rid, pin, vec in zip(ids, pins, vectors, strict=True)
-                ],
-            )
-            self._events(
-                conn,
-                [
-                    self._event_row(
-                        user=user,
-                        action="add",
-                        record_id=rid,
-                        actor=actor,
-                        reason=reason,
-                        payload={"text": pin.text, "kind": pin.kind},
-                        at=now,
-                    )
-                    for rid, pin in zip(ids, pins, strict=True)
-                ],
-            )
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM memories WHERE user_id = %s AND id = ANY(%s)",
-                (user, ids),
-            ).fetchall()
-        by_id = {r["id"]: _row_to_pref(r) for r in rows}
-        return [by_id[rid] for rid in ids]
+    def _profile_of(self, row: DictRow) -> Profile:
+        return Profile.model_validate(row)
 
-    def get(self, record_id: str, *, user: str) -> Preference:
-        check_user(user)
-        _check_id(record_id)
-        with self._tx() as conn:
-            return self._fetch(conn, record_id, user)
+    def _vector_columns(self, user: str, vector: np.ndarray) -> dict[str, Any]:
+        return {"embedding": vector, "embedder": self.embedder.name}
 
-    def list(
-        self,
-        *,
-        user: str,
-        include_history: bool = False,
-        kinds: Sequence[Kind] | None = None,
-        limit: int | None = None,
-    ) -> Records:
-        check_user(user)
-        sql = f"SELECT {_COLUMNS} FROM memories WHERE user_id = %(u)s"
-        params: dict[str, Any] = {"u": user}
-        if not include_history:
-            sql += f" AND {_ACTIVE_NOW}"
-        if kinds:
-            sql += " AND kind = ANY(%(kinds)s)"
-            params["kinds"] = list(kinds)
-        sql += " ORDER BY seq DESC"
-        if limit is not None:
-            sql += " LIMIT %(limit)s"
-            params["limit"] = int(limit)
-        with self._tx() as conn:
-            return [_row_to_pref(r) for r in conn.execute(sql, params)]
+    def _begin_erase(self, conn: Conn, user: str) -> None:
+        # Transaction-local: the append-only triggers let this transaction delete the user.
+        conn.execute("SELECT set_config('personalign.erasing', %s, true)", (user,))
+
+    # -- search --------------------------------------------------------------------------
 
     def search(
         self,
@@ -427,13 +243,8 @@ class PostgresStore(MemoryStore):
         config: RetrievalConfig | None = None,
         as_of: datetime | None = None,
     ) -> Hits:
-        check_user(user)
-        query = check_text(query, what="query")
-        if k < 1:
-            raise ValidationError(f"k must be at least 1, got {k}")
-        cfg = config or RetrievalConfig()
-        now = as_of or utcnow()
-        where = f"user_id = %(u)s AND ({_ACTIVE_NOW if as_of is None else _ACTIVE_AT})"
+        query, cfg, now = search_args(query, user=user, k=k, config=config, as_of=as_of)
+        where = f"user_id = %(u)s AND ({ACTIVE_NOW if as_of is None else _ACTIVE_AT})"
         params: dict[str, Any] = {"u": user, "t": now, "n": cfg.candidates}
         if kinds:
             where += " AND kind = ANY(%(kinds)s)"
@@ -505,7 +316,7 @@ class PostgresStore(MemoryStore):
             }
             ranked = rank(candidates, dense, bm25, query=query, named=named, now=now, cfg=cfg, k=k)
             rows = conn.execute(
-                f"SELECT seq, {_COLUMNS}, embedding <=> %(q)s AS d FROM memories "
+                f"SELECT seq, {COLUMNS}, embedding <=> %(q)s AS d FROM memories "
                 "WHERE user_id = %(u)s AND seq = ANY(%(seqs)s)",
                 {"q": qvec, "u": user, "seqs": [hit.key for hit in ranked]},
             ).fetchall()
@@ -520,301 +331,3 @@ class PostgresStore(MemoryStore):
                 )
             )
         return out
-
-    def update(
-        self,
-        record_id: str,
-        new: PreferenceIn | str,
-        *,
-        user: str,
-        actor: str = "user",
-        reason: str | None = None,
-    ) -> Preference:
-        check_user(user)
-        _check_id(record_id)
-        old = self.get(record_id, user=user)
-        pin = old.revised(new) if isinstance(new, str) else new
-        pin = _coerce(pin)
-        vector = self._embed([pin.text])[0]
-        now = utcnow()
-        rid = new_id()
-        with self._tx() as conn:
-            current = self._fetch(conn, record_id, user, lock=True)
-            if not current.active:
-                raise ConflictError(
-                    f"memory {record_id} is not active (superseded or forgotten); "
-                    f"update its newest version instead"
-                )
-            row = self._memory_row(
-                pin,
-                rid=rid,
-                user=user,
-                vector=vector,
-                now=now,
-                root_id=current.root_id,
-                previous_id=current.id,
-            )
-            self._insert(conn, [row])
-            conn.execute(
-                "UPDATE memories SET superseded_at = %s, superseded_by = %s, valid_to = %s "
-                "WHERE id = %s AND user_id = %s",
-                (now, rid, pin.valid_from or now, record_id, user),
-            )
-            self._events(
-                conn,
-                [
-                    self._event_row(
-                        user=user,
-                        action="supersede",
-                        record_id=rid,
-                        actor=actor,
-                        reason=reason,
-                        payload={"old_id": record_id, "old_text": current.text, "text": pin.text},
-                        at=now,
-                    )
-                ],
-            )
-            return self._fetch(conn, rid, user)
-
-    def forget(
-        self, record_id: str, *, user: str, actor: str = "user", reason: str | None = None
-    ) -> Preference:
-        check_user(user)
-        _check_id(record_id)
-        now = utcnow()
-        with self._tx() as conn:
-            current = self._fetch(conn, record_id, user, lock=True)
-            if not current.active:
-                raise ConflictError(f"memory {record_id} is not active; nothing to forget")
-            conn.execute(
-                "UPDATE memories SET valid_to = %s WHERE id = %s AND user_id = %s",
-                (now, record_id, user),
-            )
-            self._events(
-                conn,
-                [
-                    self._event_row(
-                        user=user,
-                        action="forget",
-                        record_id=record_id,
-                        actor=actor,
-                        reason=reason,
-                        payload={"text": current.text},
-                        at=now,
-                    )
-                ],
-            )
-            return self._fetch(conn, record_id, user)
-
-    def history(self, record_id: str, *, user: str) -> Records:
-        check_user(user)
-        _check_id(record_id)
-        with self._tx() as conn:
-            rec = self._fetch(conn, record_id, user)
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM memories WHERE user_id = %s AND root_id = %s ORDER BY seq",
-                (user, rec.root_id),
-            )
-            return [_row_to_pref(r) for r in rows]
-
-    def events(self, *, user: str, limit: int | None = None) -> Events:
-        check_user(user)
-        cols = "id, user_id, at, action, record_id, actor, reason, payload"
-        sql = f"SELECT {cols} FROM events WHERE user_id = %s ORDER BY id"
-        args: list[Any] = [user]
-        if limit is not None:
-            sql = f"SELECT * FROM ({sql} DESC LIMIT %s) s ORDER BY id"
-            args.append(int(limit))
-        with self._tx() as conn:
-            return [Event.model_validate(dict(r)) for r in conn.execute(sql, args)]
-
-    def erase_user(self, *, user: str) -> int:
-        check_user(user)
-        with self._tx() as conn:
-            # Transaction-local: the append-only triggers let this transaction delete the user.
-            conn.execute("SELECT set_config('personalign.erasing', %s, true)", (user,))
-            deleted = 0
-            for table in USER_TABLES:
-                cur = conn.execute(f"DELETE FROM {table} WHERE user_id = %s", (user,))
-                deleted += cur.rowcount
-        return deleted
-
-    def log_exchange(self, exchange: Exchange, *, user: str) -> None:
-        check_user(user)
-        if exchange.user_id != user:
-            raise ValidationError(f"exchange belongs to {exchange.user_id!r}, not {user!r}")
-        with self._tx() as conn:
-            self._ensure_user(conn, user, exchange.at)
-            conn.execute(
-                "INSERT INTO exchanges (id, user_id, at, model, method, latency_ms, "
-                "retrieval_ms, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::json)",
-                (
-                    exchange.id,
-                    user,
-                    exchange.at,
-                    exchange.model,
-                    exchange.method,
-                    exchange.latency_ms,
-                    exchange.retrieval_ms,
-                    exchange.model_dump_json(),
-                ),
-            )
-
-    def exchanges(self, *, user: str, limit: int | None = None) -> Exchanges:
-        check_user(user)
-        sql = "SELECT body::text AS body, seq FROM exchanges WHERE user_id = %s ORDER BY seq"
-        args: list[Any] = [user]
-        if limit is not None:
-            sql = f"SELECT * FROM ({sql} DESC LIMIT %s) s ORDER BY seq"
-            args.append(int(limit))
-        with self._tx() as conn:
-            return [Exchange.model_validate_json(r["body"]) for r in conn.execute(sql, args)]
-
-    def get_exchange(self, exchange_id: str, *, user: str) -> Exchange:
-        check_user(user)
-        _check_id(exchange_id)
-        with self._tx() as conn:
-            row = conn.execute(
-                "SELECT body::text AS body FROM exchanges WHERE id = %s AND user_id = %s",
-                (exchange_id, user),
-            ).fetchone()
-        if row is None:
-            raise NotFoundError(f"no exchange {exchange_id} for user {user!r}")
-        return Exchange.model_validate_json(row["body"])
-
-    def record_event(
-        self,
-        *,
-        user: str,
-        action: str,
-        actor: str = "system",
-        reason: str | None = None,
-        payload: dict[str, Any] | None = None,
-    ) -> None:
-        check_user(user)
-        now = utcnow()
-        with self._tx() as conn:
-            self._ensure_user(conn, user, now)
-            self._events(
-                conn,
-                [
-                    self._event_row(
-                        user=user,
-                        action=action,
-                        record_id=None,
-                        actor=actor,
-                        reason=reason,
-                        payload=payload or {},
-                        at=now,
-                    )
-                ],
-            )
-
-    def set_profile(
-        self,
-        weights: dict[str, float],
-        *,
-        user: str,
-        uncertainty: dict[str, float] | None = None,
-        source: str = "user",
-        reason: str | None = None,
-    ) -> Profile:
-        check_user(user)
-        clean = check_weights(weights)
-        now = utcnow()
-        with self._tx() as conn:
-            self._ensure_user(conn, user, now)
-            row = conn.execute(
-                "INSERT INTO profiles (user_id, at, weights, uncertainty, source, reason) "
-                "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-                (user, now, Json(clean), Json(uncertainty or {}), source, reason),
-            ).fetchone()
-            self._events(
-                conn,
-                [
-                    self._event_row(
-                        user=user,
-                        action="set_profile",
-                        record_id=None,
-                        actor=source,
-                        reason=reason,
-                        payload={"weights": clean},
-                        at=now,
-                    )
-                ],
-            )
-        return Profile(
-            id=int(row["id"]) if row else 0,
-            user_id=user,
-            at=now,
-            weights=clean,
-            uncertainty=uncertainty or {},
-            source=source,
-            reason=reason,
-        )
-
-    def profile_history(self, *, user: str) -> Profiles:
-        check_user(user)
-        with self._tx() as conn:
-            rows = conn.execute(
-                "SELECT id, user_id, at, weights, uncertainty, source, reason FROM profiles "
-                "WHERE user_id = %s ORDER BY id",
-                (user,),
-            )
-            return [Profile.model_validate(r) for r in rows]
-
-    def add_feedback(self, fb: FeedbackIn, *, user: str) -> Feedback:
-        check_user(user)
-        rec = Feedback.new(fb, user=user)
-        now = rec.at
-        with self._tx() as conn:
-            if (
-                rec.exchange_id is not None
-                and not conn.execute(
-                    "SELECT 1 FROM exchanges WHERE id = %s AND user_id = %s",
-                    (rec.exchange_id, user),
-                ).fetchone()
-            ):
-                raise NotFoundError(f"no exchange {rec.exchange_id} for user {user!r}")
-            self._ensure_user(conn, user, now)
-            conn.execute(
-                "INSERT INTO feedback (id, user_id, at, kind, exchange_id, body) "
-                "VALUES (%s, %s, %s, %s, %s, %s::json)",
-                (rec.id, user, now, rec.kind, rec.exchange_id, rec.model_dump_json()),
-            )
-            self._events(
-                conn,
-                [
-                    self._event_row(
-                        user=user,
-                        action="feedback",
-                        record_id=rec.id,
-                        actor=rec.source,
-                        reason=None,
-                        payload={"kind": rec.kind, "exchange_id": rec.exchange_id},
-                        at=now,
-                    )
-                ],
-            )
-        return rec
-
-    def feedback(self, *, user: str, limit: int | None = None) -> Feedbacks:
-        check_user(user)
-        sql = "SELECT body::text AS body, seq FROM feedback WHERE user_id = %s ORDER BY seq"
-        args: list[Any] = [user]
-        if limit is not None:
-            sql = f"SELECT * FROM ({sql} DESC LIMIT %s) s ORDER BY seq"
-            args.append(int(limit))
-        with self._tx() as conn:
-            return [Feedback.model_validate_json(r["body"]) for r in conn.execute(sql, args)]
-
-    def has_user(self, *, user: str) -> bool:
-        check_user(user)
-        with self._tx() as conn:
-            row = conn.execute("SELECT 1 FROM users WHERE user_id = %s", (user,)).fetchone()
-        return row is not None
-
-    def users(self) -> Names:
-        with self._tx() as conn:
-            rows = conn.execute('SELECT user_id FROM users ORDER BY user_id COLLATE "C"')
-            return [r["user_id"] for r in rows]
