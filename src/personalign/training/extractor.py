@@ -1,7 +1,7 @@
-"""Training the embedded extractor's sentence classifier (numpy, deterministic).
+"""Training the embedded extractor's sentence classifier (scikit-learn, deterministic).
 
 :func:`fit_classifier` trains the :class:`~personalign.memory.extract.SentenceClassifier`
-(class-balanced L2 logistic regression by Newton's method, :func:`train_logreg`) on the
+(class-balanced L2 logistic regression, scikit-learn's, :func:`train_logreg`) on the
 labelled sentences of :func:`training_sentences`: PrefEval topics, the hand-written seed
 sentences below and the MT-Bench-101 *train* half (read through
 :mod:`personalign.eval.suites._prefdata`). ``scripts/train_extractor.py`` builds the shipped
@@ -139,25 +139,18 @@ def train_logreg(
 ) -> tuple[np.ndarray, float]:
     """Class-balanced L2 logistic regression by Newton's method: deterministic, no seed needed.
 
-    ``x``: ``(n, d)``, ``y``: ``(n,)`` in {0, 1}. Returns ``(weights (d,), bias)``.
+    scikit-learn's :class:`~sklearn.linear_model.LogisticRegression` (``newton-cholesky``)
+    minimising ``sum(balanced_weight * log_loss) + l2 / 2 * |w|^2`` (``C = 1 / l2``; the bias
+    is not penalised). ``x``: ``(n, d)``, ``y``: ``(n,)`` in {0, 1}, both classes present;
+    ``iters``: the most Newton steps. Returns ``(weights (d,), bias)``.
     """
-    n, d = x.shape
-    pos = max(float(y.sum()), 1.0)
-    neg = max(float(n - y.sum()), 1.0)
-    sw = np.where(y > 0, n / (2 * pos), n / (2 * neg))  # balanced sample weights
-    xb = np.hstack([x, np.ones((n, 1))])
-    w = np.zeros(d + 1)
-    reg = np.full(d + 1, l2)
-    reg[-1] = 0.0  # no penalty on the bias
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-(xb @ w)))
-        grad = xb.T @ (sw * (p - y)) + reg * w
-        h = (xb * (sw * p * (1 - p))[:, None]).T @ xb + np.diag(reg) + 1e-9 * np.eye(d + 1)
-        step = np.linalg.solve(h, grad)
-        w -= step
-        if float(np.abs(step).max()) < 1e-8:
-            break
-    return w[:-1], float(w[-1])
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(
+        C=1.0 / l2, class_weight="balanced", solver="newton-cholesky", tol=1e-10, max_iter=iters
+    )
+    model.fit(x, y)
+    return np.asarray(model.coef_[0], dtype=np.float64), float(model.intercept_[0])
 
 
 def training_sentences(data_dir: Path, train_topics: Sequence[str]) -> tuple[list[str], np.ndarray]:
