@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
-from personalign.backends.stores.base import (
-    Events,
-    Exchanges,
-    Feedbacks,
-    Hits,
-    MemoryStore,
-    Names,
-    Profiles,
-    Records,
-)
-from personalign.config import RetrievalConfig
-from personalign.types import (
-    Exchange,
-    Feedback,
-    FeedbackIn,
-    Kind,
-    Preference,
-    PreferenceIn,
-    Profile,
-)
+from personalign.backends.stores.base import MemoryStore
+
+_Verb = TypeVar("_Verb", bound=Callable[..., Any])
+
+
+def _forward(verb: _Verb) -> _Verb:
+    """A method with ``verb``'s signature (so its defaults) that calls the same verb on
+    ``self.inner``: positional parameters by position, the others (defaults filled) by name,
+    ``user`` mapped by ``self._u``."""
+    name = verb.__name__
+    signature = inspect.signature(verb)
+
+    def forward(self: DelegatingStore, *args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(self, *args, **kwargs)  # TypeError as the verb would raise
+        bound.apply_defaults()
+        keywords = dict(bound.kwargs)
+        if "user" in keywords:
+            keywords["user"] = self._u(keywords["user"])
+        return getattr(self.inner, name)(*bound.args[1:], **keywords)
+
+    forward.__name__ = name
+    forward.__qualname__ = f"DelegatingStore.{name}"
+    forward.__doc__ = f"``inner.{name}``, ``user`` mapped by :meth:`DelegatingStore._u`."
+    return cast(_Verb, forward)
 
 
 class DelegatingStore(MemoryStore):
@@ -47,122 +51,27 @@ class DelegatingStore(MemoryStore):
         """The stored user id for ``user``."""
         return user
 
-    def add_many(
-        self,
-        items: Sequence[PreferenceIn | str],
-        *,
-        user: str,
-        actor: str = "user",
-        reason: str | None = None,
-    ) -> Records:
-        return self.inner.add_many(items, user=self._u(user), actor=actor, reason=reason)
-
-    def get(self, record_id: str, *, user: str) -> Preference:
-        return self.inner.get(record_id, user=self._u(user))
-
-    def list(
-        self,
-        *,
-        user: str,
-        include_history: bool = False,
-        kinds: Sequence[Kind] | None = None,
-        limit: int | None = None,
-    ) -> Records:
-        return self.inner.list(
-            user=self._u(user), include_history=include_history, kinds=kinds, limit=limit
-        )
-
-    def search(
-        self,
-        query: str,
-        *,
-        user: str,
-        k: int = 10,
-        kinds: Sequence[Kind] | None = None,
-        config: RetrievalConfig | None = None,
-        as_of: datetime | None = None,
-    ) -> Hits:
-        return self.inner.search(
-            query, user=self._u(user), k=k, kinds=kinds, config=config, as_of=as_of
-        )
-
-    def update(
-        self,
-        record_id: str,
-        new: PreferenceIn | str,
-        *,
-        user: str,
-        actor: str = "user",
-        reason: str | None = None,
-    ) -> Preference:
-        return self.inner.update(record_id, new, user=self._u(user), actor=actor, reason=reason)
-
-    def forget(
-        self, record_id: str, *, user: str, actor: str = "user", reason: str | None = None
-    ) -> Preference:
-        return self.inner.forget(record_id, user=self._u(user), actor=actor, reason=reason)
-
-    def history(self, record_id: str, *, user: str) -> Records:
-        return self.inner.history(record_id, user=self._u(user))
-
-    def record_event(
-        self,
-        *,
-        user: str,
-        action: str,
-        actor: str = "system",
-        reason: str | None = None,
-        payload: dict[str, Any] | None = None,
-    ) -> None:
-        self.inner.record_event(
-            user=self._u(user), action=action, actor=actor, reason=reason, payload=payload
-        )
-
-    def events(self, *, user: str, limit: int | None = None) -> Events:
-        return self.inner.events(user=self._u(user), limit=limit)
-
-    def export(self, *, user: str) -> dict[str, Any]:
-        return self.inner.export(user=self._u(user))
-
-    def erase_user(self, *, user: str) -> int:
-        return self.inner.erase_user(user=self._u(user))
-
-    def has_user(self, *, user: str) -> bool:
-        return self.inner.has_user(user=self._u(user))
-
-    def users(self) -> Names:
-        return self.inner.users()
-
-    def log_exchange(self, exchange: Exchange, *, user: str) -> None:
-        self.inner.log_exchange(exchange, user=self._u(user))
-
-    def exchanges(self, *, user: str, limit: int | None = None) -> Exchanges:
-        return self.inner.exchanges(user=self._u(user), limit=limit)
-
-    def get_exchange(self, exchange_id: str, *, user: str) -> Exchange:
-        return self.inner.get_exchange(exchange_id, user=self._u(user))
-
-    def set_profile(
-        self,
-        weights: dict[str, float],
-        *,
-        user: str,
-        uncertainty: dict[str, float] | None = None,
-        source: str = "user",
-        reason: str | None = None,
-    ) -> Profile:
-        return self.inner.set_profile(
-            weights, user=self._u(user), uncertainty=uncertainty, source=source, reason=reason
-        )
-
-    def profile_history(self, *, user: str) -> Profiles:
-        return self.inner.profile_history(user=self._u(user))
-
-    def add_feedback(self, fb: FeedbackIn, *, user: str) -> Feedback:
-        return self.inner.add_feedback(fb, user=self._u(user))
-
-    def feedback(self, *, user: str, limit: int | None = None) -> Feedbacks:
-        return self.inner.feedback(user=self._u(user), limit=limit)
+    # every verb but ``add`` and ``get_profile``, which MemoryStore writes over these
+    add_many = _forward(MemoryStore.add_many)
+    get = _forward(MemoryStore.get)
+    list = _forward(MemoryStore.list)
+    search = _forward(MemoryStore.search)
+    update = _forward(MemoryStore.update)
+    forget = _forward(MemoryStore.forget)
+    history = _forward(MemoryStore.history)
+    record_event = _forward(MemoryStore.record_event)
+    events = _forward(MemoryStore.events)
+    export = _forward(MemoryStore.export)
+    erase_user = _forward(MemoryStore.erase_user)
+    has_user = _forward(MemoryStore.has_user)
+    users = _forward(MemoryStore.users)
+    log_exchange = _forward(MemoryStore.log_exchange)
+    exchanges = _forward(MemoryStore.exchanges)
+    get_exchange = _forward(MemoryStore.get_exchange)
+    set_profile = _forward(MemoryStore.set_profile)
+    profile_history = _forward(MemoryStore.profile_history)
+    add_feedback = _forward(MemoryStore.add_feedback)
+    feedback = _forward(MemoryStore.feedback)
 
     def close(self) -> None:
         """Wrappers do not own ``inner``; see the class doc."""
