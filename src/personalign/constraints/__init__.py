@@ -1,0 +1,71 @@
+"""Checkable preferences as typed constraints: compiled from text, verified, enforced, repaired.
+
+The package's names are re-exported here, so ``from personalign.constraints import ...``
+keeps working for every caller.
+"""
+
+from __future__ import annotations
+
+from personalign.constraints.rules import (
+    ANIMAL_PRODUCTS,
+    FOOD_GROUPS,
+    KINDS,
+    LANGUAGE_NAMES,
+    LANGUAGES,
+    MEATS,
+    REPAIRABLE,
+    SEAFOOD,
+    SLOTS,
+    STYLE_KINDS,
+    Check,
+    Constraint,
+    ConstraintSet,
+    DecodingForm,
+    Kind,
+    answer_style,
+    check,
+    compile_text,
+    decoding_form,
+    describe,
+    from_meta,
+    guess_language,
+    is_standing,
+    passes,
+    repair,
+    title_for,
+    to_meta,
+    verify,
+    word_count,
+)
+
+__all__ = [
+    "ANIMAL_PRODUCTS",
+    "FOOD_GROUPS",
+    "KINDS",
+    "LANGUAGES",
+    "LANGUAGE_NAMES",
+    "MEATS",
+    "REPAIRABLE",
+    "SEAFOOD",
+    "SLOTS",
+    "STYLE_KINDS",
+    "Check",
+    "Constraint",
+    "ConstraintSet",
+    "DecodingForm",
+    "Kind",
+    "answer_style",
+    "check",
+    "compile_text",
+    "decoding_form",
+    "describe",
+    "from_meta",
+    "guess_language",
+    "is_standing",
+    "passes",
+    "repair",
+    "title_for",
+    "to_meta",
+    "verify",
+    "word_count",
+]
