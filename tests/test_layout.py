@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "personalign"
-RUNTIME = ("backends", "memory", "rewards", "safety", "generation", "service", "pipeline.py")
+RUNTIME = (
+    "backends",
+    "memory",
+    "rewards",
+    "safety",
+    "generation",
+    "service",
+    "pipeline.py",
+    "pipeline_parts.py",
+)
 TRAINING = "personalign.training"
 
 
