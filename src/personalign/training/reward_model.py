@@ -151,7 +151,7 @@ def train_cross_encoder(
     sizes = {len(options) for _, _, options in items}
     if len(sizes) != 1 or min(sizes) < 2:
         raise ValidationError(f"reward groups need one size >= 2 options, got sizes {sizes}")
-    cfg = dataclasses.replace(config or CrossEncoderConfig(), **recipe)
+    cfg = dataclasses.replace(config or CrossEncoderConfig(), **dict[str, Any](recipe))
     hp = dataclasses.asdict(cfg)
     texts, pairs, labels, weights = cross_encoder_examples(items)
     return train_classifier(
@@ -254,7 +254,7 @@ def train_probe(
     sizes = {len(options) for _, _, options in items}
     if len(sizes) != 1 or min(sizes) < 2:
         raise ValidationError(f"probe groups need one size >= 2 options, got sizes {sizes}")
-    cfg = dataclasses.replace(config or ProbeConfig(), **recipe)
+    cfg = dataclasses.replace(config or ProbeConfig(), **dict[str, Any](recipe))
     hp = dataclasses.asdict(cfg)
     k = sizes.pop()
     triples = [(p, q, o) for p, q, options in items for o in options]
