@@ -15,6 +15,7 @@ them. A new artifact without a ``recipe`` fails :func:`test_every_artifact_is_li
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import re
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from personalign.rewards.preference_rm import (
 )
 from personalign.safety.checkers import DEFAULT_ARTIFACT, DEFAULT_FINETUNED
 from personalign.safety.classifier import load_artifact
-from personalign.training import boundary, extractor, reward_model
+from personalign.training import boundary, extractor, finetune, reward_model
 from personalign.training.recipe import recipe_meta
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "personalign"
@@ -196,3 +197,9 @@ def test_recipe_defaults_are_the_shared_dicts() -> None:
         dataclasses.asdict(reward_model.CrossEncoderConfig()) == reward_model.CROSS_ENCODER_RECIPE
     )
     assert dataclasses.asdict(reward_model.ProbeConfig()) == reward_model.PROBE_RECIPE
+
+
+def test_classifier_config_is_train_classifiers_defaults() -> None:
+    params = inspect.signature(finetune.train_classifier).parameters
+    config = dataclasses.asdict(finetune.ClassifierConfig())
+    assert config == {k: params[k].default for k in config}
