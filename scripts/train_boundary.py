@@ -32,13 +32,12 @@ classifiers alone (the benchmark measures the whole boundary: patterns + classif
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import random
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -52,141 +51,19 @@ from personalign.safety.checkers import (  # noqa: E402
     FAST_INJECTION,
 )
 from personalign.safety.classifier import EmbeddingClassifier  # noqa: E402
-from personalign.safety.injection import segments  # noqa: E402
 from personalign.safety.policy import load_policy  # noqa: E402
 from personalign.training import safety_data as D  # noqa: E402
-from personalign.training.boundary import fit, save_artifact  # noqa: E402
-
-CONTRAST_REPEAT = 3
-"""Generated contrast pairs are few; they are repeated to weigh as much as a mid-size source."""
-
-
-def _some_templates(reqs: list[D.Request], k: int, rng: random.Random) -> list[D.Example]:
-    """Each request raw plus ``k`` random training templates (keeps benign chat turns cheap)."""
-    names = [n for n in D.TRAIN_TEMPLATES if n != "raw"]
-    out: list[D.Example] = []
-    for r in reqs:
-        pick = ["raw", *rng.sample(names, k)]
-        out += D.as_preferences([r], {n: D.TRAIN_TEMPLATES[n] for n in pick})
-    return out
-
-
-def harm_training_set(data: Path, seed: int) -> tuple[list[D.Example], list[str]]:
-    """(training examples, keys of the requests they were built from)."""
-    rng = random.Random(seed)
-    harmful = D.load_advbench(data)
-    dna_harm, dna_sensitive = D.load_donotanswer(data)
-    harmful += dna_harm
-    contrast = D.contrast_requests()
-    edgy_train, _ = D.edgy_split()
-    examples = D.as_preferences(contrast, D.TRAIN_TEMPLATES) * CONTRAST_REPEAT
-    examples += D.as_preferences(harmful, D.TRAIN_TEMPLATES)
-    examples += D.as_preferences(dna_sensitive, D.TRAIN_TEMPLATES)
-    examples += _some_templates(D.load_chat_turns(data), 2, rng)
-    examples += D.as_is(D.load_personas(data))
-    examples += D.as_is(edgy_train) + _some_templates(edgy_train, 2, rng)
-    examples += D.as_is(D.load_conversation_turns(data))  # small talk and replies, as is
-    # Prompt injections are flagged, not refused (unless they also ask for harm): the
-    # CyberSecEval attacks of the training variants count as benign for the harm model.
-    samples = D.load_injections(data)
-    test = D.injection_test_variants(samples)
-    examples += D.as_is(
-        D.Request(x.text, D.BENIGN, "cyberseceval")
-        for x in samples
-        if x.source == "cyberseceval" and not D.is_injection_test(x, test)
-    )
-    keys = sorted({D.text_key(e.request) for e in examples})
-    return examples, keys
-
-
-def injection_training_set(data: Path) -> tuple[list[str], list[str], list[str]]:
-    """(positive texts, negative texts, keys of the positives' attack texts)."""
-    samples = D.load_injections(data)
-    test = D.injection_test_variants(samples)
-    pos = [
-        s.text
-        for s in samples
-        if not D.is_injection_test(s, test) and not s.source.startswith("bipia_in_email")
-    ]
-    emails = D.load_benign_content(data)
-    edgy_train, _ = D.edgy_split()
-    _, dna_sensitive = D.load_donotanswer(data)
-    neg = [r.text for r in D.load_personas(data, 2000) + D.load_chat_turns(data) + dna_sensitive]
-    neg += [r.text for r in edgy_train]
-    neg += [r.text for r in D.load_conversation_turns(data)]
-    neg += [seg for e in emails[::2] for seg in segments(e.text)]
-    neg += [e.text for e in emails[::2]]
-    keys = sorted({D.text_key(t) for t in pos} | {D.text_key(e.text) for e in emails[::2]})
-    return pos, neg, keys
-
-
-INJECTION = "injection"
-#: Share of the total loss weight of each side in the fine-tuned model's training set.
-GROUP_WEIGHTS = {D.BENIGN: 0.45, "harm": 0.35, INJECTION: 0.20}
-
-
-def finetune_training_set(
-    data: Path, seed: int
-) -> tuple[list[str], list[str], np.ndarray, list[str]]:
-    """(texts, labels, weights, train keys) of the one fine-tuned boundary classifier.
-
-    The harm set of :func:`harm_training_set` (its CyberSecEval attacks relabelled
-    ``injection``) plus the texts of :func:`injection_training_set` it lacks (positives as
-    ``injection``, negatives as ``benign``). Weights
-    give benign, harmful and injection texts :data:`GROUP_WEIGHTS` of the total each.
-    """
-    examples, harm_keys = harm_training_set(data, seed)
-    pos, neg, inj_keys = injection_training_set(data)
-    pos_set = set(pos)
-    texts = [e.text for e in examples]  # repeats kept (the contrast pairs weigh triple)
-    labels = [
-        INJECTION if e.text in pos_set or e.source == "cyberseceval" else e.label for e in examples
-    ]
-    seen = set(texts)
-    for text, label in [(t, INJECTION) for t in pos] + [(t, D.BENIGN) for t in neg]:
-        if text not in seen:
-            seen.add(text)
-            texts.append(text)
-            labels.append(label)
-    group = [lab if lab in (D.BENIGN, INJECTION) else "harm" for lab in labels]
-    counts = Counter(group)
-    weights = np.array([GROUP_WEIGHTS[g] / counts[g] for g in group], dtype=np.float64)
-    weights *= len(texts) / weights.sum()  # mean weight 1
-    keys = sorted(set(harm_keys) | set(inj_keys))
-    return texts, labels, weights, keys
-
-
-def _balanced(labels: list[str], positive: object) -> np.ndarray:
-    """Weights that give the positive and the negative side half the total each."""
-    is_pos = np.array([lab != positive for lab in labels])
-    w = np.where(is_pos, 0.5 / max(1, is_pos.sum()), 0.5 / max(1, (~is_pos).sum()))
-    return w.astype(np.float32)
-
-
-def _embed(embedder: object, texts: list[str]) -> np.ndarray:
-    unique = list(dict.fromkeys(texts))
-    vectors = embedder.embed(unique)  # type: ignore[attr-defined]
-    index = {t: i for i, t in enumerate(unique)}
-    return np.asarray(vectors[[index[t] for t in texts]], dtype=np.float32)
-
-
-def _fit_on(
-    embedder: Any, texts: list[str], labels: list[str], classes: list[str], seed: int
-) -> EmbeddingClassifier:
-    """A softmax regression over ``embedder``'s vectors of ``texts``; ``classes[0]`` (the
-    negative class) and the rest weigh half the total each; records the embedder's name."""
-    model = fit(
-        _embed(embedder, texts),
-        labels,
-        classes,
-        l2=1e-4,
-        epochs=500,
-        lr=0.05,
-        sample_weight=_balanced(labels, classes[0]),
-        seed=seed,
-    )
-    model.meta = {"embedder": embedder.name}
-    return model
+from personalign.training.boundary import (  # noqa: E402
+    BoundaryConfig,
+    FinetuneConfig,
+    fit_embedded,
+    harm_training_set,
+    injection_training_set,
+    save_artifact,
+    train_finetuned,
+)
+from personalign.training.boundary import embed as _embed  # noqa: E402
+from personalign.training.recipe import recipe_meta  # noqa: E402
 
 
 def heldout_figures(
@@ -244,17 +121,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--embedder", default="minilm", help="the numpy harm model's vectors")
+    ap.add_argument("--seed", type=int, default=BoundaryConfig.seed)
+    ap.add_argument(
+        "--embedder", default=BoundaryConfig.embedder, help="the numpy harm model's vectors"
+    )
     ap.add_argument(
         "--fast-injection-embedder",
-        default="minilm-int8",
+        default=BoundaryConfig.fast_injection_embedder,
         help="the vectors of the injection model run beside the fine-tuned one ('none': skip)",
     )
     ap.add_argument("--finetuned-out", type=Path, default=DEFAULT_FINETUNED)
     ap.add_argument("--skip-finetune", action="store_true", help="only the numpy baseline")
-    ap.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs")
-    ap.add_argument("--max-length", type=int, default=64, help="fine-tuning max tokens")
+    ap.add_argument(
+        "--epochs", type=float, default=FinetuneConfig.epochs, help="fine-tuning epochs"
+    )
+    ap.add_argument(
+        "--max-length", type=int, default=FinetuneConfig.max_length, help="fine-tuning max tokens"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads for fine-tuning")
     ap.add_argument(
         "--cache-dir",
@@ -266,26 +149,31 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "safety").is_dir():
         print(f"error: no safety data under {args.data}", file=sys.stderr)
         return 2
+    config = BoundaryConfig(
+        embedder=args.embedder,
+        fast_injection_embedder=args.fast_injection_embedder,
+        seed=args.seed,
+    )
     t0 = time.time()
-    embedder = load_embedder(args.embedder, args.cache_dir)
+    embedder = load_embedder(config.embedder, args.cache_dir)
     policy = load_policy()
 
-    examples, harm_keys = harm_training_set(args.data, args.seed)
+    examples, harm_keys = harm_training_set(args.data, config.seed)
     labels = [e.label for e in examples]
     print(f"harm: {len(examples)} examples {dict(Counter(labels).most_common())}", flush=True)
     classes = ["benign", *D.GOLD_CATEGORIES]
-    harm = _fit_on(embedder, [e.text for e in examples], labels, classes, args.seed)
+    harm = fit_embedded(embedder, [e.text for e in examples], labels, classes, config)
 
     pos, neg, inj_keys = injection_training_set(args.data)
     print(f"injection: {len(pos)} positives, {len(neg)} negatives", flush=True)
     inj_labels = ["inj"] * len(pos) + ["ok"] * len(neg)
     injection: dict[str, tuple[object, EmbeddingClassifier]] = {}
     inj_embedders = {"injection": embedder}
-    if args.fast_injection_embedder != "none":
-        fast = load_embedder(args.fast_injection_embedder, args.cache_dir)
+    if config.fast_injection_embedder != "none":
+        fast = load_embedder(config.fast_injection_embedder, args.cache_dir)
         inj_embedders[FAST_INJECTION] = fast
     for name, inj_embedder in inj_embedders.items():
-        inj = _fit_on(inj_embedder, pos + neg, inj_labels, ["ok", "inj"], args.seed)
+        inj = fit_embedded(inj_embedder, pos + neg, inj_labels, ["ok", "inj"], config)
         injection[name] = (inj_embedder, inj)
 
     figures = heldout_figures(embedder, harm, injection, args.data)
@@ -293,12 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         "embedder": embedder.name,
         "injection_fast_embedder": inj_embedders.get(FAST_INJECTION, embedder).name,
         "dim": embedder.dim,
-        "seed": args.seed,
+        "seed": config.seed,
         "policy_version_at_training": policy.version,
         "heldout_protocol": D.HELDOUT_PROTOCOL,
         "train_keys": " ".join(sorted(set(harm_keys) | set(inj_keys))),
         "heldout_figures_classifier_only": figures,
         "train_sizes": {"harm": len(examples), "injection": len(pos) + len(neg)},
+        "recipe": recipe_meta(fit_embedded, config),
     }
     models = {"harm": harm, **{name: model for name, (_, model) in injection.items()}}
     save_artifact(args.out, models, meta)
@@ -308,47 +197,22 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in figures.items():
         print(f"  {key}: {value}")
     if not args.skip_finetune:
-        finetune(args, meta)
+        ft_config = dataclasses.replace(
+            FinetuneConfig(), max_length=args.max_length, epochs=args.epochs, seed=args.seed
+        )
+        report = train_finetuned(
+            args.data,
+            args.finetuned_out,
+            ft_config,
+            threads=args.threads,
+            extra_meta={"policy_version_at_training": policy.version},
+            log=lambda m: print(m, flush=True),
+        )
+        print(
+            f"wrote {report.path} ({report.size_bytes / 1024:.0f} kB): {report.steps} steps in "
+            f"{report.seconds:.0f}s, final loss {report.final_loss:.4f}"
+        )
     return 0
-
-
-def finetune(args: argparse.Namespace, npz_meta: dict[str, object]) -> None:
-    """Fine-tune the one MiniLM boundary classifier (LoRA) and write its artifact."""
-    from personalign.training.finetune import train_classifier
-
-    texts, labels, weights, keys = finetune_training_set(args.data, args.seed)
-    names = [D.BENIGN, INJECTION, *D.GOLD_CATEGORIES]
-    print(
-        f"fine-tuning MiniLM (LoRA) on {len(texts)} texts {dict(Counter(labels).most_common())}",
-        flush=True,
-    )
-    report = train_classifier(
-        texts,
-        labels,
-        args.finetuned_out,
-        label_names=names,
-        sample_weight=weights,
-        max_length=args.max_length,
-        epochs=args.epochs,
-        batch_size=32,
-        lr=8e-4,
-        lora_r=8,
-        lora_alpha=16,
-        seed=args.seed,
-        threads=args.threads,
-        log_every=100,
-        extra_meta={
-            "purpose": "personalign safety boundary: harm categories + prompt injection",
-            "policy_version_at_training": npz_meta["policy_version_at_training"],
-            "heldout_protocol": D.HELDOUT_PROTOCOL,
-            "train_keys": " ".join(keys),
-            "group_weights": GROUP_WEIGHTS,
-        },
-    )
-    print(
-        f"wrote {report.path} ({report.size_bytes / 1024:.0f} kB): {report.steps} steps in "
-        f"{report.seconds:.0f}s, final loss {report.final_loss:.4f}"
-    )
 
 
 if __name__ == "__main__":

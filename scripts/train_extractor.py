@@ -20,7 +20,7 @@ from personalign.config import load_settings
 from personalign.eval.bench import DEFAULT_DATA
 from personalign.eval.suites._prefdata import topics
 from personalign.memory.extract import ARTIFACT
-from personalign.training.extractor import fit_classifier
+from personalign.training.extractor import ExtractorConfig, fit_classifier
 
 
 def main() -> None:
@@ -28,12 +28,13 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="evaluation data folder")
     p.add_argument("--out", type=Path, default=ARTIFACT, help="artifact path (JSON)")
     p.add_argument("--topics", default=None, help="comma-separated topics (default: all)")
-    p.add_argument("--embedder", default="minilm", help="embedder name (default minilm)")
+    p.add_argument("--embedder", default=ExtractorConfig.embedder, help="embedder name")
     args = p.parse_args()
     chosen = args.topics.split(",") if args.topics else topics(args.data)
-    embedder = load_embedder(args.embedder, load_settings().cache_dir)
+    config = ExtractorConfig(embedder=args.embedder)
+    embedder = load_embedder(config.embedder, load_settings().cache_dir)
     t0 = time.perf_counter()
-    clf = fit_classifier(embedder, args.data, chosen)
+    clf = fit_classifier(embedder, args.data, chosen, config=config)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(clf.to_json(), indent=1) + "\n")
     print(

@@ -32,15 +32,15 @@ from personalign.rewards.preference_rm import (
     FEATURE_NAMES,
     EmbeddedRewardModel,
 )
+from personalign.training.recipe import recipe_meta
 from personalign.training.reward_model import (
-    CROSS_ENCODER_RECIPE,
+    CrossEncoderConfig,
+    EmbeddedConfig,
+    ProbeConfig,
     train,
     train_cross_encoder,
     train_probe,
 )
-
-L2 = 1e-3
-EPOCHS = 800
 
 
 def train_embedded(data: Path, names: list[str], out: Path) -> dict[str, object]:
@@ -48,11 +48,12 @@ def train_embedded(data: Path, names: list[str], out: Path) -> dict[str, object]
     from personalign.backends.embedders import load_embedder
     from personalign.config import load_settings
 
+    config = EmbeddedConfig()
     base = EmbeddedRewardModel(
-        load_embedder("minilm", load_settings().cache_dir), np.zeros(len(FEATURE_NAMES))
+        load_embedder(config.embedder, load_settings().cache_dir), np.zeros(len(FEATURE_NAMES))
     )
     items = reward_items(data, names)
-    rm = train(base, items, l2=L2, epochs=EPOCHS)
+    rm = train(base, items, l2=config.l2, epochs=config.epochs)
     mcq = load_mcq(data, names)
     correct = [
         int(np.argmax(rm.score([it.preference], it.question, it.options))) == it.answer
@@ -63,9 +64,10 @@ def train_embedded(data: Path, names: list[str], out: Path) -> dict[str, object]
         "embedder": rm.embedder.name,
         "topics": sorted(names),
         "groups": len(items),
-        "l2": L2,
-        "epochs": EPOCHS,
+        "l2": config.l2,
+        "epochs": config.epochs,
         "train_mcq_accuracy": round(float(np.mean(correct)), 4),
+        "recipe": recipe_meta(train, config),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
@@ -90,7 +92,11 @@ def train_lm_probe(data: Path, names: list[str], out: Path) -> dict[str, object]
     lm = TransformersLM.embedded(load_settings().cache_dir, quiet=True)
     items = reward_items(data, names)
     probe = train_probe(
-        lm, items, extra_meta={"topics": sorted(names)}, log=lambda m: print(m, flush=True)
+        lm,
+        items,
+        extra_meta={"topics": sorted(names)},
+        log=lambda m: print(m, flush=True),
+        config=ProbeConfig(),
     )
     probe.save(out)
     return {**probe.meta, "bytes": out.stat().st_size}
@@ -111,15 +117,17 @@ def main() -> None:
         meta = train_lm_probe(args.data, names, args.out or PROBE_ARTIFACT)
     else:
         items = reward_items(args.data, names)
+        config = CrossEncoderConfig()
         report = train_cross_encoder(
             items,
             args.out or CROSS_ENCODER_ARTIFACT,
             extra_meta={"topics": sorted(names), "groups": len(items)},
+            config=config,
         )
         meta = {
             "topics": sorted(names),
             "groups": len(items),
-            "recipe": CROSS_ENCODER_RECIPE,
+            "recipe": report.meta["recipe"],
             "steps": report.steps,
             "final_loss": round(report.final_loss, 4),
             "bytes": report.size_bytes,

@@ -1,24 +1,166 @@
-"""Training the safety boundary's embedding classifiers (numpy, no torch).
+"""The safety boundary's recipes: its training sets and classifiers.
 
-:func:`fit` trains an :class:`~personalign.safety.classifier.EmbeddingClassifier` full-batch
-with Adam and L2 weight decay; :func:`save_artifact` writes several named classifiers plus a
-JSON metadata dict to one ``.npz`` file (float16 weights), which the runtime reads with
-:func:`personalign.safety.classifier.load_artifact`. ``scripts/train_boundary.py`` is the
-recipe that builds the shipped artifact.
+* :func:`harm_training_set`, :func:`injection_training_set`, :func:`finetune_training_set`
+  — the training sets (read from :mod:`personalign.training.safety_data`).
+* :func:`fit` trains an :class:`~personalign.safety.classifier.EmbeddingClassifier`
+  full-batch with Adam and L2 weight decay (numpy, no torch); :func:`fit_embedded` fits one
+  over an embedder's vectors with the hyper-parameters of :class:`BoundaryConfig`;
+  :func:`save_artifact` writes several named classifiers plus a JSON metadata dict to one
+  ``.npz`` file (float16 weights), which the runtime reads with
+  :func:`personalign.safety.classifier.load_artifact`.
+* :func:`train_finetuned` — the one fine-tuned MiniLM boundary classifier (LoRA), with the
+  hyper-parameters of :class:`FinetuneConfig`.
+
+``scripts/train_boundary.py`` is the command line that builds the shipped artifacts.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import random
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from personalign.safety.classifier import EmbeddingClassifier, _softmax
+from personalign.safety.injection import segments
+from personalign.training import safety_data as D
+from personalign.training.recipe import recipe_meta
+
+if TYPE_CHECKING:
+    from personalign.training.finetune import TrainReport
+
+
+@dataclass(frozen=True)
+class BoundaryConfig:
+    """Hyper-parameters of the numpy classifiers of ``boundary_minilm.npz`` (:func:`fit`)."""
+
+    embedder: str = "minilm"
+    """the vectors of the harm and injection models"""
+    fast_injection_embedder: str = "minilm-int8"
+    """the vectors of ``injection_fast`` (``"none"``: not trained)"""
+    l2: float = 1e-4
+    epochs: int = 500
+    lr: float = 0.05
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Hyper-parameters of ``boundary_minilm_lora.safetensors`` (:func:`train_finetuned`)."""
+
+    max_length: int = 64
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 8e-4
+    lora_r: int = 8
+    lora_alpha: int = 16
+    seed: int = 0
+
+
+CONTRAST_REPEAT = 3
+"""Generated contrast pairs are few; they are repeated to weigh as much as a mid-size source."""
+
+
+def _some_templates(reqs: list[D.Request], k: int, rng: random.Random) -> list[D.Example]:
+    """Each request raw plus ``k`` random training templates (keeps benign chat turns cheap)."""
+    names = [n for n in D.TRAIN_TEMPLATES if n != "raw"]
+    out: list[D.Example] = []
+    for r in reqs:
+        pick = ["raw", *rng.sample(names, k)]
+        out += D.as_preferences([r], {n: D.TRAIN_TEMPLATES[n] for n in pick})
+    return out
+
+
+def harm_training_set(data: Path, seed: int) -> tuple[list[D.Example], list[str]]:
+    """(training examples, keys of the requests they were built from)."""
+    rng = random.Random(seed)
+    harmful = D.load_advbench(data)
+    dna_harm, dna_sensitive = D.load_donotanswer(data)
+    harmful += dna_harm
+    contrast = D.contrast_requests()
+    edgy_train, _ = D.edgy_split()
+    examples = D.as_preferences(contrast, D.TRAIN_TEMPLATES) * CONTRAST_REPEAT
+    examples += D.as_preferences(harmful, D.TRAIN_TEMPLATES)
+    examples += D.as_preferences(dna_sensitive, D.TRAIN_TEMPLATES)
+    examples += _some_templates(D.load_chat_turns(data), 2, rng)
+    examples += D.as_is(D.load_personas(data))
+    examples += D.as_is(edgy_train) + _some_templates(edgy_train, 2, rng)
+    examples += D.as_is(D.load_conversation_turns(data))  # small talk and replies, as is
+    # Prompt injections are flagged, not refused (unless they also ask for harm): the
+    # CyberSecEval attacks of the training variants count as benign for the harm model.
+    samples = D.load_injections(data)
+    test = D.injection_test_variants(samples)
+    examples += D.as_is(
+        D.Request(x.text, D.BENIGN, "cyberseceval")
+        for x in samples
+        if x.source == "cyberseceval" and not D.is_injection_test(x, test)
+    )
+    keys = sorted({D.text_key(e.request) for e in examples})
+    return examples, keys
+
+
+def injection_training_set(data: Path) -> tuple[list[str], list[str], list[str]]:
+    """(positive texts, negative texts, keys of the positives' attack texts)."""
+    samples = D.load_injections(data)
+    test = D.injection_test_variants(samples)
+    pos = [
+        s.text
+        for s in samples
+        if not D.is_injection_test(s, test) and not s.source.startswith("bipia_in_email")
+    ]
+    emails = D.load_benign_content(data)
+    edgy_train, _ = D.edgy_split()
+    _, dna_sensitive = D.load_donotanswer(data)
+    neg = [r.text for r in D.load_personas(data, 2000) + D.load_chat_turns(data) + dna_sensitive]
+    neg += [r.text for r in edgy_train]
+    neg += [r.text for r in D.load_conversation_turns(data)]
+    neg += [seg for e in emails[::2] for seg in segments(e.text)]
+    neg += [e.text for e in emails[::2]]
+    keys = sorted({D.text_key(t) for t in pos} | {D.text_key(e.text) for e in emails[::2]})
+    return pos, neg, keys
+
+
+INJECTION = "injection"
+#: Share of the total loss weight of each side in the fine-tuned model's training set.
+GROUP_WEIGHTS = {D.BENIGN: 0.45, "harm": 0.35, INJECTION: 0.20}
+
+
+def finetune_training_set(
+    data: Path, seed: int
+) -> tuple[list[str], list[str], np.ndarray, list[str]]:
+    """(texts, labels, weights, train keys) of the one fine-tuned boundary classifier.
+
+    The harm set of :func:`harm_training_set` (its CyberSecEval attacks relabelled
+    ``injection``) plus the texts of :func:`injection_training_set` it lacks (positives as
+    ``injection``, negatives as ``benign``). Weights
+    give benign, harmful and injection texts :data:`GROUP_WEIGHTS` of the total each.
+    """
+    examples, harm_keys = harm_training_set(data, seed)
+    pos, neg, inj_keys = injection_training_set(data)
+    pos_set = set(pos)
+    texts = [e.text for e in examples]  # repeats kept (the contrast pairs weigh triple)
+    labels = [
+        INJECTION if e.text in pos_set or e.source == "cyberseceval" else e.label for e in examples
+    ]
+    seen = set(texts)
+    for text, label in [(t, INJECTION) for t in pos] + [(t, D.BENIGN) for t in neg]:
+        if text not in seen:
+            seen.add(text)
+            texts.append(text)
+            labels.append(label)
+    group = [lab if lab in (D.BENIGN, INJECTION) else "harm" for lab in labels]
+    counts = Counter(group)
+    weights = np.array([GROUP_WEIGHTS[g] / counts[g] for g in group], dtype=np.float64)
+    weights *= len(texts) / weights.sum()  # mean weight 1
+    keys = sorted(set(harm_keys) | set(inj_keys))
+    return texts, labels, weights, keys
 
 
 def fit(
@@ -111,3 +253,88 @@ def save_artifact(
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
             zf.writestr(info, buf.getvalue())
+
+
+def _balanced(labels: list[str], positive: object) -> np.ndarray:
+    """Weights that give the positive and the negative side half the total each."""
+    is_pos = np.array([lab != positive for lab in labels])
+    w = np.where(is_pos, 0.5 / max(1, is_pos.sum()), 0.5 / max(1, (~is_pos).sum()))
+    return w.astype(np.float32)
+
+
+def embed(embedder: object, texts: list[str]) -> np.ndarray:
+    """``embedder``'s float32 vectors of ``texts`` (each distinct text embedded once)."""
+    unique = list(dict.fromkeys(texts))
+    vectors = embedder.embed(unique)  # type: ignore[attr-defined]
+    index = {t: i for i, t in enumerate(unique)}
+    return np.asarray(vectors[[index[t] for t in texts]], dtype=np.float32)
+
+
+def fit_embedded(
+    embedder: Any,
+    texts: list[str],
+    labels: list[str],
+    classes: list[str],
+    config: BoundaryConfig = BoundaryConfig(),
+) -> EmbeddingClassifier:
+    """A softmax regression over ``embedder``'s vectors of ``texts`` (:func:`fit` with
+    ``config``'s hyper-parameters); ``classes[0]`` (the negative class) and the rest weigh
+    half the total each; records the embedder's name."""
+    model = fit(
+        embed(embedder, texts),
+        labels,
+        classes,
+        l2=config.l2,
+        epochs=config.epochs,
+        lr=config.lr,
+        sample_weight=_balanced(labels, classes[0]),
+        seed=config.seed,
+    )
+    model.meta = {"embedder": embedder.name}
+    return model
+
+
+def train_finetuned(
+    data: Path,
+    out: Path,
+    config: FinetuneConfig = FinetuneConfig(),
+    *,
+    threads: int = 1,
+    extra_meta: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> TrainReport:
+    """Fine-tune the one MiniLM boundary classifier (LoRA) on :func:`finetune_training_set`
+    and write its artifact to ``out`` (needs torch and PEFT); records the recipe."""
+    from personalign.training.finetune import train_classifier
+
+    texts, labels, weights, keys = finetune_training_set(data, config.seed)
+    names = [D.BENIGN, INJECTION, *D.GOLD_CATEGORIES]
+    if log is not None:
+        log(
+            f"fine-tuning MiniLM (LoRA) on {len(texts)} texts {dict(Counter(labels).most_common())}"
+        )
+    return train_classifier(
+        texts,
+        labels,
+        out,
+        label_names=names,
+        sample_weight=weights,
+        max_length=config.max_length,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        seed=config.seed,
+        threads=threads,
+        log=log,
+        log_every=100,
+        extra_meta={
+            "purpose": "personalign safety boundary: harm categories + prompt injection",
+            "heldout_protocol": D.HELDOUT_PROTOCOL,
+            "train_keys": " ".join(keys),
+            "group_weights": GROUP_WEIGHTS,
+            "recipe": recipe_meta(train_finetuned, config),
+            **dict(extra_meta or {}),
+        },
+    )

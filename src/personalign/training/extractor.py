@@ -4,13 +4,16 @@
 (class-balanced L2 logistic regression, scikit-learn's, :func:`train_logreg`) on the
 labelled sentences of :func:`training_sentences`: PrefEval topics, the hand-written seed
 sentences below and the MT-Bench-101 *train* half (read through
-:mod:`personalign.eval.suites._prefdata`). ``scripts/train_extractor.py`` builds the shipped
+:mod:`personalign.eval.suites._prefdata`), with the hyper-parameters of
+:class:`ExtractorConfig`. ``scripts/train_extractor.py`` builds the shipped
 artifact with it; the PrefEval surfacing suite trains its cross-validation folds with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,17 @@ from personalign.memory.extract import (
     cue_features,
     split_sentences,
 )
+from personalign.training.recipe import recipe_meta
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    """Hyper-parameters of :func:`fit_classifier` (the shipped ``extractor_minilm.json``)."""
+
+    embedder: str = "minilm"
+    max_negative_rate: float = 0.01
+    l2: float = 1.0
+
 
 # Hand-written seed sentences that widen the classifier beyond PrefEval's phrasing: short,
 # everyday first-person preferences (positive) and reactions, requests and facts that look
@@ -202,14 +216,25 @@ def fit_classifier(
     data_dir: Path,
     train_topics: Sequence[str],
     *,
-    max_negative_rate: float = 0.01,
-    l2: float = 1.0,
+    max_negative_rate: float | None = None,
+    l2: float | None = None,
+    config: ExtractorConfig | None = None,
 ) -> SentenceClassifier:
     """Train the extractor classifier on ``train_topics``.
+
+    Hyper-parameters: ``config`` (default :class:`ExtractorConfig`; its ``embedder`` is the
+    name ``embedder`` was loaded by), ``max_negative_rate`` and ``l2`` override it; the
+    classifier's meta records them and the recipe.
 
     The threshold is the lowest probability at which at most ``max_negative_rate`` of the
     MT-Bench training sentences (ordinary chat) would be kept, clipped to [0.5, 0.95].
     """
+    cfg = config or ExtractorConfig()
+    if max_negative_rate is not None:
+        cfg = dataclasses.replace(cfg, max_negative_rate=max_negative_rate)
+    if l2 is not None:
+        cfg = dataclasses.replace(cfg, l2=l2)
+    max_negative_rate, l2 = cfg.max_negative_rate, cfg.l2
     texts, y = training_sentences(data_dir, train_topics)
     vectors = embedder.embed(texts).astype(np.float64)
     x = np.hstack([vectors, cue_features(texts).astype(np.float64)])
@@ -228,6 +253,7 @@ def fit_classifier(
         "l2": l2,
         "max_negative_rate": max_negative_rate,
         "seed": SEED,
+        "recipe": recipe_meta(fit_classifier, cfg),
     }
     return SentenceClassifier(
         weights=w, bias=b, threshold=threshold, embedder=embedder.name, meta=meta

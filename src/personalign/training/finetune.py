@@ -8,6 +8,8 @@
   for a given seed (one thread, deterministic algorithms). Writes the artifact ``out``, which
   :class:`personalign.backends.finetuned.FinetunedClassifier` runs (the artifact format is
   described there).
+* :class:`ClassifierConfig` — :func:`train_classifier`'s hyper-parameters and their defaults
+  (``train_classifier(texts, labels, out, **dataclasses.asdict(config))``).
 * :func:`data_hash` — the SHA-256 of a training set (stored in the artifact's metadata).
 """
 
@@ -70,6 +72,27 @@ class TrainReport:
 
 
 LORA_TARGETS = ["query", "key", "value", "output.dense", "intermediate.dense"]
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The hyper-parameters of :func:`train_classifier`, with its defaults; unpack one into
+    it with ``**dataclasses.asdict(config)``. The recipes that call it
+    (:class:`personalign.training.boundary.FinetuneConfig`,
+    :class:`personalign.training.reward_model.CrossEncoderConfig`) set their own."""
+
+    max_length: int = 64
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    seed: int = 0
+    group_size: int = 1
+    listwise_weight: float = 0.0
 
 
 def train_classifier(

@@ -3,11 +3,14 @@
 * :func:`train_cross_encoder` — the MiniLM cross-encoder
   (:class:`~personalign.rewards.preference_rm.CrossEncoderRewardModel`) fine-tuned with LoRA
   (:func:`personalign.training.finetune.train_classifier`); recipe
-  :data:`CROSS_ENCODER_RECIPE`, examples :func:`cross_encoder_examples`.
+  :class:`CrossEncoderConfig` (:data:`CROSS_ENCODER_RECIPE` as a dict), examples
+  :func:`cross_encoder_examples`.
 * :func:`train` — the embedded feature model
-  (:class:`~personalign.rewards.preference_rm.EmbeddedRewardModel`; numpy, deterministic).
+  (:class:`~personalign.rewards.preference_rm.EmbeddedRewardModel`; numpy, deterministic);
+  recipe :class:`EmbeddedConfig`.
 * :func:`train_probe` — the probe over a causal LM's hidden states
-  (:class:`~personalign.rewards.lm_probe.LMProbeRewardModel`); recipe :data:`PROBE_RECIPE`.
+  (:class:`~personalign.rewards.lm_probe.LMProbeRewardModel`); recipe :class:`ProbeConfig`
+  (:data:`PROBE_RECIPE` as a dict).
 * :func:`fit_listwise`, :func:`fit_calibration` — the listwise linear ranker and its
   calibration that the embedded model and the probe share.
 
@@ -16,7 +19,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +42,7 @@ from personalign.rewards.preference_rm import (
     _texts_needed,
     cross_encoder_input,
 )
+from personalign.training.recipe import recipe_meta
 
 if TYPE_CHECKING:
     from personalign.backends.models.local import TransformersLM
@@ -88,17 +94,23 @@ def fit_calibration(z: np.ndarray, *, epochs: int = 2000) -> tuple[float, float]
 
 # -- the fine-tuned cross-encoder -----------------------------------------------------------
 
-CROSS_ENCODER_RECIPE: dict[str, float | int] = {
-    "max_length": 128,
-    "epochs": 1.0,
-    "batch_size": 32,
-    "lr": 5e-4,
-    "lora_r": 8,
-    "lora_alpha": 16,
-    "listwise_weight": 1.0,
-    "seed": 0,
-}
-"""Hyper-parameters of :func:`train_cross_encoder` (the shipped model and the CV folds)."""
+
+@dataclass(frozen=True)
+class CrossEncoderConfig:
+    """Hyper-parameters of :func:`train_cross_encoder` (the shipped model and the CV folds)."""
+
+    max_length: int = 128
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 5e-4
+    lora_r: int = 8
+    lora_alpha: int = 16
+    listwise_weight: float = 1.0
+    seed: int = 0
+
+
+CROSS_ENCODER_RECIPE: dict[str, float | int] = dataclasses.asdict(CrossEncoderConfig())
+""":class:`CrossEncoderConfig`'s defaults as a dict (in field order: the CV cache keys)."""
 
 
 def cross_encoder_examples(
@@ -127,17 +139,20 @@ def train_cross_encoder(
     *,
     extra_meta: dict[str, object] | None = None,
     log: Callable[[str], None] | None = print,
+    config: CrossEncoderConfig | None = None,
     **recipe: float | int,
 ) -> TrainReport:
     """Fine-tune the cross-encoder on (preference, prompt, options) groups of equal size
     (first option compliant) and write its artifact to ``out`` (needs torch and PEFT).
-    ``recipe`` overrides :data:`CROSS_ENCODER_RECIPE`."""
+    ``recipe`` overrides ``config`` (default :class:`CrossEncoderConfig`); the artifact
+    records both as its ``recipe``."""
     from personalign.training.finetune import train_classifier
 
     sizes = {len(options) for _, _, options in items}
     if len(sizes) != 1 or min(sizes) < 2:
         raise ValidationError(f"reward groups need one size >= 2 options, got sizes {sizes}")
-    hp = {**CROSS_ENCODER_RECIPE, **recipe}
+    cfg = dataclasses.replace(config or CrossEncoderConfig(), **dict[str, Any](recipe))
+    hp = dataclasses.asdict(cfg)
     texts, pairs, labels, weights = cross_encoder_examples(items)
     return train_classifier(
         texts,
@@ -155,7 +170,11 @@ def train_cross_encoder(
         seed=int(hp["seed"]),
         group_size=sizes.pop(),
         listwise_weight=float(hp["listwise_weight"]),
-        extra_meta={"task": "preference_reward", **(extra_meta or {})},
+        extra_meta={
+            "task": "preference_reward",
+            "recipe": recipe_meta(train_cross_encoder, cfg),
+            **(extra_meta or {}),
+        },
         log=log,
     )
 
@@ -172,6 +191,15 @@ def feature_groups(
         texts += _texts_needed(pref, prompt, options)
     rm._cache.add(texts)
     return np.stack([rm.features(pref, prompt, options) for pref, prompt, options in items])
+
+
+@dataclass(frozen=True)
+class EmbeddedConfig:
+    """Hyper-parameters of :func:`train` (the shipped ``preference_rm.npz``)."""
+
+    embedder: str = "minilm"
+    l2: float = 1e-3
+    epochs: int = 800
 
 
 def train(
@@ -195,8 +223,18 @@ def train(
 
 # -- the LM probe ----------------------------------------------------------------------------
 
-PROBE_RECIPE: dict[str, float | int] = {"l2": 0.1, "epochs": 400, "lr": 0.05}
-"""Hyper-parameters of :func:`train_probe` (the shipped probe and the CV folds)."""
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Hyper-parameters of :func:`train_probe` (the shipped probe and the CV folds)."""
+
+    l2: float = 0.1
+    epochs: int = 400
+    lr: float = 0.05
+
+
+PROBE_RECIPE: dict[str, float | int] = dataclasses.asdict(ProbeConfig())
+""":class:`ProbeConfig`'s defaults as a dict (in field order: the CV cache keys)."""
 
 
 def train_probe(
@@ -207,14 +245,17 @@ def train_probe(
     memo: dict[Triple, np.ndarray] | None = None,
     extra_meta: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    config: ProbeConfig | None = None,
     **recipe: float | int,
 ) -> LMProbeRewardModel:
     """Train a probe over ``lm``'s ``layers`` on (preference, prompt, options) groups of one
-    size whose first option is compliant. ``recipe`` overrides :data:`PROBE_RECIPE`."""
+    size whose first option is compliant. ``recipe`` overrides ``config`` (default
+    :class:`ProbeConfig`); the probe's meta records both as its ``recipe``."""
     sizes = {len(options) for _, _, options in items}
     if len(sizes) != 1 or min(sizes) < 2:
         raise ValidationError(f"probe groups need one size >= 2 options, got sizes {sizes}")
-    hp = {**PROBE_RECIPE, **recipe}
+    cfg = dataclasses.replace(config or ProbeConfig(), **dict[str, Any](recipe))
+    hp = dataclasses.asdict(cfg)
     k = sizes.pop()
     triples = [(p, q, o) for p, q, options in items for o in options]
     x = probe_features(lm, triples, memo, layers=layers, log=log).astype(np.float64)  # (N*K, F)
@@ -228,7 +269,7 @@ def train_probe(
         "features_version": FEATURES_VERSION,
         "layers": [int(x) for x in layers],
         "groups": len(items),
-        "recipe": hp,
+        "recipe": recipe_meta(train_probe, cfg),
         "train_mcq_accuracy": round(float(np.mean(z.argmax(axis=1) == 0)), 4),
         **(extra_meta or {}),
     }

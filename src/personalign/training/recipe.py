@@ -1,0 +1,39 @@
+"""What every recipe records in the artifact it writes: :func:`recipe_meta`.
+
+An artifact's metadata key ``recipe`` names the recipe that made it (``module``, the
+``function`` of :mod:`personalign.training` that trained it), the recipe's ``config`` (its
+frozen config dataclass as a dict) and the ``versions`` of the libraries it ran with;
+``tests/test_artifacts.py`` checks the shipped artifacts against their recipe's defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+#: the libraries whose versions an artifact records (those installed at training time)
+LIBRARIES = ("numpy", "scikit-learn", "torch", "transformers", "peft", "safetensors")
+
+
+def library_versions() -> dict[str, str]:
+    """``{"python": ..., library: version}`` for the installed :data:`LIBRARIES`."""
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def recipe_meta(function: Callable[..., Any], config: Any) -> dict[str, Any]:
+    """The ``recipe`` metadata of an artifact trained by ``function`` with ``config``."""
+    return {
+        "module": function.__module__,
+        "function": function.__qualname__,
+        "config": dataclasses.asdict(config),
+        "versions": library_versions(),
+    }

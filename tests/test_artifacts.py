@@ -1,0 +1,205 @@
+"""The shipped artifacts load with the runtime's loaders and match their recorded recipe.
+
+Every artifact under ``src/personalign/**/artifacts/`` is listed in :data:`SHIPPED` with the
+runtime loader that reads its metadata and the recipe (a function of
+:mod:`personalign.training` and its frozen config dataclass) that builds it. An artifact
+written since recipe recording (:func:`personalign.training.recipe.recipe_meta`) carries
+``recipe = {module, function, config, versions}``: the module and function must be the
+recipe's and the config its config's defaults. The artifacts in :data:`PREDATE_RECIPE` were
+trained before that and are not retrained here (training takes long and would change shipped
+files): their hyper-parameters, data hash and library versions are checked where they recorded
+them. A new artifact without a ``recipe`` fails :func:`test_every_artifact_is_listed` or
+:func:`test_recipe_recorded`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from personalign.backends.finetuned import read_artifact_meta
+from personalign.memory.extract import ARTIFACT as EXTRACTOR_ARTIFACT
+from personalign.memory.extract import SentenceClassifier
+from personalign.rewards.lm_probe import ARTIFACT as PROBE_ARTIFACT
+from personalign.rewards.lm_probe import LMProbeRewardModel
+from personalign.rewards.preference_rm import (
+    ARTIFACT as EMBEDDED_ARTIFACT,
+)
+from personalign.rewards.preference_rm import (
+    CROSS_ENCODER_ARTIFACT,
+    FEATURE_NAMES,
+    EmbeddedRewardModel,
+)
+from personalign.safety.checkers import DEFAULT_ARTIFACT, DEFAULT_FINETUNED
+from personalign.safety.classifier import load_artifact
+from personalign.training import boundary, extractor, finetune, reward_model
+from personalign.training.recipe import recipe_meta
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "personalign"
+
+
+def _hyper(meta: dict[str, Any]) -> dict[str, Any]:
+    """A fine-tuned artifact's recorded hyper-parameters (``train``, ``peft_config``)."""
+    train, peft = meta["train"], meta["peft_config"]
+    return {
+        "max_length": meta["max_length"],
+        "epochs": train["epochs"],
+        "batch_size": train["batch_size"],
+        "lr": train["lr"],
+        "lora_r": peft["r"],
+        "lora_alpha": peft["lora_alpha"],
+        "seed": train["seed"],
+        **({"listwise_weight": train["listwise_weight"]} if "listwise_weight" in train else {}),
+    }
+
+
+def _embedded_meta() -> dict[str, Any]:
+    fake = SimpleNamespace(name="all-MiniLM-L6-v2", dim=384, embed=None)
+    rm = EmbeddedRewardModel.load(fake, EMBEDDED_ARTIFACT)  # type: ignore[arg-type]
+    assert rm.weights.shape == (len(FEATURE_NAMES),)
+    with np.load(EMBEDDED_ARTIFACT, allow_pickle=False) as z:
+        meta: dict[str, Any] = json.loads(str(z["meta"]))
+    return meta
+
+
+def _probe_meta() -> dict[str, Any]:
+    fake = SimpleNamespace(name="smollm2-135m-instruct", hidden_size=576)
+    probe = LMProbeRewardModel.load(fake, PROBE_ARTIFACT)  # type: ignore[arg-type]
+    return probe.meta
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A shipped artifact, its runtime loader (-> its metadata) and its recipe."""
+
+    path: Path
+    load: Callable[[], dict[str, Any]]
+    function: Callable[..., Any]
+    config: Any
+    legacy: Callable[[dict[str, Any]], dict[str, Any]]
+    """the hyper-parameters an artifact that predates recipe recording records"""
+
+
+SHIPPED: dict[str, Shipped] = {
+    "extractor_minilm.json": Shipped(
+        EXTRACTOR_ARTIFACT,
+        lambda: SentenceClassifier.load(EXTRACTOR_ARTIFACT).meta,
+        extractor.fit_classifier,
+        extractor.ExtractorConfig(),
+        lambda m: {"l2": m["l2"], "max_negative_rate": m["max_negative_rate"]},
+    ),
+    "boundary_minilm.npz": Shipped(
+        DEFAULT_ARTIFACT,
+        lambda: load_artifact(DEFAULT_ARTIFACT)[1],
+        boundary.fit_embedded,
+        boundary.BoundaryConfig(),
+        lambda m: {"seed": m["seed"]},
+    ),
+    "boundary_minilm_lora.safetensors": Shipped(
+        DEFAULT_FINETUNED,
+        lambda: read_artifact_meta(DEFAULT_FINETUNED),
+        boundary.train_finetuned,
+        boundary.FinetuneConfig(),
+        _hyper,
+    ),
+    "preference_rm.safetensors": Shipped(
+        CROSS_ENCODER_ARTIFACT,
+        lambda: read_artifact_meta(CROSS_ENCODER_ARTIFACT),
+        reward_model.train_cross_encoder,
+        reward_model.CrossEncoderConfig(),
+        _hyper,
+    ),
+    "preference_rm.npz": Shipped(
+        EMBEDDED_ARTIFACT,
+        _embedded_meta,
+        reward_model.train,
+        reward_model.EmbeddedConfig(),
+        lambda m: {"l2": m["l2"], "epochs": m["epochs"]},
+    ),
+    "lm_probe.npz": Shipped(
+        PROBE_ARTIFACT,
+        _probe_meta,
+        reward_model.train_probe,
+        reward_model.ProbeConfig(),
+        lambda m: dict(m["recipe"]),  # the hyper-parameters alone, before recipe_meta
+    ),
+}
+
+# Trained before recipe recording (they name no recipe module/function, nor library versions
+# beyond torch's); retraining them would change the shipped files. Drop a name from here when
+# its artifact is retrained: it then records ``recipe`` and is checked in full.
+PREDATE_RECIPE = frozenset(SHIPPED)
+
+
+def test_every_artifact_is_listed() -> None:
+    found = {p.name for p in PACKAGE.glob("*/artifacts/*") if p.is_file()}
+    assert found == set(SHIPPED)
+    for name, shipped in SHIPPED.items():
+        assert shipped.path.name == name and shipped.path.is_file()
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_recipe_recorded(name: str) -> None:
+    shipped = SHIPPED[name]
+    meta = shipped.load()
+    recipe = meta.get("recipe")
+    if name in PREDATE_RECIPE:
+        assert not (isinstance(recipe, dict) and "module" in recipe), (
+            f"{name} records its recipe now: remove it from PREDATE_RECIPE"
+        )
+        recorded = shipped.legacy(meta)
+        defaults = dataclasses.asdict(shipped.config)
+        assert recorded == {k: defaults[k] for k in recorded}
+        return
+    assert recipe == {
+        **recipe_meta(shipped.function, shipped.config),
+        "versions": recipe["versions"],
+    }
+    assert recipe["module"].startswith("personalign.training.")
+    assert {"python", "numpy"} <= set(recipe["versions"])
+
+
+@pytest.mark.parametrize("name", ["boundary_minilm_lora.safetensors", "preference_rm.safetensors"])
+def test_finetuned_records_data_and_versions(name: str) -> None:
+    meta = SHIPPED[name].load()
+    assert re.fullmatch(r"[0-9a-f]{64}", meta["data_sha256"])
+    assert meta["n_train"] > 0
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", meta["train"]["torch"])
+    assert re.fullmatch(r"[0-9a-f]{64}", meta["base_model"]["weights_sha256"])
+
+
+def test_boundary_records_its_training_keys() -> None:
+    for name in ("boundary_minilm.npz", "boundary_minilm_lora.safetensors"):
+        keys = SHIPPED[name].load()["train_keys"].split()
+        assert keys == sorted(keys) and len(keys) > 1000
+
+
+def test_recipe_meta() -> None:
+    meta = recipe_meta(extractor.fit_classifier, extractor.ExtractorConfig(l2=2.0))
+    assert meta["module"] == "personalign.training.extractor"
+    assert meta["function"] == "fit_classifier"
+    assert meta["config"] == {"embedder": "minilm", "max_negative_rate": 0.01, "l2": 2.0}
+    assert meta["versions"]["numpy"] == np.__version__
+
+
+def test_recipe_defaults_are_the_shared_dicts() -> None:
+    assert (
+        dataclasses.asdict(reward_model.CrossEncoderConfig()) == reward_model.CROSS_ENCODER_RECIPE
+    )
+    assert dataclasses.asdict(reward_model.ProbeConfig()) == reward_model.PROBE_RECIPE
+
+
+def test_classifier_config_is_train_classifiers_defaults() -> None:
+    params = inspect.signature(finetune.train_classifier).parameters
+    config = dataclasses.asdict(finetune.ClassifierConfig())
+    assert config == {k: params[k].default for k in config}
