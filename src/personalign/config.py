@@ -9,14 +9,21 @@ names the setting.
 
 from __future__ import annotations
 
+import errno
 import os
 import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from personalign.errors import ConfigError
 
@@ -110,6 +117,27 @@ class JudgeConfig(BaseModel):
         return Path(v).expanduser() if isinstance(v, str | Path) else v
 
 
+class _ConfigFileSource(TomlConfigSettingsSource):
+    """The TOML config file, less the top-level keys in ``drop`` (given as arguments or as
+    ``PERSONALIGN_<KEY>`` variables): such a key's whole table gives way. The keys kept rank
+    above the environment, so a file table still wins over ``PERSONALIGN_<TABLE>__<KEY>``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path, drop: frozenset[str]):
+        self._drop = drop
+        super().__init__(settings_cls, toml_file=toml_file)
+
+    def _read_files(self, files: Any, deep_merge: bool = False) -> dict[str, Any]:
+        values = super()._read_files(files, deep_merge=deep_merge)
+        return {k: v for k, v in values.items() if k not in self._drop}
+
+
+_config_file: ContextVar[tuple[Path, frozenset[str]] | None] = ContextVar(
+    "personalign_config_file", default=None
+)
+"""Set by :func:`load_settings` while it builds :class:`Settings`: the config file and the
+top-level keys it must leave out. Unset (``Settings(...)`` directly): no config file."""
+
+
 class Settings(BaseSettings):
     """personalign's settings. Every field can be set as ``PERSONALIGN_<FIELD>``."""
 
@@ -140,29 +168,50 @@ class Settings(BaseSettings):
     def db_path(self) -> Path:
         return self.home / "memory.db"
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config = _config_file.get()
+        if config is None:
+            return init_settings, env_settings, dotenv_settings, file_secret_settings
+        path, drop = config
+        file_settings = _ConfigFileSource(settings_cls, path, drop)
+        return init_settings, file_settings, env_settings, dotenv_settings, file_secret_settings
+
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build :class:`Settings` from overrides, environment, and the TOML config file."""
+    """Build :class:`Settings` from overrides, environment, and the TOML config file.
+
+    The file is ``config_file``, else ``$PERSONALIGN_CONFIG``, else ``<home>/config.toml`` with
+    ``home`` from the overrides or :func:`default_home` (never from the file itself). A top-level
+    key given as an override or as a ``PERSONALIGN_<KEY>`` variable replaces the file's whole
+    value for it; ``None`` overrides are ignored.
+    """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     home = Path(overrides.get("home") or default_home()).expanduser()
     path = config_file or (
         Path(os.environ["PERSONALIGN_CONFIG"]) if "PERSONALIGN_CONFIG" in os.environ else None
     )
     path = path or home / "config.toml"
-    file_values: dict[str, Any] = {}
-    if path.exists():
-        try:
-            file_values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    if path.is_dir():  # the file source skips what is not a file; this was always an error
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     env_keys = {
         k[len("PERSONALIGN_") :].lower() for k in os.environ if k.startswith("PERSONALIGN_")
     }
-    merged = {k: v for k, v in file_values.items() if k not in env_keys}
-    merged.update(overrides)
+    token = _config_file.set((path, frozenset(env_keys | overrides.keys())))
     try:
-        return Settings(**merged)
+        return Settings(**overrides)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
     except PydanticValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"setting {loc!r}: {first['msg']} (got {first.get('input')!r})") from e
+    finally:
+        _config_file.reset(token)
