@@ -28,9 +28,7 @@ from personalign.constraints import Constraint, ConstraintSet
 from personalign.errors import ConfigError, ValidationError
 from personalign.feedback.learn import FeedbackOutcome, memory_extractor, record_feedback
 from personalign.generation.enforce import (
-    Finished,
     StylePlan,
-    constraint_report,
     pick,
     requirement_lines,
     style_plan,
@@ -53,7 +51,9 @@ from personalign.pipeline_parts import (
     _reward_model_name,
     _style_reward,
     _used,
+    how_entry,
     open_guarded_memory,
+    reward_model_for,
 )
 from personalign.pipeline_parts import METHODS as METHODS  # re-exported
 from personalign.pipeline_parts import Method as Method  # re-exported
@@ -461,7 +461,7 @@ class Personalizer:
             gen = self.model.generate(messages, options=gen_opts)
             cut = [gen.finish_reason == "length"]
             done = pick([gen.text], plan.constraints, plan.style, question=question, cut=cut)
-            return done.text, self._how(plan, done, {"method": options.method})
+            return done.text, how_entry(plan, done, {"method": options.method})
         plain = build_messages(history, None)
         safety = build_messages(history, None, system_prompt=SAFETY_PROMPT)
         prefs = [h.record.text for h in hits if h.record.kind != "episode"]
@@ -513,21 +513,7 @@ class Personalizer:
             baseline=out.baseline,
             cut=cut,
         )
-        return done.text, self._how(plan, done, how)
-
-    def _how(self, plan: RequestPlan, done: Finished, how: dict[str, Any]) -> dict[str, Any]:
-        """/why's decoding entry plus (under ``_enforced``, lifted into the exchange's meta)
-        the constraints with their verdicts and the style weights used."""
-        how = {**how, **({"picked": done.index} if done.notes.get("candidates", 1) > 1 else {})}
-        how.update({k: v for k, v in done.notes.items() if k != "candidates"})
-        enforced: dict[str, Any] = {}
-        if done.checks:
-            enforced["constraints"] = constraint_report(done, plan.sources)
-            enforced["repaired"] = done.repaired
-        if plan.style.weights:
-            enforced["style"] = plan.style.to_dict()
-        how["_enforced"] = enforced
-        return how
+        return done.text, how_entry(plan, done, how)
 
     def _quality(self) -> Any:
         """The quality floor over the memory's embedder (None without one)."""
@@ -541,24 +527,9 @@ class Personalizer:
         return self._quality_floor
 
     def _reward(self) -> Any:
-        """The LLM judge of the settings (``judge``) when one is set, else the shipped
-        preference reward model (``load_reward_model``: the MiniLM cross-encoder with the
-        embedded feature model over the memory's MiniLM embedder; the cross-encoder alone
-        under another embedder), loaded once."""
+        """:func:`~personalign.pipeline_parts.reward_model_for` the memory, loaded once."""
         if self._reward_model is None:
-            from personalign.errors import ConfigError, ModelNotAvailableError
-            from personalign.rewards.preference_rm import judge_from_settings, load_reward_model
-
-            self._reward_model = judge_from_settings(self.memory.settings)
-            if self._reward_model is not None:
-                return self._reward_model
-            embedder = getattr(self.memory.store, "embedder", None)
-            if embedder is not None and embedder.name != "all-MiniLM-L6-v2":
-                embedder = None
-            try:
-                self._reward_model = load_reward_model(self.memory.settings.cache_dir, embedder)
-            except ModelNotAvailableError as e:
-                raise ConfigError(f"reward-guided methods need a reward model: {e}") from e
+            self._reward_model = reward_model_for(self.memory)
         return self._reward_model
 
     def screen(self, history: Sequence[Message], *, user: str) -> dict[str, object] | None:

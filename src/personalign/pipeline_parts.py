@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from personalign.backends.models.base import GenerationOptions
 from personalign.config import Settings, load_settings
 from personalign.constraints import ConstraintSet
 from personalign.errors import ValidationError
-from personalign.generation.enforce import StylePlan
+from personalign.generation.enforce import Finished, StylePlan, constraint_report
 from personalign.memory import Memory, open_memory
 from personalign.types import Exchange, Message, Preference, SearchHit, UsedPreference, check_text
 
@@ -222,3 +222,38 @@ def _style_reward(text: str, weights: dict[str, float]) -> float:
 
     w: dict[str, float] = {k: v for k, v in weights.items() if k in DIMENSION_NAMES and v > 0}
     return weighted_reward(text, w) if w else 0.0
+
+
+def how_entry(plan: RequestPlan, done: Finished, how: dict[str, Any]) -> dict[str, Any]:
+    """/why's decoding entry plus (under ``_enforced``, lifted into the exchange's meta)
+    the constraints with their verdicts and the style weights used."""
+    how = {**how, **({"picked": done.index} if done.notes.get("candidates", 1) > 1 else {})}
+    how.update({k: v for k, v in done.notes.items() if k != "candidates"})
+    enforced: dict[str, Any] = {}
+    if done.checks:
+        enforced["constraints"] = constraint_report(done, plan.sources)
+        enforced["repaired"] = done.repaired
+    if plan.style.weights:
+        enforced["style"] = plan.style.to_dict()
+    how["_enforced"] = enforced
+    return how
+
+
+def reward_model_for(memory: Memory) -> Any:
+    """The LLM judge of the memory's settings (``judge``) when one is set, else the shipped
+    preference reward model (``load_reward_model``: the MiniLM cross-encoder with the
+    embedded feature model over the memory's MiniLM embedder; the cross-encoder alone
+    under another embedder)."""
+    from personalign.errors import ConfigError, ModelNotAvailableError
+    from personalign.rewards.preference_rm import judge_from_settings, load_reward_model
+
+    judge = judge_from_settings(memory.settings)
+    if judge is not None:
+        return judge
+    embedder = getattr(memory.store, "embedder", None)
+    if embedder is not None and embedder.name != "all-MiniLM-L6-v2":
+        embedder = None
+    try:
+        return load_reward_model(memory.settings.cache_dir, embedder)
+    except ModelNotAvailableError as e:
+        raise ConfigError(f"reward-guided methods need a reward model: {e}") from e
