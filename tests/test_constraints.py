@@ -343,6 +343,14 @@ def test_pick_prefers_an_answer_to_a_question_back():
     back = "What kind of recipe do you have in mind? Do you like pasta?"
     answer = "Try a quick vegetable stir fry with rice and a soy ginger sauce tonight."
     assert asks_back(back) and not asks_back(answer)
+    # a request for the user's details counts as asking back, question mark or not
+    assert asks_back(
+        "I'd be happy to recommend a dish. But can you please tell me what type of dinner "
+        "you're looking for. Give me some ideas?"
+    )
+    assert asks_back("Please let me know your budget. Then I can help.")
+    assert not asks_back("Tell your guests dinner is at eight. Serve the curry with rice.")
+    assert not asks_back("Can you believe how easy it is? Boil pasta, add pesto. Serve it warm.")
     done = pick(
         [back, answer],
         ConstraintSet(),

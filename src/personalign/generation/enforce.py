@@ -283,11 +283,28 @@ def finish(
     return repair(styled, constraints, question=question) if constraints else styled
 
 
+_ASKS_USER = re.compile(
+    r"^\W*(?:(?:but|so|and|first|now|okay|ok|well)\b[\s,]*)?(?:"
+    r"(?:can|could|would|will) you (?:please |kindly )?(?:tell|let|give|share|provide|specify|"
+    r"describe|clarify|say)\b|"
+    r"(?:please )?(?:tell|let) me (?:know|what|which|more)\b|"
+    r"please (?:tell|share|provide|specify|describe|clarify|let me know)\b|"
+    r"(?:i need|i'd need|i would need) (?:to know|more (?:information|details))\b)",
+    re.I,
+)
+
+
+def _asks(sentence: str) -> bool:
+    s = sentence.strip()
+    return s.endswith("?") or bool(_ASKS_USER.match(s))
+
+
 def asks_back(text: str) -> bool:
-    """Whether a reply mostly asks the user a question back ("What recipe do you have in
-    mind?") instead of answering: at least half of its sentences are questions."""
+    """Whether a reply mostly asks the user back ("What recipe do you have in mind?", "Can
+    you tell me what you like.") instead of answering: at least half of its sentences are
+    questions or requests for the user's details."""
     parts = [p for p in split_sentences(text) if re.search(r"\w", p)]
-    return bool(parts) and 2 * sum(p.rstrip().endswith("?") for p in parts) >= len(parts)
+    return bool(parts) and 2 * sum(_asks(p) for p in parts) >= len(parts)
 
 
 def pick(
