@@ -13,21 +13,20 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from personalign.backends.models.adapters import AdapterSource, AdapterSwapping
 from personalign.backends.models.base import (
     Context,
     ContinuationScore,
     DecodeState,
     Generation,
     GenerationOptions,
-    LanguageModel,
     check_messages,
     find_stop,
     select_state_rows,
@@ -43,8 +42,8 @@ from personalign.backends.models.embedded import (  # noqa: F401  (re-exported)
     embedded_model_dir,
     ensure_embedded_model,
 )
-from personalign.backends.models.processors import ban_processor, pick_tokens
-from personalign.errors import BackendError, ModelNotAvailableError, ValidationError
+from personalign.backends.models.processors import BannedTokens, pick_tokens
+from personalign.errors import ModelNotAvailableError, ValidationError
 from personalign.types import Message
 
 if TYPE_CHECKING:
@@ -77,14 +76,6 @@ _CHATML = (
 )
 
 
-class AdapterSource(Protocol):
-    """Where named per-user adapters live (e.g. :class:`personalign.feedback.AdapterStore`)."""
-
-    def adapter_path(self, name: str) -> Path:
-        """The PEFT directory of adapter ``name``'s newest version (NotFoundError if none)."""
-        ...
-
-
 @dataclass
 class _KV:
     """Backend data of a :class:`DecodeState`: the HF cache, attention mask, next positions."""
@@ -107,7 +98,7 @@ MIN_SHARED_PREFIX = 8
 them once for all rows."""
 
 
-class TransformersLM(LanguageModel):
+class TransformersLM(AdapterSwapping, BannedTokens):
     """Any local causal-LM directory (config + safetensors + tokenizer) through transformers.
 
     ``dtype`` defaults to bfloat16; ``device`` to CUDA when available, else CPU.
@@ -186,15 +177,7 @@ class TransformersLM(LanguageModel):
         self._pad_id = int(pad) if pad is not None else (min(eos) if eos else 0)
         self._vocab = int(self._model.get_output_embeddings().weight.shape[0])
         self._max_len = int(getattr(self._model.config, "max_position_embeddings", 0) or 1 << 30)
-        if max_adapters < 1:
-            raise ValidationError(f"max_adapters must be >= 1, got {max_adapters}")
-        self.adapters = adapters
-        self.max_adapters = max_adapters
-        self.last_swap_ms = 0.0
-        self._peft: Any = None  # the PeftModel wrapping self._model once an adapter is loaded
-        self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter dir -> PEFT name, LRU
-        self._active: str | None = None
-        self._n_loaded = 0
+        self._init_adapters(adapters, max_adapters)
 
     @classmethod
     def embedded(
@@ -448,103 +431,10 @@ class TransformersLM(LanguageModel):
     def _check_options(self, options: GenerationOptions) -> None:
         self.activate_adapter(options.adapter)
 
-    def activate_adapter(self, name: str | None) -> float:
-        """Make adapter ``name`` (None: the base model) the one generation uses; return the
-        milliseconds taken (a load from disk on a cache miss, else a switch)."""
-        t0 = time.perf_counter()
-        if name is None:
-            if self._active is not None:
-                self._peft.base_model.disable_adapter_layers()
-                self._active = None
-            return 0.0
-        if self.adapters is None:
-            raise BackendError(f"no adapter store configured: cannot apply adapter {name!r}")
-        path = str(self.adapters.adapter_path(name))
-        key = self._loaded.get(path)
-        if key is None:
-            key = f"adapter{self._n_loaded}"  # PEFT names cannot hold dots; user ids can
-            self._n_loaded += 1
-            try:
-                with _quiet_hf():
-                    if self._peft is None:
-                        from peft import PeftModel
-
-                        self._peft = PeftModel.from_pretrained(self._model, path, adapter_name=key)
-                    else:
-                        self._peft.load_adapter(path, adapter_name=key)
-            except Exception as e:
-                raise ModelNotAvailableError(
-                    f"cannot load adapter {name!r} from {path}: {e}"
-                ) from e
-            self._peft.eval()
-            self._loaded[path] = key
-            self._active = None  # forces the switch below
-        self._loaded.move_to_end(path)
-        if self._active != key:
-            self._peft.set_adapter(key)
-            self._peft.base_model.enable_adapter_layers()
-            self._active = key
-        while len(self._loaded) > self.max_adapters:  # unload the least recently used
-            self._peft.delete_adapter(self._loaded.popitem(last=False)[1])
-        self.last_swap_ms = (time.perf_counter() - t0) * 1000
-        return self.last_swap_ms
-
-    def unload_missing_adapters(self) -> int:
-        """Unload every cached adapter whose directory is gone from disk (an erased user's);
-        return how many were unloaded."""
-        gone = [path for path in self._loaded if not Path(path).is_dir()]
-        for path in gone:
-            key = self._loaded.pop(path)
-            if self._active == key:
-                self._peft.base_model.disable_adapter_layers()
-                self._active = None
-            self._peft.delete_adapter(key)
-        return len(gone)
-
     def _pick(
         self, logits: torch.Tensor, options: GenerationOptions, gen: torch.Generator
     ) -> list[int]:
         return pick_tokens(logits, options, gen)
-
-    def _ban_processor(self, options: GenerationOptions) -> Any:
-        """transformers' ``NoBadWordsLogitsProcessor`` for the options' banned characters
-        (every token whose text holds one) and words (their token spellings), cached per
-        pair, with its longest banned sequence; ``None`` when nothing is banned."""
-        if not options.banned_chars and not options.banned_words:
-            return None
-        key = (options.banned_chars, tuple(options.banned_words))
-        cache: dict[Any, Any] = self.__dict__.setdefault("_ban_cache", {})
-        if key not in cache:
-            texts: list[str] | None = None
-            if options.banned_chars:
-                texts = self.__dict__.get("_token_texts")
-                if texts is None:
-                    texts = self._tok.batch_decode([[i] for i in range(len(self._tok))])
-                    self.__dict__["_token_texts"] = texts
-            if len(cache) > 32:
-                cache.clear()
-            cache[key] = ban_processor(options, texts or [], self.encode, self._eos)
-        return cache[key]
-
-    def constrain_logits(
-        self, options: GenerationOptions, histories: Sequence[Sequence[int]], logits: Any
-    ) -> Any:
-        """``logits`` (rows, vocab; torch or numpy) with the tokens the options ban set to
-        -inf for each row, given each row's token history (prompt and reply so far)."""
-        import torch
-
-        entry = self._ban_processor(options)
-        if entry is None or entry[0] is None:
-            return logits
-        proc, width = entry
-        tails = [list(h)[-width:] for h in histories]
-        width = min(len(t) for t in tails) or 1
-        ids = torch.tensor([t[-width:] if t else [self._pad_id] for t in tails], dtype=torch.long)
-        as_numpy = isinstance(logits, np.ndarray)
-        scores = torch.from_numpy(logits.copy()) if as_numpy else logits
-        with torch.inference_mode():
-            out = proc(ids.to(scores.device), scores)
-        return out.numpy() if as_numpy else out
 
     def _decode_loop(
         self, prompts: list[list[int]], options: GenerationOptions, track_text: bool

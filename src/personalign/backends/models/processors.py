@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-from personalign.backends.models.base import GenerationOptions
+import numpy as np
+
+from personalign.backends.models.base import GenerationOptions, LanguageModel
 
 if TYPE_CHECKING:
     import torch
@@ -63,3 +65,53 @@ def ban_processor(
         NoBadWordsLogitsProcessor(seqs, eos_token_id=sorted(eos)) if seqs else None,
         max((len(x) for x in seqs), default=1),
     )
+
+
+class BannedTokens(LanguageModel):
+    """The ban on characters and words of :class:`GenerationOptions` for a transformers
+    model: the class this is mixed into sets ``_tok`` (its tokenizer), ``_eos`` and
+    ``_pad_id``."""
+
+    _tok: Any
+    _eos: frozenset[int]
+    _pad_id: int
+
+    def _ban_processor(self, options: GenerationOptions) -> Any:
+        """transformers' ``NoBadWordsLogitsProcessor`` for the options' banned characters
+        (every token whose text holds one) and words (their token spellings), cached per
+        pair, with its longest banned sequence; ``None`` when nothing is banned."""
+        if not options.banned_chars and not options.banned_words:
+            return None
+        key = (options.banned_chars, tuple(options.banned_words))
+        cache: dict[Any, Any] = self.__dict__.setdefault("_ban_cache", {})
+        if key not in cache:
+            texts: list[str] | None = None
+            if options.banned_chars:
+                texts = self.__dict__.get("_token_texts")
+                if texts is None:
+                    texts = self._tok.batch_decode([[i] for i in range(len(self._tok))])
+                    self.__dict__["_token_texts"] = texts
+            if len(cache) > 32:
+                cache.clear()
+            cache[key] = ban_processor(options, texts or [], self.encode, self._eos)
+        return cache[key]
+
+    def constrain_logits(
+        self, options: GenerationOptions, histories: Sequence[Sequence[int]], logits: Any
+    ) -> Any:
+        """``logits`` (rows, vocab; torch or numpy) with the tokens the options ban set to
+        -inf for each row, given each row's token history (prompt and reply so far)."""
+        import torch
+
+        entry = self._ban_processor(options)
+        if entry is None or entry[0] is None:
+            return logits
+        proc, width = entry
+        tails = [list(h)[-width:] for h in histories]
+        width = min(len(t) for t in tails) or 1
+        ids = torch.tensor([t[-width:] if t else [self._pad_id] for t in tails], dtype=torch.long)
+        as_numpy = isinstance(logits, np.ndarray)
+        scores = torch.from_numpy(logits.copy()) if as_numpy else logits
+        with torch.inference_mode():
+            out = proc(ids.to(scores.device), scores)
+        return out.numpy() if as_numpy else out
