@@ -72,6 +72,8 @@ ACTIVE_NOW = "superseded_at IS NULL AND valid_to IS NULL"
 USER_TABLES = ("memories", "events", "exchanges", "profiles", "feedback", "users")
 """Every table holding a user's data; ``erase_user`` deletes from each (users last)."""
 _EVENT_COLUMNS = "user_id, at, action, record_id, actor, reason, payload"
+EventRow = tuple[str, str, str | None, str, str | None, dict[str, Any], datetime]
+"""An event to append: ``(user, action, record_id, actor, reason, payload, at)``."""
 
 
 def check_id(record_id: str) -> str:
@@ -187,24 +189,12 @@ class SQLStore(MemoryStore):
             (user, self._t(at)),
         )
 
-    def _events(self, conn: Any, rows: Sequence[dict[str, Any]]) -> None:
-        """Append events; each row has the keys ``user action record_id actor reason payload
-        at``."""
+    def _events(self, conn: Any, *rows: EventRow) -> None:
+        """Append events, each an :data:`EventRow`."""
         self._xmany(
             conn,
             f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    r["user"],
-                    self._t(r["at"]),
-                    r["action"],
-                    r["record_id"],
-                    r["actor"],
-                    r["reason"],
-                    self._j(r["payload"]),
-                )
-                for r in rows
-            ],
+            [(u, self._t(at), a, r, by, why, self._j(data)) for u, a, r, by, why, data, at in rows],
         )
 
     def _insert(
@@ -288,16 +278,8 @@ class SQLStore(MemoryStore):
             self._insert(conn, pins, list(vectors), ids=ids, user=user, now=now)
             self._events(
                 conn,
-                [
-                    {
-                        "user": user,
-                        "action": "add",
-                        "record_id": rid,
-                        "actor": actor,
-                        "reason": reason,
-                        "payload": {"text": pin.text, "kind": pin.kind},
-                        "at": now,
-                    }
+                *[
+                    (user, "add", rid, actor, reason, {"text": pin.text, "kind": pin.kind}, now)
                     for rid, pin in zip(ids, pins, strict=True)
                 ],
             )
@@ -380,21 +362,15 @@ class SQLStore(MemoryStore):
             )
             self._events(
                 conn,
-                [
-                    {
-                        "user": user,
-                        "action": "supersede",
-                        "record_id": rid,
-                        "actor": actor,
-                        "reason": reason,
-                        "payload": {
-                            "old_id": record_id,
-                            "old_text": current.text,
-                            "text": pin.text,
-                        },
-                        "at": now,
-                    }
-                ],
+                (
+                    user,
+                    "supersede",
+                    rid,
+                    actor,
+                    reason,
+                    {"old_id": record_id, "old_text": current.text, "text": pin.text},
+                    now,
+                ),
             )
             return self._fetch(conn, rid, user)
 
@@ -412,18 +388,7 @@ class SQLStore(MemoryStore):
                 (self._t(now), record_id, user),
             )
             self._events(
-                conn,
-                [
-                    {
-                        "user": user,
-                        "action": "forget",
-                        "record_id": record_id,
-                        "actor": actor,
-                        "reason": reason,
-                        "payload": {"text": current.text},
-                        "at": now,
-                    }
-                ],
+                conn, (user, "forget", record_id, actor, reason, {"text": current.text}, now)
             )
             return self._fetch(conn, record_id, user)
 
@@ -455,20 +420,7 @@ class SQLStore(MemoryStore):
         now = utcnow()
         with self._write() as conn:
             self._ensure_user(conn, user, now)
-            self._events(
-                conn,
-                [
-                    {
-                        "user": user,
-                        "action": action,
-                        "record_id": None,
-                        "actor": actor,
-                        "reason": reason,
-                        "payload": payload or {},
-                        "at": now,
-                    }
-                ],
-            )
+            self._events(conn, (user, action, None, actor, reason, payload or {}, now))
 
     def events(self, *, user: str, limit: int | None = None) -> Events:
         check_user(user)
@@ -553,20 +505,7 @@ class SQLStore(MemoryStore):
                 "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (user, self._t(now), self._j(clean), self._j(uncertainty or {}), source, reason),
             ).fetchall()
-            self._events(
-                conn,
-                [
-                    {
-                        "user": user,
-                        "action": "set_profile",
-                        "record_id": None,
-                        "actor": source,
-                        "reason": reason,
-                        "payload": {"weights": clean},
-                        "at": now,
-                    }
-                ],
-            )
+            self._events(conn, (user, "set_profile", None, source, reason, {"weights": clean}, now))
         return Profile(
             id=int(rows[0]["id"]) if rows else 0,
             user_id=user,
@@ -611,17 +550,15 @@ class SQLStore(MemoryStore):
             )
             self._events(
                 conn,
-                [
-                    {
-                        "user": user,
-                        "action": "feedback",
-                        "record_id": rec.id,
-                        "actor": rec.source,
-                        "reason": None,
-                        "payload": {"kind": rec.kind, "exchange_id": rec.exchange_id},
-                        "at": now,
-                    }
-                ],
+                (
+                    user,
+                    "feedback",
+                    rec.id,
+                    rec.source,
+                    None,
+                    {"kind": rec.kind, "exchange_id": rec.exchange_id},
+                    now,
+                ),
             )
         return rec
 
