@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from personalign.backends.models.base import GenerationOptions
@@ -312,3 +313,43 @@ def test_record_feedback_learns_through_the_memory_without_a_model(tmp_path):
     with pytest.raises(NotFoundError):  # another user's exchange: nothing stored
         pz.record_feedback(events.critique("no", exchange_id=xid), user="dan")
     pz.close()
+
+
+@pytest.mark.parametrize("method", ["contrastive", "mod"])
+def test_a_decoding_time_reply_below_the_floor_falls_back_to_the_prompt(tmp_path, method):
+    settings = load_settings(home=tmp_path, embedder="hashing")
+    memory = open_guarded_memory(settings, HashingEmbedder(), extractor=CueExtractor())
+    answer = "Have tea tonight: it has less caffeine than coffee, so you will sleep better."
+
+    class Mute(FakeLM):
+        """Its logits end every reply at once (an empty reply); generate() still answers."""
+
+        def _logits(self, tokens):  # type: ignore[no-untyped-def]
+            out = np.full(self.vocab_size, -30.0, dtype=np.float32)
+            out[0] = 0.0
+            return out
+
+    with Personalizer(memory, Mute([answer], name="fake")) as pz:
+        pz.memory.add("I prefer tea over coffee", user="sam")
+        reply = pz.respond(
+            "Should I have tea or coffee tonight?",
+            user="sam",
+            options=PersonalizeOptions(
+                method=method, generation=GenerationOptions(max_new_tokens=32)
+            ),
+        )
+    how = reply.exchange.meta["decoding"]
+    # the decoding-time reply is empty: the ordinary decode of the same prompt is chosen
+    assert how["fallback"] == {"method": "prompt", "chosen": True}
+    assert reply.text == answer
+
+
+def test_a_decoding_time_reply_that_passes_the_floor_is_kept(tmp_path):
+    from personalign.generation.enforce import passes_floor
+    from personalign.rewards.quality import QualityFloor
+
+    floor = QualityFloor(HashingEmbedder())
+    q = "Should I have tea or coffee tonight?"
+    assert passes_floor("Tea tonight: less caffeine than coffee, so you sleep better.", q, floor)
+    assert not passes_floor("the the the the the the the the", q, floor)
+    assert not passes_floor("", q)

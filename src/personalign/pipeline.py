@@ -29,6 +29,7 @@ from personalign.errors import ConfigError, ValidationError
 from personalign.feedback.learn import FeedbackOutcome, memory_extractor, record_feedback
 from personalign.generation.enforce import (
     StylePlan,
+    passes_floor,
     pick,
     requirement_lines,
     style_plan,
@@ -49,11 +50,12 @@ from personalign.pipeline_parts import (
     _gen_dict,
     _render,
     _reward_model_name,
-    _style_reward,
     _used,
     how_entry,
     open_guarded_memory,
+    prompt_fallback,
     reward_model_for,
+    with_style,
 )
 from personalign.pipeline_parts import METHODS as METHODS  # re-exported
 from personalign.pipeline_parts import Method as Method  # re-exported
@@ -497,12 +499,7 @@ class Personalizer:
             how["reward_model"] = _reward_model_name(reward)
         candidates = out.candidates or [out.text]
         cut = out.cut or [out.generation.finish_reason == "length"]
-        rewards = list(out.details.get("candidate_rewards", [])) or None
-        if rewards is not None and plan.style.weights:
-            rewards = [
-                r + _style_reward(c, plan.style.weights)
-                for r, c in zip(rewards, candidates, strict=True)
-            ]
+        rewards = with_style(out.details.get("candidate_rewards"), candidates, plan.style.weights)
         done = pick(
             candidates,
             plan.constraints,
@@ -513,6 +510,9 @@ class Personalizer:
             baseline=out.baseline,
             cut=cut,
         )
+        if len(candidates) == 1 and not passes_floor(done.text, question, self._quality()):
+            gen = self.model.generate(messages, options=gen_opts)
+            done = prompt_fallback(plan, out.text, cut[0], gen, question, self._quality(), how)
         return done.text, how_entry(plan, done, how)
 
     def _quality(self) -> Any:

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from personalign.backends.models.base import GenerationOptions
+from personalign.backends.models.base import Generation, GenerationOptions
 from personalign.config import Settings, load_settings
 from personalign.constraints import ConstraintSet
 from personalign.errors import ValidationError
-from personalign.generation.enforce import Finished, StylePlan, constraint_report
+from personalign.generation.enforce import Finished, StylePlan, constraint_report, pick
 from personalign.memory import Memory, open_memory
 from personalign.types import Exchange, Message, Preference, SearchHit, UsedPreference, check_text
 
@@ -224,6 +224,18 @@ def _style_reward(text: str, weights: dict[str, float]) -> float:
     return weighted_reward(text, w) if w else 0.0
 
 
+def with_style(
+    rewards: Sequence[float] | None, candidates: Sequence[str], weights: dict[str, float]
+) -> list[float] | None:
+    """The method's candidate rewards plus the user's weighted dimension reward of each
+    (None when the method gave no rewards)."""
+    if not rewards:
+        return None
+    if not weights:
+        return list(rewards)
+    return [r + _style_reward(c, weights) for r, c in zip(rewards, candidates, strict=True)]
+
+
 def how_entry(plan: RequestPlan, done: Finished, how: dict[str, Any]) -> dict[str, Any]:
     """/why's decoding entry plus (under ``_enforced``, lifted into the exchange's meta)
     the constraints with their verdicts and the style weights used."""
@@ -237,6 +249,30 @@ def how_entry(plan: RequestPlan, done: Finished, how: dict[str, Any]) -> dict[st
         enforced["style"] = plan.style.to_dict()
     how["_enforced"] = enforced
     return how
+
+
+def prompt_fallback(
+    plan: RequestPlan,
+    first: str,
+    first_cut: bool,
+    gen: Generation,
+    question: str,
+    quality: Any,
+    how: dict[str, Any],
+) -> Finished:
+    """When a decoding-time method's one reply (contrastive, MOD, reward-guided) fails the
+    quality floor, ``gen`` is an ordinary decode of the personalized prompt: the floor and the
+    constraints choose between the two, and ``how["fallback"]`` says so for /why."""
+    done = pick(
+        [first, gen.text],
+        plan.constraints,
+        plan.style,
+        question=question,
+        quality=quality,
+        cut=[first_cut, gen.finish_reason == "length"],
+    )
+    how["fallback"] = {"method": "prompt", "chosen": done.index == 1}
+    return done
 
 
 def reward_model_for(memory: Memory) -> Any:
