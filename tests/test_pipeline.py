@@ -345,11 +345,9 @@ def test_a_decoding_time_reply_below_the_floor_falls_back_to_the_prompt(tmp_path
 
 
 def test_a_decoding_time_reply_that_passes_the_floor_is_kept(tmp_path):
-    from personalign.generation.enforce import passes_floor
-    from personalign.rewards.quality import QualityFloor
+    # a lone reply has nothing to be less relevant than: the floor is the degenerate rule
+    from personalign.rewards.quality import degenerate
 
-    floor = QualityFloor(HashingEmbedder())
-    q = "Should I have tea or coffee tonight?"
-    assert passes_floor("Tea tonight: less caffeine than coffee, so you sleep better.", q, floor)
-    assert not passes_floor("the the the the the the the the", q, floor)
-    assert not passes_floor("", q)
+    assert degenerate("Tea tonight: less caffeine than coffee, so you sleep better.") is None
+    assert degenerate("the the the the the the the the") is not None
+    assert degenerate("") is not None

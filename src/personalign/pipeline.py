@@ -29,7 +29,6 @@ from personalign.errors import ConfigError, ValidationError
 from personalign.feedback.learn import FeedbackOutcome, memory_extractor, record_feedback
 from personalign.generation.enforce import (
     StylePlan,
-    passes_floor,
     pick,
     requirement_lines,
     style_plan,
@@ -59,6 +58,7 @@ from personalign.pipeline_parts import (
 )
 from personalign.pipeline_parts import METHODS as METHODS  # re-exported
 from personalign.pipeline_parts import Method as Method  # re-exported
+from personalign.rewards.quality import degenerate
 from personalign.types import (
     Exchange,
     FeedbackIn,
@@ -510,7 +510,7 @@ class Personalizer:
             baseline=out.baseline,
             cut=cut,
         )
-        if len(candidates) == 1 and not passes_floor(done.text, question, self._quality()):
+        if len(candidates) == 1 and degenerate(done.text) is not None:
             gen = self.model.generate(messages, options=gen_opts)
             done = prompt_fallback(plan, out.text, cut[0], gen, question, self._quality(), how)
         return done.text, how_entry(plan, done, how)

@@ -260,9 +260,10 @@ def prompt_fallback(
     quality: Any,
     how: dict[str, Any],
 ) -> Finished:
-    """When a decoding-time method's one reply (contrastive, MOD, reward-guided) fails the
-    quality floor, ``gen`` is an ordinary decode of the personalized prompt: the floor and the
-    constraints choose between the two, and ``how["fallback"]`` says so for /why."""
+    """When a decoding-time method's one reply (contrastive, MOD, reward-guided) is
+    degenerate (a lone reply has nothing to be less relevant than), ``gen`` is an ordinary
+    decode of the personalized prompt: the floor and the constraints choose between the two,
+    and ``how["fallback"]`` says so for /why."""
     done = pick(
         [first, gen.text],
         plan.constraints,

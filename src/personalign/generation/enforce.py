@@ -11,9 +11,6 @@ constraints and weights, after any decoding method.
   the quality floor (relevance to the question, :mod:`personalign.rewards.quality`), then one
   that answers rather than asks a question back, then one that passes the most constraints
   once finished, then before any repair, then the highest reward.
-* :func:`passes_floor` tells whether a single reply passes the floor on its own: the
-  decoding-time methods that produce one reply (contrastive, MOD, reward-guided) fall back to
-  an ordinary decode of the personalized prompt when theirs does not.
 * :func:`finish` applies the style transforms and :func:`personalign.constraints.repair`, and
   verifies the result: what ``/why`` shows.
 
@@ -308,16 +305,6 @@ def asks_back(text: str) -> bool:
     questions or requests for the user's details."""
     parts = [p for p in split_sentences(text) if re.search(r"\w", p)]
     return bool(parts) and 2 * sum(_asks(p) for p in parts) >= len(parts)
-
-
-def passes_floor(text: str, question: str, quality: Any = None) -> bool:
-    """Whether a finished reply passes the quality floor on its own: not degenerate and, with
-    a :class:`~personalign.rewards.quality.QualityFloor`, on the question's topic."""
-    from personalign.rewards.quality import degenerate
-
-    if quality is None:
-        return degenerate(text) is None
-    return bool(quality.assess(question, [text])[0].passes)
 
 
 def pick(
