@@ -154,7 +154,7 @@ class Personalizer:
         if options.method == "plain" or not self.memory.has_user(user=user):
             return []
         hits = self.memory.search(text, user=user, k=options.k)
-        topic = self._topic(text)
+        topic = self.topic_of(text)
 
         def relevant(h: SearchHit) -> bool:
             dense = h.signals.get("dense", 0.0)
@@ -169,8 +169,8 @@ class Personalizer:
         kept = [h for h in hits if relevant(h)]
         return sorted(kept, key=lambda h: h.record.kind == "episode")
 
-    def _topic(self, text: str) -> str | None:
-        """The message's topic by the memory's topic tagger (None without an embedder)."""
+    def topic_of(self, text: str) -> str | None:
+        """The topic of a text by the memory's topic tagger (None without an embedder)."""
         embedder = getattr(self.memory.store, "embedder", None)
         if embedder is None:
             return None
@@ -413,7 +413,7 @@ class Personalizer:
         if self.adapters is not None:
             roots.add(self.adapters.root)
         n = sum(AdapterStore(root).erase(user) for root in roots)
-        unload = getattr(self.model, "unload_missing_adapters", None)
+        unload = getattr(self._model, "unload_missing_adapters", None)  # None: no model
         if callable(unload):
             unload()
         return n

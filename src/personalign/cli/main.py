@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from personalign import __version__
-from personalign.cli import boundary, chat, feedback, memory, service
+from personalign.cli import boundary, chat, feedback, mcp, memory, service
 from personalign.cli._common import state
 from personalign.cli.eval import eval_command
 
@@ -27,6 +27,7 @@ app.command()(chat.ask)
 app.command()(chat.logs)
 app.command()(service.serve)
 app.add_typer(service.keys_app, name="keys")
+app.command("mcp")(mcp.mcp_command)
 app.add_typer(
     boundary.app, name="boundary", help="Check texts against the universal-values boundary."
 )
