@@ -301,6 +301,7 @@ def test_http_end_to_end_behind_the_api_keys(tmp_path: Path) -> None:
     _, acme = keys.create(scope="app", app="acme")
     _, other = keys.create(scope="app", app="other")
     _, alice = keys.create(scope="user", app="acme", user="alice")
+    _, admin = keys.create(scope="admin")
     revoked_info, revoked = keys.create(scope="user", app="acme", user="alice")
     keys.revoke(revoked_info.id)
 
@@ -346,6 +347,11 @@ def test_http_end_to_end_behind_the_api_keys(tmp_path: Path) -> None:
                 "user": "alice",
                 "memories": [],
             }
+
+        async with _http(url, admin) as c:  # an admin key names stored users in full
+            assert "name the user" in await _error(c, "list_preferences")
+            everyone = await _ok(c, "list_preferences", {"user": "acme:alice"})
+            assert _texts(everyone) == ["answer me in lowercase"]
 
         async with _http(url, acme) as c:  # bob is untouched by everything above
             assert _texts(await _ok(c, "list_preferences", {"user": "bob"})) == [
