@@ -1,0 +1,5 @@
+"""Doors into other ecosystems, each behind its optional extra; the core never imports them.
+
+* :mod:`personalign.integrations.langgraph`: :class:`PersonalignStore`, a LangGraph
+  ``BaseStore`` over the personalign memory (``pip install 'personalign[langgraph]'``).
+"""
