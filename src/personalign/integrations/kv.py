@@ -130,15 +130,37 @@ def split_value(
 
 
 def string_leaves(value: Any, path: str = "") -> list[str]:
-    """``"path: text"`` for every string inside ``value`` (mappings and lists, any depth):
-    what the boundary reads of the fields kept beside the text."""
+    """``"path: text"`` for every string inside ``value`` (mappings and lists, any depth;
+    ``path`` joins the mapping keys with periods; a list's strings share one line)."""
     if isinstance(value, str):
         return [f"{path}: {value}" if path else value]
     if isinstance(value, Mapping):
         return [s for k, v in value.items() for s in string_leaves(v, f"{path}.{k}" if path else k)]
     if isinstance(value, list | tuple):
-        return [s for i, v in enumerate(value) for s in string_leaves(v, f"{path}[{i}]")]
+        words = [v for v in value if isinstance(v, str)]
+        joined = [f"{path}: {', '.join(words)}" if path else ", ".join(words)] if words else []
+        return joined + [s for v in value if not isinstance(v, str) for s in string_leaves(v, path)]
     return []
+
+
+def admission_texts(rest: Mapping[str, Any], width: int = 600) -> list[str]:
+    """What the boundary reads of the fields kept beside the text: each string as its own
+    ``"<field>: <value>"`` text, held to the same standard as a preference (a long one in
+    overlapping windows of ``width`` characters, since the classifier reads a bounded window).
+
+    Read alone rather than beside the text they annotate: on 84 benign and 48 harmful
+    field values (``"I like tea (note: ...)"`` against ``"note: ..."``) the embedded boundary
+    admitted one harmful value beside a text and none alone, at the cost of refusing more
+    short imperative notes ("todo: book the dentist"), as it refuses them as preferences."""
+    out: list[str] = []
+    step = width - 100
+    for leaf in string_leaves(rest):
+        out += (
+            [leaf]
+            if len(leaf) <= width
+            else [leaf[i : i + width] for i in range(0, len(leaf) - 100, step)]
+        )
+    return out
 
 
 # -- filters and namespace conditions, as LangGraph's stores read them -------------------------

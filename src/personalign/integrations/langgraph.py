@@ -14,7 +14,8 @@ How the key-value model maps (the pure parts are in :mod:`personalign.integratio
 * **Put.** The value's text (``value["text"]``, else ``"content"``, else ``"memory"``; for a
   value with none of them, the value's JSON) becomes one explicit preference; the other
   fields are kept beside it and returned by ``get``. Every write passes the boundary, the
-  other fields' strings included: a harmful value raises
+  other fields' strings included (each as its own text,
+  :func:`~personalign.integrations.kv.admission_texts`): a harmful value raises
   :class:`~personalign.errors.RefusedError`, nothing is stored and the refusal is in the
   user's event log. A put to an existing key writes a new version that supersedes the old
   one (kept in history, :meth:`PersonalignStore.history`); a put of the value the key
@@ -24,7 +25,9 @@ How the key-value model maps (the pure parts are in :mod:`personalign.integratio
 * **Search.** With a ``query``: personalign's hybrid search (dense, full text, recency,
   preference prior) of each user the prefix covers, best first, ``SearchItem.score`` the
   fused score (higher is better; merged across users when the prefix spans several). Without:
-  every item under the prefix, oldest first (the order keys were first put). ``filter``,
+  every item under the prefix, grouped by namespace, oldest first (the order keys were first
+  put; namespaces in the order of their oldest item, as LangGraph's in-memory store lists
+  them). ``filter``,
   ``limit`` and ``offset`` apply as in LangGraph's own stores; the ``index`` argument of a put
   is ignored (the text is always indexed); TTLs are not supported.
 * **Batches** run their reads in order on the state before the batch, then its puts (the last
@@ -69,10 +72,10 @@ from personalign.integrations.kv import (
     TEXT_FIELDS,
     USER_LABEL,
     Entry,
+    admission_texts,
     matches_filter,
     matches_path,
     split_value,
-    string_leaves,
     user_index,
 )
 from personalign.types import PREFERENCE_KINDS, Message, Preference, PreferenceIn, check_user
@@ -189,18 +192,21 @@ class PersonalignStore(BaseStore):
         if cached is not None:
             return cached
         entry = Entry.from_meta(record.meta)
-        if entry is None:
-            home = Entry(self.home(label), record.root_id, "text", _described(record))
-            entry = home
-            if record.previous_id is not None:
-                versions = self.memory.history(record.id, user=self._user(label))
-                created = versions[0].recorded_at.isoformat()
-                older = [v for v in versions if v.recorded_at < record.recorded_at]
-                found = next((e for v in reversed(older) if (e := Entry.from_meta(v.meta))), None)
-                base = found or home
-                entry = Entry(
-                    base.namespace, base.key, base.field, base.rest, base.created_at or created
+        if entry is None and record.previous_id is None:
+            entry = Entry(self.home(label), record.root_id, "text", _described(record))
+        elif entry is None or (entry.created_at is None and record.previous_id is not None):
+            # a later version (from chat, or revised by personalign) of an older item
+            versions = self.memory.history(record.id, user=self._user(label))
+            ids = [v.id for v in versions]
+            older = versions[: ids.index(record.id)] if record.id in ids else versions
+            if entry is None:
+                metas = (Entry.from_meta(v.meta) for v in reversed(older))
+                entry = next((e for e in metas if e is not None), None) or Entry(
+                    self.home(label), record.root_id, "text", _described(record)
                 )
+            if entry.created_at is None:
+                created = versions[0].recorded_at.isoformat()
+                entry = Entry(entry.namespace, entry.key, entry.field, entry.rest, created)
         if len(self._entries) >= _CACHE_LIMIT:
             self._entries.clear()
         self._entries[record.id] = entry
@@ -299,8 +305,8 @@ class PersonalignStore(BaseStore):
             namespace, key, field, rest
         ).value(text.strip()):
             return  # the key already holds this value
-        if field is not None and (leaves := string_leaves(rest)):
-            self.memory.store.admit(leaves, user=user, actor=ACTOR)  # type: ignore[attr-defined]
+        if field is not None and (extra := admission_texts(rest)):
+            self.memory.store.admit(extra, user=user, actor=ACTOR)  # type: ignore[attr-defined]
         if found is None:
             entry = Entry(namespace, key, field, rest)
             pin = PreferenceIn(text=text, source=ACTOR, meta={META_KEY: entry.to_meta()})
@@ -327,20 +333,21 @@ class PersonalignStore(BaseStore):
         want = op.offset + op.limit
         if want == 0:
             return []
-        found: list[SearchItem] = []
-        for label in self._labels(prefix):
-            if op.query:
-                found += self._query(label, prefix, op, want)
-                continue
-            for entry, record in self._scan(label):
-                if entry.namespace[: len(prefix)] == prefix and matches_filter(
-                    entry.value(record.text), op.filter
-                ):
-                    found.append(self._item(entry, record, SearchItem))
         if op.query:
-            found.sort(key=lambda it: -(it.score or 0.0))
-        else:
-            found.sort(key=lambda it: (it.created_at, it.namespace, it.key))
+            hits = [it for u in self._labels(prefix) for it in self._query(u, prefix, op, want)]
+            hits.sort(key=lambda it: -(it.score or 0.0))
+            return hits[op.offset : want]
+        items = [
+            self._item(entry, record, SearchItem)
+            for label in self._labels(prefix)
+            for entry, record in self._scan(label)
+            if entry.namespace[: len(prefix)] == prefix
+        ]
+        first: dict[tuple[str, ...], datetime] = {}
+        for it in items:  # a namespace's place: when its oldest item was put
+            first[it.namespace] = min(first.get(it.namespace, it.created_at), it.created_at)
+        found = [it for it in items if matches_filter(it.value, op.filter)]
+        found.sort(key=lambda it: (first[it.namespace], it.namespace, it.created_at, it.key))
         return found[op.offset : want]
 
     def _query(
