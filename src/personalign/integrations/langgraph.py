@@ -66,7 +66,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from pydantic import ValidationError as PydanticValidationError
 
-from personalign.errors import ConfigError, ValidationError
+from personalign.errors import ConfigError, NotFoundError, ValidationError
 from personalign.integrations.kv import (
     META_KEY,
     TEXT_FIELDS,
@@ -125,6 +125,7 @@ class PersonalignStore(BaseStore):
         self.memory = memory
         self.owns_memory = owns_memory
         self._entries: dict[str, Entry] = {}  # record id -> entry (versions never change)
+        self._where: dict[tuple[str, tuple[str, ...], str], str] = {}  # address -> record id
 
     @classmethod
     def open(
@@ -232,11 +233,30 @@ class PersonalignStore(BaseStore):
         return [(self._entry(r, label), r) for r in records]
 
     def _find(self, namespace: tuple[str, ...], key: str) -> tuple[Entry, Preference] | None:
+        """The active record at ``namespace``/``key``: the one last seen there when it is
+        still active (one read by id), else a scan of the user's preferences."""
         label = self._label(namespace)
-        for entry, record in self._scan(label):
-            if entry.namespace == namespace and entry.key == key:
-                return entry, record
-        return None
+        seen = self._where.get((label, namespace, key))
+        if seen is not None:
+            try:
+                record = self.memory.get(seen, user=self._user(label))
+            except NotFoundError:  # erased
+                record = None
+            if record is not None and record.active:
+                entry = self._entry(record, label)
+                if entry.namespace == namespace and entry.key == key:
+                    return entry, record
+        found = None
+        if len(self._where) >= _CACHE_LIMIT:
+            self._where.clear()
+        fresh: dict[tuple[str, tuple[str, ...], str], str] = {}
+        for entry, record in self._scan(label):  # newest first: the newest wins a tie
+            fresh.setdefault((label, entry.namespace, entry.key), record.id)
+            if found is None and entry.namespace == namespace and entry.key == key:
+                found = entry, record
+        self._where.pop((label, namespace, key), None)
+        self._where.update(fresh)
+        return found
 
     def record(self, namespace: tuple[str, ...], key: str) -> Preference | None:
         """The personalign record an item is, for personalign's own verbs (constraints)."""
@@ -310,7 +330,8 @@ class PersonalignStore(BaseStore):
         if found is None:
             entry = Entry(namespace, key, field, rest)
             pin = PreferenceIn(text=text, source=ACTOR, meta={META_KEY: entry.to_meta()})
-            self.memory.add(pin, user=user, actor=ACTOR, reason=f"{where}: put")
+            new = self.memory.add(pin, user=user, actor=ACTOR, reason=f"{where}: put")
+            self._where[(label, namespace, key)] = new.id
             return
         old_entry, old = found
         created = self._item(old_entry, old, Item).created_at.isoformat()
@@ -324,7 +345,10 @@ class PersonalignStore(BaseStore):
             source=ACTOR,
             meta={META_KEY: entry.to_meta()},
         )
-        self.memory.update(old.id, pin, user=user, actor=ACTOR, reason=f"{where}: new version")
+        new = self.memory.update(
+            old.id, pin, user=user, actor=ACTOR, reason=f"{where}: new version"
+        )
+        self._where[(label, namespace, key)] = new.id
 
     def _search(self, op: SearchOp) -> list[SearchItem]:
         prefix = tuple(op.namespace_prefix)
