@@ -27,9 +27,11 @@ How the key-value model maps (the pure parts are in :mod:`personalign.integratio
   fused score (higher is better; merged across users when the prefix spans several). Without:
   every item under the prefix, grouped by namespace, oldest first (the order keys were first
   put; namespaces in the order of their oldest item, as LangGraph's in-memory store lists
-  them). ``filter``,
-  ``limit`` and ``offset`` apply as in LangGraph's own stores; the ``index`` argument of a put
-  is ignored (the text is always indexed); TTLs are not supported.
+  them). ``filter``, ``limit`` and ``offset`` apply as in LangGraph's own stores; the
+  ``index`` argument of a put is ignored (the text is always indexed); TTLs are not supported.
+* **Cost.** A get reads the key's last known record by id (checked still active and at that
+  address; else, and for a put of a new key, a scan of the user's preferences); a search
+  without query and ``list_namespaces`` scan the preferences of the users they cover.
 * **Batches** run their reads in order on the state before the batch, then its puts (the last
   put to a key wins), in order; a refused put raises and the puts after it do not run.
   ``abatch`` runs the same code in a worker thread.
