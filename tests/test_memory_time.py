@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -104,6 +104,34 @@ def test_prune_needs_an_aware_time(store):
         store.prune(user="alice", before=datetime(2026, 3, 1))
 
 
+def test_summary_on_every_backend(store):
+    from personalign.memory.profile import summarize
+
+    assert summarize(store, user="alice").preferences == 0  # unknown user: empty
+    veg = store.add(PreferenceIn(text="I'm vegetarian", topic="Food"), user="alice")
+    store.add(PreferenceIn(text="episode text", kind="episode"), user="alice")
+    mid = _tick()
+    store.set_profile({"warmth": 0.7}, user="alice")
+    store.update(veg.id, "I eat fish now", user="alice")
+    store.add("Reply in French", user="alice")
+    store.add("I collect stamps", user="alice")
+
+    s = summarize(store, user="alice", recent=3)
+    assert {t: [i.text for i in v] for t, v in s.topics.items()} == {
+        "communication": ["Reply in French"],
+        "food": ["I eat fish now"],
+        "other": ["I collect stamps"],
+    }
+    assert [c["kind"] for c in s.constraints] == ["language"]
+    assert s.weights is not None and s.weights.weights == {"warmth": 0.7}
+    assert [c.action for c in s.recent_changes] == ["add", "add", "supersede"]
+    then = summarize(store, user="alice", as_of=mid)
+    assert [i.text for v in then.topics.values() for i in v] == ["I'm vegetarian"]
+    assert [c["kind"] for c in then.constraints] == ["avoid_words"]
+    assert then.weights is None
+    assert [c.what for c in then.recent_changes] == ["added: I'm vegetarian"]  # no episode
+
+
 def _bytes_on_disk(db: Path) -> bytes:
     return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
 
@@ -128,3 +156,51 @@ def test_pruned_turn_text_leaves_the_sqlite_file(tmp_path, embedder):
     assert b"xylophonewombat" in raw and b"I'm vegetarian" in raw
     assert store.search("vegetarian", user="alice")
     store.close()
+
+
+def test_real_path_supersession_as_of_summary_and_retention(tmp_path):
+    """The embedded extractor on MiniLM: a change of diet supersedes, ``as_of`` sees each
+    version in its time, the summary groups by the extractor's topic, and the configured
+    retention prunes the raw turns (their text leaves the file) but no preference."""
+    from personalign.config import load_settings
+    from personalign.pipeline import open_guarded_memory
+    from personalign.types import Message
+
+    settings = load_settings(home=tmp_path, embedder="minilm", retention={"turns_days": 30})
+    mem = open_guarded_memory(settings)
+    t0 = _tick()
+    said = "I'm vegetarian, so please keep that in mind for recipes."
+    r = mem.add_messages([Message(role="user", content=said)], user="sam")
+    assert [d.action for d in r.decisions] == ["add"]
+    mid = _tick()
+    changed = "I'm not vegetarian anymore, I eat fish now."
+    filler = "My neighbour zanzibarquokka repainted the fence yesterday."
+    msgs = [Message(role="user", content=changed), Message(role="user", content=filler)]
+    r = mem.add_messages(msgs, user="sam")
+    assert "supersede" in [d.action for d in r.decisions]
+    after = _tick()
+
+    def prefs(at: datetime) -> list[str]:
+        return [p.text for p in mem.list(user="sam", as_of=at, kinds=["explicit", "implicit"])]
+
+    assert prefs(t0) == []
+    assert prefs(mid) == [said]
+    assert prefs(after) == [changed]
+    assert [h.record.text for h in mem.search("vegetarian", user="sam", k=1, as_of=mid)] == [said]
+
+    summary = mem.summary(user="sam")
+    assert list(summary.topics) == ["food"]  # the extractor's topic tag
+    assert summary.recent_changes[0].what == f"changed: {said} → {changed}"
+    assert mem.summary(user="sam", as_of=mid).topics["food"][0].text == said
+
+    db = settings.db_path
+    assert b"zanzibarquokka" in _bytes_on_disk(db)
+    assert mem.prune(user="sam") == []  # 30 days: nothing is that old yet
+    later = datetime.now(UTC) + timedelta(days=31)
+    assert len(mem.prune(user="sam", now=later, dry_run=True)) == 3
+    gone = mem.prune(user="sam", now=later)
+    assert {g.kind for g in gone} == {"episode"} and len(gone) == 3
+    assert b"zanzibarquokka" not in _bytes_on_disk(db)
+    assert prefs(datetime.now(UTC)) == [changed]  # preferences are never pruned
+    assert mem.list(user="sam", kinds=["episode"]) == []
+    mem.close()
