@@ -78,7 +78,11 @@ def test_as_of_bad_input(store):
 def test_prune_deletes_old_raw_turns_only(store):
     pref = store.add("I'm vegetarian", user="alice")
     old = store.add(PreferenceIn(text="old raw turn about kiwis", kind="episode"), user="alice")
+    for action, kind in (("refuse", "episode"), ("refuse", "explicit"), ("refuse_request", None)):
+        payload = {"text": f"refused {action} {kind} text", "kind": kind}
+        store.record_event(user="alice", action=action, reason="harm", payload=payload)
     cutoff = _tick()
+    store.record_event(user="alice", action="refuse_request", payload={"text": "later request"})
     new = store.add(PreferenceIn(text="new raw turn about figs", kind="episode"), user="alice")
     store.add(PreferenceIn(text="bob's raw turn", kind="episode"), user="bob")
 
@@ -95,6 +99,9 @@ def test_prune_deletes_old_raw_turns_only(store):
     assert old.id not in {e.record_id for e in events}
     assert not any("kiwis" in str(e.payload) for e in events)
     assert events[-1].action == "prune" and events[-1].payload["deleted"] == 1
+    assert events[-1].payload["refusals_deleted"] == 2
+    refusals = [e.payload["text"] for e in events if e.action.startswith("refuse")]
+    assert refusals == ["refused refuse explicit text", "later request"]
     assert len(store.list(user="bob", kinds=["episode"])) == 1
     assert store.prune(user="alice", before=cutoff) == []  # nothing left to prune
 
@@ -147,12 +154,16 @@ def test_pruned_turn_text_leaves_the_sqlite_file(tmp_path, embedder):
     ]
     store.add_many(turns, user="alice")
     store.add("I'm vegetarian and like quokkas", user="alice")
+    store.record_event(
+        user="alice", action="refuse_request", payload={"text": "quagmirepelican request"}
+    )
     cutoff = _tick()
     store.add(PreferenceIn(text="xylophonewombat fresh turn", kind="episode"), user="alice")
     assert b"zanzibarquokka" in _bytes_on_disk(db)  # the check below can fail
+    assert b"quagmirepelican" in _bytes_on_disk(db)
     assert len(store.prune(user="alice", before=cutoff)) == 40
     raw = _bytes_on_disk(db)
-    assert b"zanzibarquokka" not in raw
+    assert b"zanzibarquokka" not in raw and b"quagmirepelican" not in raw
     assert b"xylophonewombat" in raw and b"I'm vegetarian" in raw
     assert store.search("vegetarian", user="alice")
     store.close()

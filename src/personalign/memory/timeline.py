@@ -7,7 +7,7 @@ UTC.
 
 Retention (:func:`prune`): raw turns (``episode`` records, the user's own words kept as
 episodic memory) recorded more than ``[retention] turns_days`` days ago are hard-deleted, with
-the log entries that carried their text, as completely as an erasure
+the log entries that carried their text (refusals of turns included), as completely as an erasure
 (:meth:`~personalign.backends.stores.base.RetentionStore.prune`). Preferences are never
 pruned: they are what the user asked to be remembered, and they are superseded or forgotten,
 not aged out. The exchange log (full prompts and replies) is not pruned here: feedback on an

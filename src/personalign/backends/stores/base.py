@@ -219,8 +219,10 @@ class RetentionStore(Protocol):
 
     @abc.abstractmethod
     def prune(self, *, user: str, before: datetime, dry_run: bool = False) -> Records:
-        """Hard-delete the user's raw turns recorded before ``before`` (timezone-aware), and
-        the ``add`` events that carried their text; log one ``prune`` event (counts only).
+        """Hard-delete the user's raw turns recorded before ``before`` (timezone-aware), the
+        ``add`` events that carried their text, and the refusals of raw turns logged before
+        then (a turn refused for storage or as a request); log one ``prune`` event (counts
+        only).
         Returns the records deleted (with ``dry_run``: that would be, nothing deleted).
         On SQLite the freed bytes are then zeroed and the file vacuumed, as by
         :meth:`UserStore.erase_user`. Preferences (explicit, implicit) are never pruned."""

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from personalign.errors import ValidationError
-from personalign.types import Preference, check_user, utcnow
+from personalign.types import Event, Preference, check_user, utcnow
 
 ACTIVE_AT = (
     "valid_from <= ? AND (valid_to IS NULL OR valid_to > ?) "
@@ -51,9 +51,25 @@ class _Primitives(Protocol):
     def _t(self, dt: datetime) -> Any: ...
     def _j(self, value: Any) -> Any: ...
     def _pref(self, row: Any) -> Preference: ...
+    def _event_of(self, row: Any) -> Event: ...
     def _begin_erase(self, conn: Any, user: str) -> None: ...
     def _end_erase(self, conn: Any, user: str) -> None: ...
     def _compact(self) -> None: ...
+
+
+def _refused_turns(store: _Primitives, conn: Any, user: str, cutoff: Any) -> list[int]:
+    """Ids of the user's refusal events before ``cutoff`` that hold a raw turn's text: a turn
+    the boundary refused to store (``refuse`` of an episode) or to answer (``refuse_request``)."""
+    rows = store._x(
+        conn,
+        "SELECT id, user_id, at, action, record_id, actor, reason, payload FROM events "
+        "WHERE user_id = ? AND action IN ('refuse', 'refuse_request') AND at < ?",
+        (user, cutoff),
+    ).fetchall()
+    events = [store._event_of(r) for r in rows]
+    return [
+        e.id for e in events if e.action == "refuse_request" or e.payload.get("kind") in RAW_KINDS
+    ]
 
 
 def prune_turns(
@@ -72,10 +88,16 @@ def prune_turns(
             (user, *RAW_KINDS, cutoff),
         ).fetchall()
         gone = [store._pref(r) for r in rows]
-        if dry_run or not gone:
+        refused = _refused_turns(store, conn, user, cutoff)
+        if dry_run or not (gone or refused):
             return gone
         ids = [r.id for r in gone]
         store._begin_erase(conn, user)
+        if refused:
+            marks = ",".join("?" * len(refused))
+            store._x(
+                conn, f"DELETE FROM events WHERE user_id = ? AND id IN ({marks})", (user, *refused)
+            )
         for start in range(0, len(ids), 500):  # bounded statements for large prunes
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
@@ -102,7 +124,13 @@ def prune_turns(
                 None,
                 "retention",
                 f"raw turns recorded before {before.isoformat()}",
-                store._j({"deleted": len(ids), "kinds": list(RAW_KINDS)}),
+                store._j(
+                    {
+                        "deleted": len(ids),
+                        "refusals_deleted": len(refused),
+                        "kinds": list(RAW_KINDS),
+                    }
+                ),
             ),
         )
     store._compact()
