@@ -143,6 +143,9 @@ def test_memory_commands_do_not_import_torch_with_the_real_embedder(tmp_path):
         ["memory", "add", "I am vegetarian", "--user", "alice"],
         ["memory", "search", "food", "--user", "alice"],
         ["memory", "list", "--user", "alice"],
+        ["memory", "list", "--user", "alice", "--as-of", "2026-03-01"],
+        ["memory", "profile", "--user", "alice"],
+        ["memory", "prune", "--days", "30"],
     ):
         assert _modules_after(args, home, "minilm") == set(), args
 

@@ -117,6 +117,15 @@ class JudgeConfig(BaseModel):
         return Path(v).expanduser() if isinstance(v, str | Path) else v
 
 
+class RetentionConfig(BaseModel):
+    """How long raw records are kept. ``turns_days``: raw turns (``episode`` records) recorded
+    more than this many days ago are hard-deleted by ``personalign memory prune`` (and
+    :func:`personalign.memory.timeline.prune`); unset: kept until the user is erased.
+    Preferences are never pruned."""
+
+    turns_days: float | None = Field(default=None, gt=0.0)
+
+
 class _ConfigFileSource(TomlConfigSettingsSource):
     """The TOML config file, less the top-level keys in ``drop`` (given as arguments or as
     ``PERSONALIGN_<KEY>`` variables): such a key's whole table gives way. The keys kept rank
@@ -158,6 +167,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @field_validator("home", "cache_dir", mode="before")
     @classmethod

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from personalign.backends.models.base import LanguageModel
 from personalign.config import Settings, load_settings
-from personalign.constraints import Constraint, ConstraintSet
+from personalign.constraints import ConstraintSet
 from personalign.errors import ConfigError, ValidationError
 from personalign.feedback.learn import FeedbackOutcome, memory_extractor, record_feedback
 from personalign.generation.enforce import (
@@ -230,36 +230,12 @@ class Personalizer:
     def constraints_for(
         self, user: str
     ) -> tuple[ConstraintSet, dict[str, list[str]], list[Preference]]:
-        """The user's constraints: compiled from every active preference (kept in its
-        ``meta["constraints"]`` when stored; compiled now otherwise), newest wins per slot.
-        Returns them, each source preference's turn ids, and the source preferences. A
-        preference flagged as injection gives none, nor does a phrase with an injection cue
-        or a link (a closing phrase is copied into replies verbatim)."""
-        from personalign.constraints import compile_text, from_meta
-        from personalign.safety.injection import INJECTION_FLAG, pattern_signals
+        """The user's constraints: :func:`personalign.memory.profile.constraints_of` the
+        active preferences (newest wins per slot). Returns them, each source preference's turn
+        ids, and the source preferences."""
+        from personalign.memory.profile import constraints_of
 
-        records = [r for r in self.memory.list(user=user) if r.kind != "episode"]  # newest first
-        groups: list[list[Constraint]] = []
-        sources: dict[str, list[str]] = {}
-        used: list[Preference] = []
-        for rec in reversed(records):  # oldest first: newer ones win their slot
-            if INJECTION_FLAG in rec.flags:
-                continue
-            items = from_meta(rec.meta, text=rec.text)
-            if items is None:
-                items = compile_text(rec.text)
-            safe = []
-            for c in items:
-                if isinstance(c.value, str):
-                    strong, weak = pattern_signals(c.value)
-                    if strong or "url" in weak:
-                        continue
-                safe.append(c.model_copy(update={"source_id": rec.id}))
-            if safe:
-                groups.append(safe)
-                sources[rec.id] = list(rec.source_turn_ids)
-                used.append(rec)
-        return ConstraintSet.from_lists(groups), sources, used
+        return constraints_of([r for r in self.memory.list(user=user) if r.kind != "episode"])
 
     def style_for(self, user: str) -> StylePlan:
         """The user's style plan from their current weights (none set: no plan)."""

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from personalign import __version__
-from personalign.cli import boundary, chat, feedback, mcp, memory, service
+from personalign.cli import boundary, chat, feedback, mcp, memory, memory_profile, service
 from personalign.cli._common import state
 from personalign.cli.eval import eval_command
 
@@ -20,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+memory_profile.register(memory.app)
 app.add_typer(memory.app, name="memory", help="Store, search, supersede and erase preferences.")
 app.command("eval")(eval_command)
 app.command()(chat.chat)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,6 +21,20 @@ app = typer.Typer(no_args_is_help=True)
 User = Annotated[str, typer.Option("--user", "-u", help="Whose memory.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 KindOpt = Literal["explicit", "implicit"]
+AsOf = Annotated[
+    str | None,
+    typer.Option(
+        "--as-of",
+        metavar="DATE",
+        help="What was active then: ISO 8601 date (end of that day, UTC) or date and time.",
+    ),
+]
+
+
+def _as_of(value: str | None) -> datetime | None:
+    from personalign.memory.timeline import parse_as_of
+
+    return None if value is None else parse_as_of(value)
 
 
 @contextmanager
@@ -101,16 +116,20 @@ def list_(
     user: User,
     history: Annotated[bool, typer.Option("--history", help="Include old versions.")] = False,
     episodes: Annotated[bool, typer.Option("--episodes", help="Include raw turns.")] = False,
+    as_of: AsOf = None,
     json_out: Json = False,
 ) -> None:
-    """List a user's preferences (active ones unless --history)."""
+    """List a user's preferences (active ones unless --history; those active then with
+    --as-of)."""
     kinds = None if episodes else ["explicit", "implicit"]
-    with _memory(user) as mem:
-        recs = mem.list(user=user, include_history=history, kinds=kinds)  # type: ignore[arg-type]
+    with _memory(user) as mem, errors():
+        at = _as_of(as_of)
+        recs = mem.list(user=user, include_history=history, kinds=kinds, as_of=at)  # type: ignore[arg-type]
     if json_out:
         print_json([r.model_dump(mode="json") for r in recs])
     else:
-        out.print(_table(recs, title=f"memories of {user} ({len(recs)})"))
+        when = f" as of {at:%Y-%m-%d %H:%M} UTC" if at else ""
+        out.print(_table(recs, title=f"memories of {user}{when} ({len(recs)})"))
 
 
 @app.command()
@@ -118,11 +137,13 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     user: User,
     k: Annotated[int, typer.Option("-k", min=1, max=100, help="How many results.")] = 5,
+    as_of: AsOf = None,
     json_out: Json = False,
 ) -> None:
-    """Hybrid search (dense + full text + recency) over a user's active memories."""
+    """Hybrid search (dense + full text + recency) over a user's active memories (those
+    active then with --as-of)."""
     with _memory(user) as mem, errors():
-        hits = mem.search(query, user=user, k=k)
+        hits = mem.search(query, user=user, k=k, as_of=_as_of(as_of))
     if json_out:
         print_json([h.model_dump(mode="json") for h in hits])
         return

@@ -7,17 +7,19 @@ place where extraction, reconciliation and the safety boundary plug in.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from personalign.backends.embedders import Embedder
 from personalign.backends.stores import MemoryStore, open_store
 from personalign.config import Settings, load_settings
 from personalign.errors import ConfigError, UnknownUserError
-from personalign.types import Message, SearchHit
+from personalign.types import Message, Preference, SearchHit
 
 if TYPE_CHECKING:
     from personalign.memory.extract import Extractor
     from personalign.memory.ingest import IngestResult
+    from personalign.memory.profile import ProfileSummary
 
 
 class Memory:
@@ -45,9 +47,37 @@ class Memory:
         self.has_user = store.has_user
         self.users = store.users
 
-    def search(self, query: str, *, user: str, k: int = 10) -> list[SearchHit]:
-        """Hybrid search with the configured retrieval settings."""
-        return self.store.search(query, user=user, k=k, config=self.settings.retrieval)
+    def search(
+        self, query: str, *, user: str, k: int = 10, as_of: datetime | None = None
+    ) -> list[SearchHit]:
+        """Hybrid search with the configured retrieval settings, over what was active at
+        ``as_of`` (default: now)."""
+        return self.store.search(query, user=user, k=k, config=self.settings.retrieval, as_of=as_of)
+
+    def summary(
+        self, *, user: str, as_of: datetime | None = None, recent: int = 10
+    ) -> ProfileSummary:
+        """The user's preferences by topic, constraints, weights and recent changes
+        (:func:`personalign.memory.profile.summarize`)."""
+        from personalign.memory.profile import summarize
+
+        return summarize(self.store, user=user, as_of=as_of, recent=recent)
+
+    def prune(
+        self,
+        *,
+        user: str,
+        days: float | None = None,
+        now: datetime | None = None,
+        dry_run: bool = False,
+    ) -> list[Preference]:
+        """Hard-delete the user's raw turns older than ``days`` (default: the configured
+        ``[retention] turns_days``); see :mod:`personalign.memory.timeline`."""
+        from personalign.memory.timeline import prune
+
+        return prune(
+            self.store, self.settings.retention, user=user, days=days, now=now, dry_run=dry_run
+        )
 
     def add_messages(self, messages: Sequence[Message], *, user: str) -> IngestResult:
         """Extract and reconcile the preferences in a conversation; keep every user turn as an

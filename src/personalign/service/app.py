@@ -44,6 +44,7 @@ from personalign.service.schemas import (
     ProfileIn,
     SearchIn,
 )
+from personalign.service.summary import AsOf, mount_summary
 from personalign.types import FeedbackIn, Preference, PreferenceIn
 from personalign.types import Message as ChatMessage
 
@@ -206,10 +207,18 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
         history: bool = False,
         episodes: bool = False,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+        as_of: AsOf = None,
     ) -> list[dict[str, Any]]:
-        """Active preferences (all versions with ``history``; raw turns with ``episodes``)."""
+        """Active preferences (all versions with ``history``; raw turns with ``episodes``;
+        those active then with ``as_of``)."""
         kinds = None if episodes else ["explicit", "implicit"]
-        recs = svc.store(p).list(user=user, include_history=history, kinds=kinds, limit=limit)  # type: ignore[arg-type]
+        recs = svc.store(p).list(
+            user=user,
+            include_history=history,
+            kinds=kinds,  # type: ignore[arg-type]
+            limit=limit,
+            as_of=as_of,
+        )
         return [_memory_out(r) for r in recs]
 
     @app.post("/v1/users/{user}/memories", tags=["memories"], status_code=201)
@@ -267,14 +276,16 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
         )
 
     @app.post("/v1/users/{user}/search", tags=["memories"])
-    def search(user: str, body: SearchIn, p: Auth) -> list[dict[str, Any]]:
-        """Hybrid search; each hit has its score, matched signals and source turn ids."""
+    def search(user: str, body: SearchIn, p: Auth, as_of: AsOf = None) -> list[dict[str, Any]]:
+        """Hybrid search; each hit has its score, matched signals and source turn ids (over
+        what was active at ``as_of``, default now)."""
         hits = svc.store(p).search(
             body.query,
             user=user,
             k=body.k,
             kinds=body.kinds,
             config=personalizer.memory.settings.retrieval,
+            as_of=as_of,
         )
         return [h.model_dump(mode="json") for h in hits]
 
@@ -338,6 +349,7 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
         adapters = svc.personalizer.erase_adapters(p.resolve(user))
         return {"erased": user, "rows": rows, "adapters": adapters}
 
+    mount_summary(app, svc, dashboard=dashboard)
     if dashboard:
         mount_dashboard(app, svc)
 

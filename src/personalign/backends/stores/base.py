@@ -77,8 +77,15 @@ class RecordStore(Protocol):
         include_history: bool = False,
         kinds: Sequence[Kind] | None = None,
         limit: int | None = None,
+        as_of: datetime | None = None,
     ) -> Records:
-        """Active memories (all versions with ``include_history``), newest first."""
+        """Active memories (all versions with ``include_history``), newest first.
+
+        ``as_of`` (timezone-aware): the versions active at that moment instead, as
+        :meth:`SearchStore.search` sees them: recorded by then, valid then (``valid_from <=
+        as_of < valid_to``) and not yet superseded. Erased rows are gone and never come back.
+        ``as_of`` with ``include_history`` is a :class:`~personalign.errors.ValidationError`.
+        """
 
 
 class RevisionStore(Protocol):
@@ -207,6 +214,20 @@ class FeedbackStore(Protocol):
         """The user's feedback, oldest first (the newest ``limit`` if given)."""
 
 
+class RetentionStore(Protocol):
+    """Time-to-live of raw turns (``episode`` records): pruned as completely as an erasure."""
+
+    @abc.abstractmethod
+    def prune(self, *, user: str, before: datetime, dry_run: bool = False) -> Records:
+        """Hard-delete the user's raw turns recorded before ``before`` (timezone-aware), the
+        ``add`` events that carried their text, and the refusals of raw turns logged before
+        then (a turn refused for storage or as a request); log one ``prune`` event (counts
+        only).
+        Returns the records deleted (with ``dry_run``: that would be, nothing deleted).
+        On SQLite the freed bytes are then zeroed and the file vacuumed, as by
+        :meth:`UserStore.erase_user`. Preferences (explicit, implicit) are never pruned."""
+
+
 class UserStore(Protocol):
     """Who has data; the user's erasure."""
 
@@ -231,6 +252,7 @@ class MemoryStore(
     ExchangeLog,
     ProfileStore,
     FeedbackStore,
+    RetentionStore,
     UserStore,
 ):
     """Preference and episodic memory for many users.

@@ -72,6 +72,7 @@ class DelegatingStore(MemoryStore):
     profile_history = _forward(MemoryStore.profile_history)
     add_feedback = _forward(MemoryStore.add_feedback)
     feedback = _forward(MemoryStore.feedback)
+    prune = _forward(MemoryStore.prune)
 
     def close(self) -> None:
         """Wrappers do not own ``inner``; see the class doc."""

@@ -27,6 +27,7 @@ from personalign.backends.stores.base import (
     Profiles,
     Records,
 )
+from personalign.backends.stores.timeline import ACTIVE_AT, check_as_of, check_time, prune_turns
 from personalign.config import RetrievalConfig
 from personalign.errors import BackendError, ConflictError, NotFoundError, ValidationError
 from personalign.types import (
@@ -95,7 +96,7 @@ def search_args(
     query = check_text(query, what="query")
     if k < 1:
         raise ValidationError(f"k must be at least 1, got {k}")
-    return query, config or RetrievalConfig(), as_of or utcnow()
+    return query, config or RetrievalConfig(), check_time(as_of) if as_of else utcnow()
 
 
 def _newest(sql: str, args: list[Any], order: str, limit: int | None) -> str:
@@ -305,11 +306,15 @@ class SQLStore(MemoryStore):
         include_history: bool = False,
         kinds: Sequence[Kind] | None = None,
         limit: int | None = None,
+        as_of: datetime | None = None,
     ) -> Records:
         check_user(user)
         sql = f"SELECT {COLUMNS} FROM memories WHERE user_id = ?"
         args: list[Any] = [user]
-        if not include_history:
+        if as_of is not None:
+            sql += f" AND {ACTIVE_AT}"
+            args.extend([self._t(check_as_of(as_of, include_history=include_history))] * 4)
+        elif not include_history:
             sql += f" AND {ACTIVE_NOW}"
         if kinds:
             sql += f" AND kind IN ({','.join('?' * len(kinds))})"
@@ -564,6 +569,9 @@ class SQLStore(MemoryStore):
 
     def feedback(self, *, user: str, limit: int | None = None) -> Feedbacks:
         return [Feedback.model_validate_json(b) for b in self._bodies("feedback", user, limit)]
+
+    def prune(self, *, user: str, before: datetime, dry_run: bool = False) -> Records:
+        return prune_turns(self, user=user, before=before, dry_run=dry_run, columns=COLUMNS)
 
     # -- users ---------------------------------------------------------------------------
 
