@@ -209,3 +209,26 @@ def test_real_boundary_and_embedded_fallback(tmp_path, server) -> None:  # type:
         assert any("vegetarian" in r.text.lower() for r in memory.list(user="fy"))
     finally:
         memory.close()
+
+
+def test_surfacing_benchmark_measures_the_llm_extractor(data_dir) -> None:  # type: ignore[no-untyped-def]
+    """The llm_* figures come from the extractor given, with its fallbacks counted."""
+    from personalign.eval.suites.prefeval_surfacing import measure
+    from personalign.memory.extract import LLMExtractor
+    from personalign.testing import FakeLM
+
+    def reply(messages: list[Message]) -> str:
+        block = messages[1].content
+        if "> [" not in block or block.count("user:") > 1:
+            return "no json"  # the filler conversations: malformed, read by the fallback
+        return json.dumps({"preferences": [{"text": "I stated a preference", "turn_ids": []}]})
+
+    llm = FallbackExtractor(LLMExtractor(FakeLM(reply), max_attempts=1), CueExtractor())
+    figures = measure(
+        data_dir, HashingEmbedder(), ns=[10], limit_per_topic=1, llm=llm, offline=False
+    )
+    assert not any(k.startswith(("explicit_", "cv_", "baseline_")) for k in figures)
+    assert figures["llm_items_explicit_n10"] > 0
+    assert figures["llm_extraction_recall_explicit_n10"] == 1.0  # linked to every user turn
+    assert figures["llm_fallbacks"] == llm.fallbacks > 0
+    assert "llm_junk_per_100_turns" in figures
