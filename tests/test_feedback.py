@@ -625,7 +625,8 @@ def test_pipeline_answers_with_the_users_adapter_and_why_says_so(tiny, tmp_path)
     from personalign.pipeline import PersonalizeOptions, Personalizer, open_guarded_memory
     from personalign.testing import HashingEmbedder
 
-    settings = load_settings(home=tmp_path, embedder="hashing")
+    # coldstart.ask off: these new users would otherwise get the cold-start question in meta
+    settings = load_settings(home=tmp_path, embedder="hashing", coldstart={"ask": False})
     adapters = AdapterStore.for_home(tmp_path)
     adapters.save("ivy", _random_adapter(tiny, tmp_path / "a", seed=3), {"data_hash": "h"})
     lm = TransformersLM(tiny, dtype="float32")

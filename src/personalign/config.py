@@ -126,6 +126,45 @@ class RetentionConfig(BaseModel):
     turns_days: float | None = Field(default=None, gt=0.0)
 
 
+class ExtractorConfig(BaseModel):
+    """An optional LLM extractor (:func:`~personalign.memory.llm_extract.extractor_from_settings`)
+    that reads preferences out of conversations instead of the offline embedded classifier and
+    rules. ``model`` is named like the settings' ``model``: ``openai:<name>`` (served at
+    ``base_url``, default ``openai_base_url``; ``api_key`` default ``openai_api_key``), a
+    local transformers directory, or ``smollm2``. ``model`` unset: the offline extractor.
+    A reply that is not valid JSON of the expected shape after ``max_attempts`` tries, or a
+    server that cannot be reached, falls back to the offline extractor for that conversation
+    (logged, and noted in the ingestion result). Everything extracted passes the boundary.
+    """
+
+    model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    timeout_s: float = Field(default=30.0, gt=0.0)
+    max_attempts: int = Field(default=2, ge=1, le=5)
+    max_new_tokens: int = Field(default=512, ge=32, le=4096)
+
+
+class ColdStartConfig(BaseModel):
+    """What a user with no history starts from (:mod:`personalign.feedback.coldstart`).
+
+    The population prior: the precision-weighted mean of every user's estimated style
+    weights (numbers only), used once at least ``min_users`` users have weights; it is the
+    effective weights of a user without any, and the centre of the Bayesian prior their
+    estimate starts from. It is recomputed by ``personalign profile prior --refresh``, and
+    automatically (in the background, after a reply) when it is older than ``refresh_hours``.
+    ``ask``: a new user (no preferences, no weights) is offered one most-informative
+    question (two short answers to choose between) with a reply, at most once every
+    ``ask_every`` of their turns; ``false`` never asks.
+    """
+
+    prior: bool = True
+    min_users: int = Field(default=3, ge=1)
+    refresh_hours: float = Field(default=24.0, gt=0.0)
+    ask: bool = True
+    ask_every: int = Field(default=5, ge=1)
+
+
 class _ConfigFileSource(TomlConfigSettingsSource):
     """The TOML config file, less the top-level keys in ``drop`` (given as arguments or as
     ``PERSONALIGN_<KEY>`` variables): such a key's whole table gives way. The keys kept rank
@@ -168,6 +207,8 @@ class Settings(BaseSettings):
     guard: GuardConfig = Field(default_factory=GuardConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    extractor: ExtractorConfig = Field(default_factory=ExtractorConfig)
+    coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig)
 
     @field_validator("home", "cache_dir", mode="before")
     @classmethod

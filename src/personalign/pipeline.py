@@ -26,6 +26,7 @@ from personalign.backends.models.base import LanguageModel
 from personalign.config import Settings, load_settings
 from personalign.constraints import ConstraintSet
 from personalign.errors import ConfigError, ValidationError
+from personalign.feedback.coldstart import ColdStart
 from personalign.feedback.learn import FeedbackOutcome, memory_extractor, record_feedback
 from personalign.generation.enforce import (
     StylePlan,
@@ -111,6 +112,7 @@ class Personalizer:
         self._lock = threading.Lock()
         self._tagger: TopicTagger | None = None
         self._reward_model: Any = reward_model
+        self.coldstart = ColdStart(memory.store, memory.settings, schedule=self._background)
 
     @property
     def model(self) -> LanguageModel:
@@ -205,9 +207,10 @@ class Personalizer:
         sources: dict[str, list[str]] = {}
         records: list[Preference] = []
         style = StylePlan()
-        if options.method != "plain" and self.memory.has_user(user=user):
-            constraints, sources, records = self.constraints_for(user)
+        if options.method != "plain":  # a new user's style: the population prior's
             style = self.style_for(user)
+            if self.memory.has_user(user=user):
+                constraints, sources, records = self.constraints_for(user)
             constraints = ConstraintSet.from_lists([style.constraints, list(constraints)])
         block = _render([h.record for h in hits]) if hits else None
         lines = requirement_lines(constraints, style)
@@ -238,9 +241,10 @@ class Personalizer:
         return constraints_of([r for r in self.memory.list(user=user) if r.kind != "episode"])
 
     def style_for(self, user: str) -> StylePlan:
-        """The user's style plan from their current weights (none set: no plan)."""
+        """The user's style plan from their current weights (none set: the population
+        prior's, :mod:`personalign.feedback.coldstart`; no prior either: no plan)."""
         profile = self.memory.store.get_profile(user=user)
-        return style_plan(profile.weights if profile is not None else None)
+        return style_plan(profile.weights if profile is not None else self.coldstart.weights())
 
     def respond(
         self,
@@ -259,20 +263,11 @@ class Personalizer:
         refusal = self.screen(history, user=user)
         if refusal is not None:
             return self._finish(
-                history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal
+                history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal=refusal
             )
         text, how = self._generate(history, plan, options)
         return self._finish(
-            history,
-            messages,
-            hits,
-            text,
-            user,
-            options,
-            t0,
-            retrieval_ms,
-            decoding=how,
-            plan=plan,
+            history, messages, hits, text, user, options, t0, retrieval_ms, how, plan=plan
         )
 
     def stream(
@@ -294,7 +289,7 @@ class Personalizer:
         if refusal is not None:
             yield REFUSAL
             reply = self._finish(
-                history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal
+                history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal=refusal
             )
         elif options.method == "plain" or (
             options.method == "prompt" and not plan.constraints and not plan.style.transforms
@@ -310,16 +305,7 @@ class Personalizer:
             text, how = self._generate(history, plan, options)
             yield text
             reply = self._finish(
-                history,
-                messages,
-                hits,
-                text,
-                user,
-                options,
-                t0,
-                retrieval_ms,
-                decoding=how,
-                plan=plan,
+                history, messages, hits, text, user, options, t0, retrieval_ms, how, plan=plan
             )
         if on_done is not None:
             on_done(reply)
@@ -334,8 +320,8 @@ class Personalizer:
         options: PersonalizeOptions,
         t0: float,
         retrieval_ms: float,
-        refusal: dict[str, object] | None = None,
         decoding: dict[str, Any] | None = None,
+        refusal: dict[str, object] | None = None,
         plan: RequestPlan | None = None,
     ) -> Reply:
         exchange = Exchange(
@@ -371,6 +357,7 @@ class Personalizer:
                 **self._adapter_meta(options, user),
                 **({"decoding": decoding} if decoding else {}),
                 **(decoding or {}).pop("_enforced", {}),
+                **self.coldstart.question(user),  # one question for a user with no history
             },
         )
         self.memory.store.log_exchange(exchange, user=user)
@@ -527,7 +514,11 @@ class Personalizer:
     # -- background ingestion ------------------------------------------------------------
 
     def _ingest_later(self, turns: list[Message], *, user: str) -> None:
-        fut: Future[object] = self._ingest.submit(self.memory.add_messages, turns, user=user)
+        self._background(lambda: self.memory.add_messages(turns, user=user))
+
+    def _background(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the ingestion thread; :meth:`flush` and :meth:`close` wait for it."""
+        fut: Future[object] = self._ingest.submit(fn)
         with self._lock:
             self._pending.add(fut)
         fut.add_done_callback(self._done)
@@ -550,7 +541,13 @@ class Personalizer:
         ``store``: the store to write through, over this personalizer's memory (default: the
         memory's own; the HTTP service passes the caller's scoped store)."""
         target = self.memory.store if store is None else store
-        return record_feedback(target, feedback, user=user, extractor=memory_extractor(self.memory))
+        return record_feedback(
+            target,
+            feedback,
+            user=user,
+            extractor=memory_extractor(self.memory),
+            prior=self.coldstart.weight_prior(),  # estimates start from the population's
+        )
 
     def flush(self) -> None:
         """Wait until every queued turn is ingested; re-raise the first failure."""

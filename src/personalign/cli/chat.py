@@ -34,6 +34,7 @@ HELP = (
     "/good /bad  rate the last answer\n"
     "/edit TEXT  give the last answer as it should have been\n"
     "/prefer  show another answer; then /prefer 1 or /prefer 2 says which is better\n"
+    "/answer 1|2  answer the short question a new user is asked about their style\n"
     "/quit    leave (Ctrl-D too)"
 )
 
@@ -125,10 +126,13 @@ def ask(
                 "constraints": x.meta.get("constraints", []),
                 "repaired": x.meta.get("repaired", False),
                 "style": x.meta.get("style"),
+                **({"question": x.meta["question"]} if x.meta.get("question") else {}),
             }
         )
     else:
         out.print(reply.text, highlight=False, markup=False)
+        if reply.exchange.meta.get("question"):
+            err.print(reply.exchange.meta["question"]["text"], style="dim", markup=False)
         if reply.preferences:
             err.print(
                 f"[dim]personalized with {len(reply.preferences)} preference(s); "
@@ -175,6 +179,10 @@ def chat(
                     out.print(delta, end="", highlight=False, markup=False)
             out.print()
             history.append(Message(role="assistant", content="".join(parts)))
+            question = last[-1].exchange.meta.get("question") if last else None
+            if question:  # a new user's one style question (feedback.coldstart)
+                out.print(question["text"], style="dim", highlight=False, markup=False)
+                out.print("[dim](/answer 1 or /answer 2, or just carry on)[/]")
 
 
 def _read_line() -> str:
@@ -195,7 +203,7 @@ def _command(
 ) -> bool:
     """Run a slash command; False means leave the chat."""
     cmd, _, arg = line.partition(" ")
-    if cmd in ("/good", "/bad", "/edit", "/prefer"):
+    if cmd in ("/good", "/bad", "/edit", "/prefer", "/answer"):
         _feedback(
             p, cmd, arg.strip(), user=user, last=last, pending={} if pending is None else pending
         )
@@ -277,6 +285,14 @@ def _feedback(
     try:
         if cmd in ("/good", "/bad"):
             fb = events.thumbs(cmd == "/good", exchange_id=x.id, source="chat")
+        elif cmd == "/answer":
+            asked = [r.exchange.meta.get("question") for r in last]
+            q = next((a for a in reversed(asked) if a), None)
+            if q is None or arg not in ("1", "2"):
+                err.print("[bold red]error:[/] /answer 1 or /answer 2, after a question")
+                return
+            picked, other = q["options"] if arg == "1" else q["options"][::-1]
+            fb = events.pairwise(picked, other, prompt=q["prompt"], source="coldstart")
         elif cmd == "/edit":
             fb = events.edit(arg, exchange_id=x.id, source="chat")
         elif not arg:  # /prefer: show another answer to choose against

@@ -315,7 +315,12 @@ def calibrate(
                 cache=settings.home / "calibration_pool.json",
             )
         model.close()
-        cal = Calibration(mem.store, pool, user=user, max_queries=max_queries, target_spread=target)
+        from personalign.feedback.coldstart import ColdStart
+
+        prior = ColdStart(mem.store, settings).weight_prior()  # the population's, if any
+        cal = Calibration(
+            mem.store, pool, user=user, prior=prior, max_queries=max_queries, target_spread=target
+        )
         out.print(
             f"Calibrating {user}: pick the answer you prefer (1/2), s to skip, q to stop.",
             highlight=False,

@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 
 from personalign import __version__
-from personalign.cli import boundary, chat, feedback, mcp, memory, memory_profile, service
+from personalign.cli import (
+    boundary,
+    chat,
+    feedback,
+    mcp,
+    memory,
+    memory_profile,
+    prior,
+    service,
+)
 from personalign.cli._common import state
 from personalign.cli.eval import eval_command
 
@@ -33,6 +42,7 @@ app.add_typer(
     boundary.app, name="boundary", help="Check texts against the universal-values boundary."
 )
 app.add_typer(feedback.app, name="feedback", help="Rate, compare, edit or critique answers.")
+feedback.profile_app.command("prior")(prior.prior)
 app.add_typer(feedback.profile_app, name="profile", help="See or set your dimension weights.")
 app.command()(feedback.calibrate)
 app.add_typer(feedback.train_app, name="train", help="Train per-user adapters with DPO.")

@@ -35,18 +35,24 @@ DEFAULT_DIMS: tuple[str, ...] = ("conciseness", "readability", "warmth", "struct
 
 @dataclass(frozen=True)
 class WeightPrior:
-    """Prior on ``theta``: mean ``scale * w0`` (``w0``: the user's last override, or 0.5 for
-    every dimension), standard deviation ``std`` (``override_std`` around an override)."""
+    """Prior on ``theta``: mean ``scale * w0`` (``w0``: the user's last override, else the
+    ``population`` weights when given (``(dimension, weight)`` pairs: the population prior of
+    :mod:`personalign.feedback.coldstart`; a dimension it lacks gets 0.5), else 0.5 for every
+    dimension), standard deviation ``std`` (``override_std`` around an override)."""
 
     scale: float = 8.0
     std: float = 6.0
     override_std: float = 2.0
+    population: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("scale", "std", "override_std"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ValidationError(f"WeightPrior.{name} must be a positive number, got {v!r}")
+        for dim, w in self.population:
+            if not (math.isfinite(w) and 0.0 <= w <= 1.0):
+                raise ValidationError(f"WeightPrior.population[{dim!r}] must be in [0, 1]: {w!r}")
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -156,6 +162,9 @@ def posterior(
     (default 0.5 each), from an override when there is one (then std ``override_std``)."""
     prior = prior or WeightPrior()
     w0 = np.full(len(dims), 0.5) if base is None else np.asarray(base, dtype=np.float64)
+    if base is None and prior.population:
+        pop = dict(prior.population)
+        w0 = np.array([pop.get(d, 0.5) for d in dims], dtype=np.float64)
     mean0 = prior.scale * w0  # (K,)
     std = prior.std if base is None else prior.override_std
     diffs = np.asarray(diffs, dtype=np.float64).reshape(-1, len(dims))

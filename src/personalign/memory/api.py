@@ -116,6 +116,11 @@ def open_memory(
         from personalign.backends.embedders import load_embedder
 
         embedder = load_embedder(settings.embedder, settings.cache_dir)
+    if extractor is None and settings.extractor.model:
+        # the configured LLM extractor, the offline one behind it (memory.llm_extract)
+        from personalign.memory.llm_extract import extractor_from_settings
+
+        extractor = extractor_from_settings(settings, embedder)
     if extractor is None and settings.embedder == "hashing":
         # the embedded extractor's classifier needs MiniLM vectors; the fake embedder pairs
         # with the fake, rule-only extractor

@@ -399,6 +399,8 @@ def _why(reply: Reply) -> dict[str, Any]:
         "constraints": x.meta.get("constraints", []),
         "repaired": x.meta.get("repaired", False),
         "style": x.meta.get("style"),
+        # a new user's one cold-start question (personalign.feedback.coldstart), when asked
+        **({"question": x.meta["question"]} if x.meta.get("question") else {}),
     }
 
 

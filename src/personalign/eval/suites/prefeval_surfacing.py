@@ -13,6 +13,10 @@ classifier retrained on 9 topics and measured on the other 3, for each of 4 fold
 figure), ``baseline_<variant>_n<N>_at5`` plain MiniLM cosine over the raw user turns, and
 ``junk_per_100_turns``: preference rows written from filler turns, per 100 filler turns.
 ``ingest_s_per_100_turns``: ingestion time with the embedded extractor and no embedding cache.
+With an LLM extractor (``measure(..., llm=...)``, the ``[extractor]`` settings), the same
+protocol through it gives ``llm_<variant>_n<N>_at5``, ``llm_extraction_recall_*``,
+``llm_junk_per_100_turns`` and ``llm_fallbacks`` (conversations the offline extractor read
+because the LLM's reply was unusable); without one, no ``llm_*`` figure exists.
 """
 
 from __future__ import annotations
@@ -38,7 +42,12 @@ from personalign.eval.suites._prefdata import (
     preference_conversation,
     topics,
 )
-from personalign.memory.extract import EmbeddedExtractor, SentenceClassifier, split_sentences
+from personalign.memory.extract import (
+    EmbeddedExtractor,
+    Extractor,
+    SentenceClassifier,
+    split_sentences,
+)
 from personalign.memory.ingest import add_messages
 from personalign.training.extractor import fit_classifier
 
@@ -63,9 +72,11 @@ def surfacing(
     limit_per_topic: int | None = None,
     config: RetrievalConfig | None = None,
     prefix: str = "",
+    extractor: Extractor | None = None,
 ) -> dict[str, float]:
-    """Surfacing rates (and counts for the junk figure) for ``topic_names``."""
-    extractor = EmbeddedExtractor(embedder, classifier)
+    """Surfacing rates (and counts for the junk figure) for ``topic_names``, with
+    ``extractor`` (default: the embedded one over ``classifier``)."""
+    extractor = extractor or EmbeddedExtractor(embedder, classifier)
     dialogues = mtbench_dialogues(data_dir, "filler")
     _warm(embedder, dialogues)
     figures: dict[str, float] = {}
@@ -106,7 +117,8 @@ def surfacing(
             figures[f"{prefix}{variant}_n{n}_at{K}"] = float(np.mean(ok)) if ok else 0.0
             if not prefix:
                 figures[f"baseline_{variant}_n{n}_at{K}"] = float(np.mean(base)) if base else 0.0
-                figures[f"extraction_recall_{variant}_n{n}"] = (
+            if prefix != "cv_":
+                figures[f"{prefix}extraction_recall_{variant}_n{n}"] = (
                     float(np.mean(extracted)) if extracted else 0.0
                 )
             figures[f"{prefix}items_{variant}_n{n}"] = float(len(ok))
@@ -157,11 +169,50 @@ def measure(
     limit_per_topic: int | None = None,
     cross_validate: bool = True,
     config: RetrievalConfig | None = None,
+    llm: Extractor | None = None,
+    offline: bool = True,
 ) -> dict[str, float]:
-    """Every figure of the suite (see the module docstring)."""
+    """Every figure of the suite (see the module docstring); ``llm``: also measure this
+    extractor (``llm_*`` figures); ``offline=False``: only ``llm`` (no CV, no baseline)."""
     t0 = time.perf_counter()
     cached = CachingEmbedder(embedder)
     names = topics(data_dir)
+    figures: dict[str, float] = {}
+    if offline:
+        figures = _offline(data_dir, cached, names, ns, limit_per_topic, cross_validate, config)
+        figures["ingest_s_per_100_turns"] = ingest_cost(data_dir, embedder)
+    if llm is not None:
+        seen = getattr(llm, "fallbacks", 0)
+        found = surfacing(
+            data_dir,
+            cached,
+            SentenceClassifier.load(),
+            topic_names=names,
+            ns=ns,
+            limit_per_topic=limit_per_topic,
+            config=config,
+            prefix="llm_",
+            extractor=llm,
+        )
+        junk, turns = found.pop("llm_junk_rows"), found.pop("llm_filler_turns")
+        figures.update(found)
+        figures["llm_junk_per_100_turns"] = 100 * junk / turns if turns else 0.0
+        figures["llm_fallbacks"] = float(getattr(llm, "fallbacks", 0) - seen)
+    figures["limit_per_topic"] = float(limit_per_topic or 0)
+    figures["seconds"] = round(time.perf_counter() - t0, 1)
+    return figures
+
+
+def _offline(
+    data_dir: Path,
+    cached: CachingEmbedder,
+    names: list[str],
+    ns: Sequence[int],
+    limit_per_topic: int | None,
+    cross_validate: bool,
+    config: RetrievalConfig | None,
+) -> dict[str, float]:
+    """The embedded extractor's figures: shipped, cross-validated, baseline, junk."""
     figures = surfacing(
         data_dir,
         cached,
@@ -203,9 +254,6 @@ def measure(
             b = figures.get(f"baseline_{variant}_n{n}_at{K}", 0.0)
             if b > 0:
                 figures[f"ratio_{variant}_n{n}_vs_baseline"] = figures[f"{variant}_n{n}_at{K}"] / b
-    figures["ingest_s_per_100_turns"] = ingest_cost(data_dir, embedder)
-    figures["limit_per_topic"] = float(limit_per_topic or 0)
-    figures["seconds"] = round(time.perf_counter() - t0, 1)
     return figures
 
 
@@ -230,6 +278,7 @@ def plot(figures: dict[str, float], out_dir: Path) -> list[Path]:
             ("", "-", "shipped"),
             ("cv_", "--", "cross-validated"),
             ("baseline_", ":", "MiniLM baseline"),
+            ("llm_", "-.", "LLM extractor"),
         ):
             pts = [
                 (n, figures[f"{prefix}{variant}_n{n}_at{K}"])
