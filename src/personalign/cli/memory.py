@@ -11,11 +11,15 @@ from typing import Annotated, Literal
 import typer
 from rich.table import Table
 
+from personalign.cli import memory_conflicts
 from personalign.cli._common import errors, out, print_json, state
 from personalign.memory import Memory
 from personalign.types import Preference, PreferenceIn
 
 app = typer.Typer(no_args_is_help=True)
+app.command()(memory_conflicts.conflicts)
+app.command()(memory_conflicts.resolve)
+app.command()(memory_conflicts.say)
 
 User = Annotated[str, typer.Option("--user", "-u", help="Whose memory.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -49,8 +53,16 @@ def _table(records: list[Preference], *, title: str) -> Table:
     for r in records:
         status = "active" if r.active else ("superseded" if r.superseded_at else "forgotten")
         cells = [r.id, r.kind, r.text, summary(r), r.recorded_at.strftime("%Y-%m-%d %H:%M")]
-        table.add_row(*cells, status)
+        table.add_row(*cells, status + _context_note(r))
     return table
+
+
+def _context_note(r: Preference) -> str:
+    """ ", only when: <context>" for a preference scoped to a context."""
+    from personalign.constraints.context import context_of
+
+    ctx = None if r.kind == "episode" else context_of(r.meta, text=r.text)
+    return f", only when: {ctx}" if ctx else ""
 
 
 def _constraints_table(rec: Preference) -> Table:
@@ -103,14 +115,15 @@ def list_(
     episodes: Annotated[bool, typer.Option("--episodes", help="Include raw turns.")] = False,
     json_out: Json = False,
 ) -> None:
-    """List a user's preferences (active ones unless --history)."""
+    """List a user's preferences (active ones unless --history), then any open conflicts."""
     kinds = None if episodes else ["explicit", "implicit"]
     with _memory(user) as mem:
         recs = mem.list(user=user, include_history=history, kinds=kinds)  # type: ignore[arg-type]
-    if json_out:
-        print_json([r.model_dump(mode="json") for r in recs])
-    else:
+        if json_out:
+            print_json([r.model_dump(mode="json") for r in recs])
+            return
         out.print(_table(recs, title=f"memories of {user} ({len(recs)})"))
+        memory_conflicts.print_open_conflicts(mem, user)
 
 
 @app.command()
@@ -133,7 +146,9 @@ def search(
     table.add_column("signals", overflow="fold")
     for h in hits:
         signals = " ".join(f"{n}={h.signals[n]:.2f}" for n in ("dense", "bm25") if n in h.matched)
-        table.add_row(h.record.id, h.record.text, f"{h.score:.4f}", signals)
+        note = _context_note(h.record)  # ", only when: ..."
+        text = h.record.text + (f"\n({note[2:]})" if note else "")
+        table.add_row(h.record.id, text, f"{h.score:.4f}", signals)
     out.print(table)
 
 

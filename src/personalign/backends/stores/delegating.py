@@ -72,6 +72,10 @@ class DelegatingStore(MemoryStore):
     profile_history = _forward(MemoryStore.profile_history)
     add_feedback = _forward(MemoryStore.add_feedback)
     feedback = _forward(MemoryStore.feedback)
+    add_conflict = _forward(MemoryStore.add_conflict)
+    conflicts = _forward(MemoryStore.conflicts)
+    get_conflict = _forward(MemoryStore.get_conflict)
+    resolve_conflict = _forward(MemoryStore.resolve_conflict)
 
     def close(self) -> None:
         """Wrappers do not own ``inner``; see the class doc."""
