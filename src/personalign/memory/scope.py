@@ -228,7 +228,9 @@ class Scope:
 
     def report(self) -> dict[str, Any]:
         """What /why shows: every scoped preference met (its context and whether the message
-        matched it) and every preference held back."""
+        matched it) and every preference held back; empty when there is neither."""
+        if not self.contexts and not self.held_back:
+            return {}
         return {
             "contexts": [
                 {
