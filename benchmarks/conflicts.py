@@ -15,7 +15,9 @@ no conflict). The baseline is reconciliation as it was before conflicts
 
 Contexts: extraction (the context the rules find, against the label), then for each scoped
 preference and message whether it applies, by keyword, by embedding (at the default
-threshold, and the best threshold in sample) and by either.
+threshold, and the best threshold in sample) and by either. With ``--data`` holding PrefEval,
+also how many of its explicit preferences get a context and how many of those the matcher
+would hold back from their own question (a cost measured on data nothing was tuned on).
 
     python benchmarks/conflicts.py [--json] [--embedder minilm]
 """
@@ -144,6 +146,24 @@ def measure_contexts(embedder: Embedder, cases: list[dict[str, Any]]) -> dict[st
     return figures
 
 
+def measure_prefeval_cost(embedder: Embedder, data: Path) -> dict[str, float]:
+    """What scoping costs on data it was not tuned on: PrefEval's explicit preferences that
+    get a context, and how many of those the matcher would hold back from their own question
+    (each question is meant to be answered with its preference)."""
+    files = sorted((data / "prefeval" / "explicit_preference").glob("*.json"))
+    if not files:
+        return {}
+    pairs = [(x["preference"], x["question"]) for f in files for x in json.loads(f.read_text())]
+    matcher = ContextMatcher(embedder)
+    scoped = [(c, q) for p, q in pairs if (c := extract_context(p))]
+    held = sum(not matcher.match(q, [c])[c].applies for c, q in scoped)
+    return {
+        "prefeval_explicit_preferences": float(len(pairs)),
+        "prefeval_with_a_context": float(len(scoped)),
+        "prefeval_held_back_from_own_question": float(held),
+    }
+
+
 def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--embedder", default="minilm", help="minilm, hashing or a model folder")
@@ -152,6 +172,7 @@ def main() -> None:
     figures: dict[str, float | int | str] = {}
     figures.update(measure_conflicts(embedder, _load("conflict_pairs.json", "pairs")))
     figures.update(measure_contexts(embedder, _load("context_cases.json", "cases")))
+    figures.update(measure_prefeval_cost(embedder, args.data))
     figures["embedder"] = embedder.name
     emit(figures, title="conflicts and contexts (in sample)", as_json=args.json)
 

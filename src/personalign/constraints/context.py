@@ -34,9 +34,9 @@ _AT_RE = re.compile(
 """``at`` a place: anywhere for work and study; fronted only for the others ("At home,
 ..."), since "I prefer streaming movies at home" says what is preferred, not where."""
 _FOR_RE = re.compile(
-    r"\b(?:for|in|on) (?:any |all |my )?(?P<c>(?:[a-z][\w'-]* ){1,3}?"
-    r"(?:questions?|queries|tasks|problems|requests|emails|messages|code|projects|homework|"
-    r"essays|topics|answers|conversations|meetings|chats))\b",
+    r"\b(?:for|in) (?:any |all |my )?(?P<c>(?:[a-z][\w'-]* ){1,3}?"
+    r"(?:questions?|queries|tasks|problems|requests|emails|code|projects|homework|essays|"
+    r"topics|meetings))\b",
     re.I,
 )
 _WITH_RE = re.compile(
@@ -50,6 +50,11 @@ _WEEK_RE = re.compile(
 )
 
 _SUBJECT_RE = re.compile(r"^(?:i'm|i am|i|we're|we are|we|you're|you are|you|it's|it is)\s+", re.I)
+_ANSWERS_SUBJECT_RE = re.compile(
+    r"^(?:your |the |an? |my )?(?:answers?|repl(?:y|ies)|responses?|messages?|it|that|they)\b",
+    re.I,
+)
+"""A clause about the answers themselves ("I like it when answers end with ...")."""
 _ABOUT_ANSWERS_RE = re.compile(
     r"^(?:you\s+)?(?:answer|repl|respond|writ|talk|speak|chat|explain)\w*"
     r"(?:\s+(?:to\s+)?(?:me|us|questions?|anything))?\s*$",
@@ -105,7 +110,7 @@ def _when(text: str) -> str | None:
         # "when I cook for my kids, nothing spicy": the clause ends at the comma; a trailing
         # "I prefer ..." belongs to the preference, not to the context
         c = re.split(r"\s+(?:i|i'd|i'm|please|give|keep|use|answer)\s", c, maxsplit=1)[0]
-        if not c or c in _HEDGES or _ABOUT_ANSWERS_RE.match(c):
+        if not c or c in _HEDGES or _ABOUT_ANSWERS_RE.match(c) or _ANSWERS_SUBJECT_RE.match(c):
             continue
         if len(c.split()) > 8:
             c = " ".join(c.split()[:8])
@@ -120,8 +125,6 @@ def _for(text: str) -> str | None:
             words = words[1:]
         if len(words) < 2 or all(w in _GENERIC for w in words[:-1]):
             continue  # "for questions", "in all answers": no context
-        if words[-1] in ("answers", "conversations", "chats") and len(words) < 2:
-            continue
         return " ".join(words)
     return None
 

@@ -21,6 +21,7 @@ Two things keep an active preference away from a reply:
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -139,16 +140,20 @@ class ContextMatcher:
         self.config = config or ScopeConfig()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._size = cache
+        self._last: tuple[str, np.ndarray] | None = None  # the message last embedded
+        self._lock = threading.Lock()  # one matcher serves concurrent requests
 
     def _protos(self, context: str) -> np.ndarray:
-        if context in self._cache:
-            self._cache.move_to_end(context)
-            return self._cache[context]
+        with self._lock:
+            if context in self._cache:
+                self._cache.move_to_end(context)
+                return self._cache[context]
         assert self.embedder is not None
         vectors = np.asarray(self.embedder.embed(prototypes(context)))
-        self._cache[context] = vectors
-        if len(self._cache) > self._size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[context] = vectors
+            if len(self._cache) > self._size:
+                self._cache.popitem(last=False)
         return vectors
 
     def match(self, message: str, contexts: Sequence[str]) -> dict[str, ContextMatch]:
@@ -159,7 +164,11 @@ class ContextMatcher:
         todo = list(dict.fromkeys(contexts))
         vec = None
         if mode != "keyword" and self.embedder is not None and todo:
-            vec = np.asarray(self.embedder.embed([message]))[0]
+            last = self._last
+            if last is None or last[0] != message:
+                last = (message, np.asarray(self.embedder.embed([message]))[0])
+                self._last = last
+            vec = last[1]
         for ctx in todo:
             keyword = bool(stems & context_words(ctx)) if mode != "embedding" else False
             score = float((self._protos(ctx) @ vec).max()) if vec is not None else None
