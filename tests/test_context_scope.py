@@ -251,3 +251,29 @@ def test_cli_say_flags_a_conflict_and_resolve_settles_it(tmp_path) -> None:  # t
     r = cli("memory", "resolve", c["id"], "--user", "mo", "--both")
     assert r.exit_code == 0 and "both preferences kept" in r.stdout
     assert json.loads(cli("memory", "conflicts", "--user", "mo", "--json").stdout) == []
+
+
+def test_settings_choose_how_contexts_are_matched(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``[contexts]`` (here from the environment) reaches the pipeline's matcher; keyword
+    matching needs no embedding, so this runs on the fakes."""
+    from personalign.config import load_settings
+    from personalign.pipeline import PersonalizeOptions, Personalizer, open_guarded_memory
+    from personalign.testing import CueExtractor, FakeLM, HashingEmbedder
+
+    monkeypatch.setenv("PERSONALIGN_CONTEXTS__MODE", "keyword")
+    settings = load_settings(home=tmp_path, embedder="hashing")
+    assert settings.contexts.mode == "keyword"
+    memory = open_guarded_memory(settings, HashingEmbedder(), extractor=CueExtractor())
+    p = Personalizer(memory, FakeLM(name="fake"))
+    try:
+        rec = p.memory.add("When I cook for my kids, nothing spicy.", user="ty")
+        opts = PersonalizeOptions(method="prompt", ingest=False)
+        kids = p.respond("What should I cook for my kids tonight?", user="ty", options=opts)
+        assert kids.exchange.meta["scope"]["contexts"][0]["how"] == "keyword"
+        assert any(c["kind"] == "avoid_words" for c in kids.exchange.meta["constraints"])
+        other = p.respond("Suggest a spicy curry for my date night.", user="ty", options=opts)
+        assert [h["id"] for h in other.exchange.meta["scope"]["held_back"]] == [rec.id]
+        assert "spicy" in other.text and not other.exchange.meta.get("constraints")
+        assert p._contexts is not None and p._contexts.config.mode == "keyword"
+    finally:
+        p.close()

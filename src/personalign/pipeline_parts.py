@@ -175,7 +175,7 @@ def request_scope(personalizer: Any, message: str, *, user: str) -> Scope:
 
     if personalizer._contexts is None:
         embedder = getattr(personalizer.memory.store, "embedder", None)
-        personalizer._contexts = ContextMatcher(embedder)
+        personalizer._contexts = ContextMatcher(embedder, personalizer.memory.settings.contexts)
     return scope_for(personalizer.memory.store, message, user=user, matcher=personalizer._contexts)
 
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
 
 from personalign.backends.embedders import Embedder
 from personalign.backends.stores.base import ConflictLog
+from personalign.config import ContextConfig
 from personalign.constraints.context import context_of
 from personalign.types import Conflict, Preference
 
@@ -112,11 +112,8 @@ def prototypes(context: str) -> list[str]:
     return out
 
 
-class ScopeConfig(BaseModel):
-    """How a message is matched to a preference's context."""
-
-    mode: ContextMode = "either"
-    context_cosine: float = Field(default=0.4, ge=-1.0, le=1.0)
+ScopeConfig = ContextConfig
+"""How a message is matched to a preference's context (the settings' ``[contexts]``)."""
 
 
 @dataclass(frozen=True)
