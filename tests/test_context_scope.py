@@ -277,3 +277,34 @@ def test_settings_choose_how_contexts_are_matched(tmp_path, monkeypatch) -> None
         assert p._contexts is not None and p._contexts.config.mode == "keyword"
     finally:
         p.close()
+
+
+def test_ask_json_shows_the_context_and_what_was_held_back(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from personalign.cli.main import app
+
+    for k, v in {
+        "PERSONALIGN_HOME": str(tmp_path),
+        "PERSONALIGN_MODEL": "fake",
+        "PERSONALIGN_EMBEDDER": "hashing",
+        "PERSONALIGN_CONTEXTS__MODE": "keyword",
+        "COLUMNS": "240",  # the table on one line
+    }.items():
+        monkeypatch.setenv(k, v)
+    run = CliRunner().invoke
+    r = run(app, ["memory", "add", "When I cook for my kids, nothing spicy.", "-u", "jo", "--json"])
+    rec = json.loads(r.stdout)
+    assert rec["meta"]["context"]["value"] == "cook for my kids"  # read when stored
+    listed = run(app, ["memory", "list", "-u", "jo"]).stdout
+    assert "only when: cook for my kids" in listed
+    ask = ["ask", "-u", "jo", "--json", "--method", "prompt"]
+    r = run(app, [*ask, "What can I cook for my kids?"])
+    out = json.loads(r.stdout)
+    assert [(p["id"], p["context"]) for p in out["preferences"]] == [
+        (rec["id"], "cook for my kids")
+    ]
+    r = run(app, [*ask, "A spicy curry for my date?"])
+    out = json.loads(r.stdout)
+    assert out["preferences"] == [] and out["answer"] == "echo: A spicy curry for my date?"
+    assert [(h["id"], h["why"]) for h in out["scope"]["held_back"]] == [(rec["id"], "context")]
