@@ -151,3 +151,31 @@ def test_user_sees_and_drops_a_preferences_constraints(browser, tmp_path):
         assert item.locator(".constraint").count() == 0
         assert "no constraint applied" in item.inner_text()
         page.close()
+
+
+def test_user_settles_a_conflict_in_the_dashboard(browser, tmp_path):
+    """An open conflict shows both sides; "Keep this" keeps one and moves the other to
+    history; a context-scoped preference says where it applies."""
+    with live_server(tmp_path) as server:
+        _, token = server.keys.create(scope="user", app="web", user="cai")
+        store = server.personalizer.memory.store
+        older = store.add("I love spicy food", user="web:cai")
+        newer = store.add("I can't handle spicy food", user="web:cai")
+        store.add_conflict(older.id, newer.id, user="web:cai")
+        store.add("When I cook for my kids, nothing spicy.", user="web:cai")
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(server.url + "/ui/login")
+        page.fill("#key", token)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/ui")
+        panel = page.inner_text("#conflicts")
+        assert "I love spicy food" in panel and "I can't handle spicy food" in panel
+        kids = page.locator("#preferences li[data-id]", has_text="my kids")
+        assert "only when: cook for my kids" in kids.inner_text()
+        page.locator('#conflicts button[aria-label="keep: I can\'t handle spicy food"]').click()
+        page.wait_for_selector("[role=status]")
+        assert "resolved" in page.inner_text("[role=status]")
+        assert page.locator("#conflicts").count() == 0
+        assert "I love spicy food" in page.inner_text("#history")
+        assert "I love spicy food" not in page.inner_text("#preferences")
+        page.close()

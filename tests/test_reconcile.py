@@ -57,14 +57,32 @@ def test_change_cue_supersedes_and_keeps_history(store) -> None:  # type: ignore
     assert store.events(user="alice")[-1].reason.startswith("supersede: change of preference")
 
 
-def test_contradiction_supersedes(store) -> None:  # type: ignore[no-untyped-def]
+def test_bare_contradiction_is_a_conflict_not_a_supersession(store) -> None:  # type: ignore[no-untyped-def]
+    old = apply(
+        store,
+        decide(store, cand("I like spicy food a lot"), user="alice"),
+        user="alice",
+        source="s",
+    )
+    d = decide(store, cand("I don't like spicy food a lot"), user="alice")
+    assert d.action == "conflict" and "opposite polarity" in d.reason
+    assert d.target is not None and d.target.id == old.id  # type: ignore[union-attr]
+    new = apply(store, d, user="alice", source="s")
+    assert new is not None
+    assert {p.id for p in store.list(user="alice")} == {old.id, new.id}  # type: ignore[union-attr]
+    [c] = store.conflicts(user="alice")
+    assert (c.older_id, c.newer_id, c.status) == (old.id, new.id, "open")  # type: ignore[union-attr]
+    assert store.events(user="alice")[-1].action == "conflict"
+
+
+def test_without_conflicts_a_contradiction_supersedes_as_before(store) -> None:  # type: ignore[no-untyped-def]
     apply(
         store,
         decide(store, cand("I like spicy food a lot"), user="alice"),
         user="alice",
         source="s",
     )
-    cfg = ReconcileConfig(contradiction_cosine=0.5)
+    cfg = ReconcileConfig(contradiction_cosine=0.5, conflicts=False)
     d = decide(store, cand("I don't like spicy food a lot"), user="alice", config=cfg)
     assert d.action == "supersede" and "opposite polarity" in d.reason
 

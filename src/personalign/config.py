@@ -75,6 +75,16 @@ class RetrievalConfig(BaseModel):
     dedupe_sources: bool = True
 
 
+class ContextConfig(BaseModel):
+    """How a message is matched to the context a preference is scoped to ("when I cook for my
+    kids"; :mod:`personalign.memory.scope`): ``keyword`` (a word of the context in the
+    message), ``embedding`` (cosine to the context's prototypes at least ``context_cosine``)
+    or ``either``. Measured by ``benchmarks/conflicts.py``."""
+
+    mode: Literal["keyword", "embedding", "either"] = "either"
+    context_cosine: float = Field(default=0.4, ge=-1.0, le=1.0)
+
+
 class GuardConfig(BaseModel):
     """An optional guard model (Llama Guard style) on an OpenAI-compatible server, asked after
     the embedded classifier about every candidate preference and every request
@@ -204,6 +214,7 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_api_key: str | None = None
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    contexts: ContextConfig = Field(default_factory=ContextConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)

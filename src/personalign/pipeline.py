@@ -50,11 +50,12 @@ from personalign.pipeline_parts import (
     _gen_dict,
     _render,
     _reward_model_name,
-    _used,
     how_entry,
     open_guarded_memory,
     prompt_fallback,
+    request_scope,
     reward_model_for,
+    used_preferences,
     with_style,
 )
 from personalign.pipeline_parts import METHODS as METHODS  # re-exported
@@ -66,7 +67,6 @@ from personalign.types import (
     Message,
     Preference,
     SearchHit,
-    UsedPreference,
     check_text,
     check_user,
     new_id,
@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from personalign.backends.stores.base import MemoryStore
     from personalign.feedback.adapters import AdapterStore
     from personalign.memory.extract import TopicTagger
+    from personalign.memory.scope import ContextMatcher, Scope
     from personalign.rewards.preference_rm import PreferenceRewardModel
     from personalign.safety.checkers import Checker
 
@@ -113,6 +114,7 @@ class Personalizer:
         self._tagger: TopicTagger | None = None
         self._reward_model: Any = reward_model
         self.coldstart = ColdStart(memory.store, memory.settings, schedule=self._background)
+        self._contexts: ContextMatcher | None = None
 
     @property
     def model(self) -> LanguageModel:
@@ -195,7 +197,8 @@ class Personalizer:
         """Everything a reply to ``history`` is shaped by: the retrieved memories, the user's
         constraints (from every active preference that compiles to one) and style weights,
         and the model's messages: the system's own requirement lines, then the quoted
-        memory block. ``plain`` uses none of them."""
+        memory block. ``plain`` uses none of them. Out-of-context preferences and open
+        conflicts' older sides are held back (:mod:`personalign.memory.scope`)."""
         check_user(user)
         turns = list(history)
         if not turns or turns[-1].role != "user":
@@ -207,10 +210,14 @@ class Personalizer:
         sources: dict[str, list[str]] = {}
         records: list[Preference] = []
         style = StylePlan()
+        scope = None
         if options.method != "plain":  # a new user's style: the population prior's
             style = self.style_for(user)
             if self.memory.has_user(user=user):
-                constraints, sources, records = self.constraints_for(user)
+                scope = request_scope(self, turns[-1].content, user=user)
+                kept = {r.id for r in scope.check([h.record for h in hits])}
+                hits = [h for h in hits if h.record.id in kept]
+                constraints, sources, records = self.constraints_for(user, scope=scope)
             constraints = ConstraintSet.from_lists([style.constraints, list(constraints)])
         block = _render([h.record for h in hits]) if hits else None
         lines = requirement_lines(constraints, style)
@@ -228,17 +235,20 @@ class Personalizer:
             style,
             sources,
             extra,
+            scope.report() if scope is not None else {},
         )
 
     def constraints_for(
-        self, user: str
+        self, user: str, *, scope: Scope | None = None
     ) -> tuple[ConstraintSet, dict[str, list[str]], list[Preference]]:
         """The user's constraints: :func:`personalign.memory.profile.constraints_of` the
-        active preferences (newest wins per slot). Returns them, each source preference's turn
-        ids, and the source preferences."""
+        active preferences (newest wins per slot); ``scope``: only those that apply to its
+        message. Returns them, each source preference's turn ids, and the source
+        preferences."""
         from personalign.memory.profile import constraints_of
 
-        return constraints_of([r for r in self.memory.list(user=user) if r.kind != "episode"])
+        records = [r for r in self.memory.list(user=user) if r.kind != "episode"]
+        return constraints_of(scope.check(records) if scope is not None else records)
 
     def style_for(self, user: str) -> StylePlan:
         """The user's style plan from their current weights (none set: the population
@@ -337,18 +347,7 @@ class Personalizer:
                 "min_score": options.min_score,
                 **_gen_dict(options.generation),
             },
-            preferences=_used(hits)
-            + [
-                UsedPreference(
-                    id=r.id,
-                    text=r.text,
-                    kind=r.kind,
-                    score=1.0,
-                    matched=["constraint"],
-                    source_turn_ids=r.source_turn_ids,
-                )
-                for r in (plan.constraint_records if plan is not None and not refusal else [])
-            ],
+            preferences=used_preferences(hits, None if refusal else plan),
             latency_ms=(time.perf_counter() - t0) * 1000,
             retrieval_ms=retrieval_ms,
             meta={"refusal": refusal}
@@ -358,6 +357,7 @@ class Personalizer:
                 **({"decoding": decoding} if decoding else {}),
                 **(decoding or {}).pop("_enforced", {}),
                 **self.coldstart.question(user),  # one question for a user with no history
+                **({"scope": plan.scope} if plan is not None and plan.scope else {}),
             },
         )
         self.memory.store.log_exchange(exchange, user=user)

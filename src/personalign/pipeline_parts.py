@@ -23,6 +23,7 @@ from personalign.types import Exchange, Message, Preference, SearchHit, UsedPref
 if TYPE_CHECKING:
     from personalign.backends.embedders import Embedder
     from personalign.memory.extract import Extractor
+    from personalign.memory.scope import Scope
     from personalign.safety.checkers import Checker
 
 Method = Literal["plain", "prompt", "contrastive", "mod", "best_of_n", "reward_guided"]
@@ -130,6 +131,12 @@ class Reply:
         return self.exchange.preferences
 
 
+def _context(rec: Preference) -> str | None:
+    from personalign.constraints.context import context_of
+
+    return None if rec.kind == "episode" else context_of(rec.meta, text=rec.text)
+
+
 def _used(hits: Sequence[SearchHit]) -> list[UsedPreference]:
     return [
         UsedPreference(
@@ -139,9 +146,37 @@ def _used(hits: Sequence[SearchHit]) -> list[UsedPreference]:
             score=h.score,
             matched=h.matched,
             source_turn_ids=h.record.source_turn_ids,
+            context=_context(h.record),
         )
         for h in hits
     ]
+
+
+def used_preferences(hits: Sequence[SearchHit], plan: RequestPlan | None) -> list[UsedPreference]:
+    """/why's preferences: the retrieved ones, then those that only gave constraints."""
+    return _used(hits) + [
+        UsedPreference(
+            id=r.id,
+            text=r.text,
+            kind=r.kind,
+            score=1.0,
+            matched=["constraint"],
+            source_turn_ids=r.source_turn_ids,
+            context=_context(r),
+        )
+        for r in (plan.constraint_records if plan is not None else [])
+    ]
+
+
+def request_scope(personalizer: Any, message: str, *, user: str) -> Scope:
+    """Which of ``user``'s preferences apply to ``message`` (see
+    :mod:`personalign.memory.scope`); the personalizer keeps one context matcher."""
+    from personalign.memory.scope import ContextMatcher, scope_for
+
+    if personalizer._contexts is None:
+        embedder = getattr(personalizer.memory.store, "embedder", None)
+        personalizer._contexts = ContextMatcher(embedder, personalizer.memory.settings.contexts)
+    return scope_for(personalizer.memory.store, message, user=user, matcher=personalizer._contexts)
 
 
 def _reward_model_name(model: object) -> str:
@@ -184,7 +219,8 @@ REQUIREMENTS_HEADER = (
 @dataclass(frozen=True)
 class RequestPlan:
     """What shapes one reply (see :meth:`Personalizer.plan`). ``constraint_records``: the
-    preferences that gave constraints and were not among the retrieved ``hits``."""
+    preferences that gave constraints and were not among the retrieved ``hits``; ``scope``:
+    the contexts met and the preferences held back (:meth:`Scope.report`)."""
 
     messages: list[Message]
     hits: list[SearchHit]
@@ -193,6 +229,7 @@ class RequestPlan:
     style: StylePlan
     sources: dict[str, list[str]]
     constraint_records: list[Preference]
+    scope: dict[str, Any] = field(default_factory=dict)
 
 
 _DIMENSION_PROMPTS = {

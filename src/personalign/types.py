@@ -203,6 +203,9 @@ class UsedPreference(BaseModel):
     score: float
     matched: list[str] = Field(default_factory=list)
     source_turn_ids: list[str] = Field(default_factory=list)
+    context: str | None = None
+    """The context the preference is scoped to ("cook for my kids"), matched by the message;
+    ``None`` for a preference that holds everywhere."""
 
 
 class Exchange(BaseModel):
@@ -336,3 +339,42 @@ class Feedback(FeedbackIn):
         """A new record of ``fb`` for ``user``, with a fresh id, recorded now."""
         fields = fb.model_dump(include=set(FeedbackIn.model_fields))
         return cls(**fields, id=new_id(), user_id=user, at=utcnow())
+
+
+ConflictStatus = Literal["open", "resolved", "moot"]
+Resolution = Literal["older", "newer", "both"]
+
+
+class Conflict(BaseModel):
+    """Two active preferences of one user that contradict, neither an explicit update of the
+    other (see :mod:`personalign.memory.reconcile`). Both stay active until the user resolves
+    it: keep one (the other is superseded, kept as history) or keep both.
+
+    ``status``: ``open`` while both are active and it is unresolved; ``resolved`` once the
+    user decided (``resolution``: which one was kept, or ``both``); ``moot`` when one side
+    was updated or forgotten since, so there is nothing left to decide. ``older_text`` and
+    ``newer_text`` are the two preferences' texts (read from the memories)."""
+
+    id: str
+    user_id: str
+    created_at: datetime
+    older_id: str
+    newer_id: str
+    older_text: str = ""
+    newer_text: str = ""
+    score: float | None = None
+    reason: str | None = None
+    status: ConflictStatus = "open"
+    resolution: Resolution | None = None
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+
+    @property
+    def kept_ids(self) -> list[str]:
+        """The ids the resolution kept active (empty while unresolved)."""
+        return {
+            "older": [self.older_id],
+            "newer": [self.newer_id],
+            "both": [self.older_id, self.newer_id],
+            None: [],
+        }[self.resolution]

@@ -77,7 +77,8 @@ def why_table(reply: Reply) -> Table:
     table.add_column("score", justify="right")
     table.add_column("matched")
     for p in x.preferences:
-        table.add_row(p.id, p.kind, p.text, f"{p.score:.4f}", ",".join(p.matched))
+        text = p.text + (f"\n(only when: {p.context}; the message is)" if p.context else "")
+        table.add_row(p.id, p.kind, text, f"{p.score:.4f}", ",".join(p.matched))
     if not x.preferences:
         table.caption = "no stored preference was relevant: the answer is not personalized"
     decoding = x.meta.get("decoding")
@@ -90,6 +91,8 @@ def why_table(reply: Reply) -> Table:
     for c in x.meta.get("constraints", []):
         verdict = "kept" if c["passed_as_generated"] else "repaired" if c["passed"] else "MISSED"
         lines.append(f'\n{verdict}: {c["asks"]} (from "{c["from"]}")')
+    for h in x.meta.get("scope", {}).get("held_back", []):
+        lines.append(f'\nheld back: "{h["text"]}" ({h["detail"]})')
     style = x.meta.get("style")
     if style:
         used = ", ".join(f"{k}={v}" for k, v in style["weights"].items())
@@ -127,6 +130,7 @@ def ask(
                 "repaired": x.meta.get("repaired", False),
                 "style": x.meta.get("style"),
                 **({"question": x.meta["question"]} if x.meta.get("question") else {}),
+                "scope": x.meta.get("scope", {}),
             }
         )
     else:

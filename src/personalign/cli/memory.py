@@ -12,11 +12,15 @@ from typing import Annotated, Literal
 import typer
 from rich.table import Table
 
+from personalign.cli import memory_conflicts
 from personalign.cli._common import errors, out, print_json, state
 from personalign.memory import Memory
 from personalign.types import Preference, PreferenceIn
 
 app = typer.Typer(no_args_is_help=True)
+app.command()(memory_conflicts.conflicts)
+app.command()(memory_conflicts.resolve)
+app.command()(memory_conflicts.say)
 
 User = Annotated[str, typer.Option("--user", "-u", help="Whose memory.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -64,8 +68,16 @@ def _table(records: list[Preference], *, title: str) -> Table:
     for r in records:
         status = "active" if r.active else ("superseded" if r.superseded_at else "forgotten")
         cells = [r.id, r.kind, r.text, summary(r), r.recorded_at.strftime("%Y-%m-%d %H:%M")]
-        table.add_row(*cells, status)
+        table.add_row(*cells, status + _context_note(r))
     return table
+
+
+def _context_note(r: Preference) -> str:
+    """ ", only when: <context>" for a preference scoped to a context."""
+    from personalign.constraints.context import context_of
+
+    ctx = None if r.kind == "episode" else context_of(r.meta, text=r.text)
+    return f", only when: {ctx}" if ctx else ""
 
 
 def _constraints_table(rec: Preference) -> Table:
@@ -120,16 +132,18 @@ def list_(
     json_out: Json = False,
 ) -> None:
     """List a user's preferences (active ones unless --history; those active then with
-    --as-of)."""
+    --as-of), then any open conflicts."""
     kinds = None if episodes else ["explicit", "implicit"]
     with _memory(user) as mem, errors():
         at = _as_of(as_of)
         recs = mem.list(user=user, include_history=history, kinds=kinds, as_of=at)  # type: ignore[arg-type]
-    if json_out:
-        print_json([r.model_dump(mode="json") for r in recs])
-    else:
+        if json_out:
+            print_json([r.model_dump(mode="json") for r in recs])
+            return
         when = f" as of {at:%Y-%m-%d %H:%M} UTC" if at else ""
         out.print(_table(recs, title=f"memories of {user}{when} ({len(recs)})"))
+        if at is None:
+            memory_conflicts.print_open_conflicts(mem, user)
 
 
 @app.command()
@@ -154,7 +168,9 @@ def search(
     table.add_column("signals", overflow="fold")
     for h in hits:
         signals = " ".join(f"{n}={h.signals[n]:.2f}" for n in ("dense", "bm25") if n in h.matched)
-        table.add_row(h.record.id, h.record.text, f"{h.score:.4f}", signals)
+        note = _context_note(h.record)  # ", only when: ..."
+        text = h.record.text + (f"\n({note[2:]})" if note else "")
+        table.add_row(h.record.id, text, f"{h.score:.4f}", signals)
     out.print(table)
 
 

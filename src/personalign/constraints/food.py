@@ -93,6 +93,7 @@ _FOODISH = (
         "olives",
         "sesame",
         "spicy food",
+        "spicy",
         "chili",
         "sugar",
         "tomatoes",

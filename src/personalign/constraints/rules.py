@@ -196,7 +196,8 @@ _RX_DIET_CHANGE = re.compile(r"\b(?:anymore|any more|no longer|used to|stopped)\
 _RX_ALLERGY = re.compile(
     r"\b(?:allergic to|allergy to|allergies to|intolerant to|intolerance to|can'?t (?:eat|have|"
     r"digest|tolerate)|cannot (?:eat|have|digest|tolerate)|don'?t eat|do not eat|never eat|"
-    r"avoid eating|stay away from|steer clear of|keep away from|no)\s+(?:any |all |eating )?"
+    r"avoid eating|stay away from|steer clear of|keep away from|no|nothing)\s+"
+    r"(?:any |all |eating )?"
     r"(?P<food>[a-z][a-z -]{1,25}?)(?=[.,;!?]| and | or | because | since | so |$)",
     re.I,
 )
@@ -416,7 +417,7 @@ def _avoid_constraints(t: str) -> list[Constraint]:
             food = m.group("food")
             if (
                 rx is _RX_ALLERGY
-                and m.group(0).lower().startswith("no ")
+                and re.match(r"no(?:thing)? ", m.group(0).lower())
                 and not re.search(
                     r"\b(?:eat|food|recipe|meal|cook|dish|diet|allerg|ideas|suggestions)", t, re.I
                 )

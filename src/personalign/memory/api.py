@@ -46,6 +46,9 @@ class Memory:
         self.erase_user = store.erase_user
         self.has_user = store.has_user
         self.users = store.users
+        self.conflicts = store.conflicts
+        self.get_conflict = store.get_conflict
+        self.resolve_conflict = store.resolve_conflict
 
     def search(
         self, query: str, *, user: str, k: int = 10, as_of: datetime | None = None

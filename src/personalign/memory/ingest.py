@@ -5,7 +5,8 @@
 1. gives every message without an id one (``msg:<uuid>``), so records link back to turns;
 2. asks the extractor for candidates (:mod:`personalign.memory.extract`);
 3. reconciles each candidate against the user's active preferences, in turn order, and
-   applies the decision (:mod:`personalign.memory.reconcile`): add, supersede, merge or skip;
+   applies the decision (:mod:`personalign.memory.reconcile`): add, supersede, merge,
+   conflict (both kept, the pair stored for the user to resolve) or skip;
 4. stores every non-empty user turn as a raw ``episode`` record with
    ``source_turn_ids=[turn id]`` and ``valid_from`` = the message time, so nothing the user
    said is lost. An episode whose turn produced a merge (no preference row written) is added
@@ -55,12 +56,13 @@ class IngestResult:
     notes: list[str] = field(default_factory=list)
 
     def records(self, action: Action) -> list[Preference]:
-        """The rows written by decisions of ``action`` (``add`` or ``supersede``)."""
+        """The rows written by decisions of ``action`` (``add``, ``supersede``, ``conflict``)."""
         return [d.record for d in self.decisions if d.action == action and d.record is not None]
 
     @property
     def counts(self) -> dict[str, int]:
-        out = {"add": 0, "merge": 0, "supersede": 0, "skip": 0, "episode": len(self.episodes)}
+        out = {"add": 0, "merge": 0, "supersede": 0, "conflict": 0, "skip": 0}
+        out["episode"] = len(self.episodes)
         for d in self.decisions:
             out[d.action] += 1
         return out

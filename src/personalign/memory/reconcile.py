@@ -10,14 +10,25 @@ active preferences (``explicit``/``implicit``, not episodes) and returns one
   :mod:`personalign.memory.ingest`), so the decision still reaches the event log.
 * ``supersede`` — the candidate changes an active preference: a change cue ("I stopped",
   "no longer", "actually now I prefer") and cosine >= ``change_cosine`` (the most similar
-  one; topic tags are noisy, so a shared topic only breaks near-ties), or a
-  contradiction (cosine >= ``contradiction_cosine`` with opposite polarity). Applied with
+  one; topic tags are noisy, so a shared topic only breaks near-ties). Applied with
   ``store.update(old_id, new, reason=...)``: the old version stays in history, its validity
   ending where the new one's begins.
   When no active preference matches a change, an earlier raw turn (episode) that stated
   the old preference is *promoted*: stored as a preference from its own turn and time, then
   superseded, so a preference the extractor missed at the time still shows in history.
-* ``add`` — anything else confident enough.
+* ``conflict`` — the candidate contradicts an active preference in the same context
+  (:mod:`personalign.memory.conflicts`: opposite polarity at cosine >= ``conflict_cosine``,
+  or opposite ends of a scale, "short" / "detailed", at ``antonym_cosine``) without saying it
+  replaces it. Both are kept and the pair is stored as an open conflict
+  (:meth:`~personalign.backends.stores.base.ConflictLog.add_conflict`) for the user to
+  resolve; until then generation applies the newer one and holds the older back
+  (:mod:`personalign.memory.scope`). A bare contradiction is not certain enough to drop what
+  the user said before: only an explicit update is. With ``conflicts=False`` (the behaviour
+  before conflicts existed, kept as the benchmark's baseline) a contradiction at
+  ``contradiction_cosine`` supersedes instead, and contexts are ignored.
+* ``add`` — anything else confident enough; a preference scoped to another context than a
+  similar one ("for coding questions, detailed explanations" beside "I prefer short
+  answers") is added, not merged, superseded or flagged.
 * ``skip`` — a *tentative* candidate (a change cue the extractor was not sure about) with
   nothing to change: not stored, so ordinary chatter does not become memory.
 
@@ -33,10 +44,11 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from personalign.backends.stores import MemoryStore
+from personalign.memory.conflicts import may_replace, opposes, same_context
 from personalign.memory.extract import Candidate, content_words
 from personalign.types import PREFERENCE_KINDS, Preference, PreferenceIn
 
-Action = Literal["add", "merge", "supersede", "skip"]
+Action = Literal["add", "merge", "supersede", "conflict", "skip"]
 
 _NEG_RE = re.compile(
     r"\b(not|no|never|don't|doesn't|didn't|can't|cannot|won't|avoid\w*|dislike\w*|hate\w*|"
@@ -56,6 +68,11 @@ class ReconcileConfig(BaseModel):
     promote_cosine: float = Field(default=0.6, ge=0.0, le=1.0)
     promote_confidence: float = Field(default=0.1, ge=0.0, le=1.0)
     neighbours: int = Field(default=5, ge=1, le=50)
+    conflicts: bool = True
+    """Flag bare contradictions as conflicts and respect contexts (False: a contradiction at
+    ``contradiction_cosine`` supersedes, as before conflicts existed)."""
+    conflict_cosine: float = Field(default=0.55, ge=0.0, le=1.0)
+    antonym_cosine: float = Field(default=0.4, ge=0.0, le=1.0)
 
 
 @dataclass(frozen=True)
@@ -89,7 +106,8 @@ def decide(
     user: str,
     config: ReconcileConfig | None = None,
 ) -> Decision:
-    """Decide merge / supersede / add / skip for ``candidate`` against ``user``'s memory."""
+    """Decide merge / supersede / conflict / add / skip for ``candidate`` against ``user``'s
+    memory."""
     cfg = config or ReconcileConfig()
     hits = []
     if store.has_user(user=user):
@@ -99,7 +117,12 @@ def decide(
     scored = [(float(h.signals.get("dense", 0.0)), h.record) for h in hits]
     scored.sort(key=lambda t: t[0], reverse=True)
     pol = polarity(candidate.text)
-    for cos, rec in scored:
+    if cfg.conflicts:
+        same = [(c, r) for c, r in scored if same_context(r, candidate.text)]
+        replaceable = [(c, r) for c, r in scored if may_replace(r, candidate.text)]
+    else:
+        same = replaceable = scored
+    for cos, rec in same:
         if _norm(rec.text) == _norm(candidate.text) or (
             cos >= cfg.duplicate_cosine and polarity(rec.text) == pol and not candidate.change
         ):
@@ -112,7 +135,7 @@ def decide(
                 cos,
             )
     if candidate.change:
-        close = [(c, r) for c, r in scored if c >= cfg.change_cosine]
+        close = [(c, r) for c, r in replaceable if c >= cfg.change_cosine]
         if close:  # the same slot: the most similar; a shared topic breaks near-ties
             cos, rec = max(
                 close, key=lambda t: t[0] + (0.05 if t[1].topic == candidate.topic else 0)
@@ -125,7 +148,19 @@ def decide(
                 rec,
                 cos,
             )
-    for cos, rec in scored:
+    for cos, rec in same if cfg.conflicts else []:
+        why = opposes(rec.text, candidate.text, old_polarity=polarity(rec.text), new_polarity=pol)
+        floor = cfg.conflict_cosine if why == "opposite polarity" else cfg.antonym_cosine
+        if why is not None and cos >= floor:
+            return Decision(
+                "conflict",
+                candidate,
+                f"contradicts active preference {rec.id} (cosine {cos:.2f}, {why}) without "
+                "saying it replaces it: both kept, for the user to resolve",
+                rec,
+                cos,
+            )
+    for cos, rec in [] if cfg.conflicts else scored:
         if cos >= cfg.contradiction_cosine and polarity(rec.text) != pol:
             return Decision(
                 "supersede",
@@ -206,13 +241,27 @@ def apply(
     tags: list[str] | None = None,
 ) -> Preference | None:
     """Carry out ``decision``; return the written record (``None`` for merge and skip).
-    ``tags`` are added to the written record (e.g. ``speaker:<name>``)."""
+    ``tags`` are added to the written record (e.g. ``speaker:<name>``). A conflict stores the
+    candidate, then the open conflict between its target and it."""
     reason = f"{decision.action}: {decision.reason} [extracted: {decision.candidate.reason}]"
     pin = to_preference_in(decision.candidate, source=source)
     if tags:
         pin = pin.model_copy(update={"tags": [*pin.tags, *tags]})
     if decision.action == "add":
         return store.add(pin, user=user, actor=actor, reason=reason)
+    if decision.action == "conflict":
+        if decision.target is None:
+            raise ValueError("a conflict decision needs the preference it contradicts")
+        new = store.add(pin, user=user, actor=actor, reason=reason)
+        store.add_conflict(
+            decision.target.id,
+            new.id,
+            user=user,
+            score=decision.cosine,
+            reason=decision.reason,
+            actor=actor,
+        )
+        return new
     if decision.action == "supersede":
         target = decision.target
         if target is None and decision.promote is not None:

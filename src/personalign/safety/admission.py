@@ -7,7 +7,9 @@ refusal and its reason go to the user's event log (action ``refuse``), and
 flagged as injection-like is stored with the ``injection`` flag, so it is rendered neutralized,
 unless it only asks for answer style (:func:`asks_only_answer_style`: "answer me in lowercase"
 is the user's wish, applied through compiled constraints, not an attack). Each admitted text's
-constraints are compiled into ``meta["constraints"]`` (:mod:`personalign.constraints`).
+constraints are compiled into ``meta["constraints"]`` (:mod:`personalign.constraints`), and
+a preference's context ("when I cook for my kids") into ``meta["context"]``
+(:mod:`personalign.constraints.context`).
 A refused text that only asks for answer style gets a second look (:func:`second_look`): it is
 admitted when what it would add to a reply is. Reads pass through unchanged. Wrapping the
 store (not the routes) means chat ingestion, the API, the CLI, feedback and imports all go
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from personalign.backends.stores.base import MemoryStore, Records
 from personalign.backends.stores.delegating import DelegatingStore
 from personalign.constraints import Constraint, compile_text, from_meta, to_meta
+from personalign.constraints.context import context_meta
 from personalign.errors import RefusedError
 from personalign.safety.checkers import Checker
 from personalign.safety.injection import INJECTION_FLAG, pattern_signals
@@ -116,6 +119,10 @@ class GuardedStore(DelegatingStore):
                 constraints = compile_text(p.text)
                 meta = {**p.meta, "constraints": to_meta(constraints, text=p.text)}
                 p = p.model_copy(update={"meta": meta})
+            ctx = p.meta.get("context")
+            fresh = isinstance(ctx, dict) and (ctx.get("read_from") == p.text or ctx.get("edited"))
+            if p.kind != "episode" and not fresh:
+                p = p.model_copy(update={"meta": {**p.meta, "context": context_meta(p.text)}})
             if (
                 INJECTION_FLAG in v.flags
                 and INJECTION_FLAG not in p.flags

@@ -33,6 +33,7 @@ from personalign.errors import (
 )
 from personalign.memory import constraint_edits
 from personalign.pipeline import PersonalizeOptions, Personalizer, Reply
+from personalign.service.conflicts import mount_conflicts
 from personalign.service.core import Service
 from personalign.service.dashboard import mount_dashboard
 from personalign.service.keys import KeyStore
@@ -350,6 +351,7 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
         return {"erased": user, "rows": rows, "adapters": adapters}
 
     mount_summary(app, svc, dashboard=dashboard)
+    mount_conflicts(app, svc)
     if dashboard:
         mount_dashboard(app, svc)
 
@@ -365,8 +367,14 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
 def _memory_out(rec: Preference) -> dict[str, Any]:
     """A memory on the wire: the record, and ``constraints`` (what applies for it, each with
     ``describe``)."""
+    from personalign.constraints.context import context_of
+
     items, _ = constraint_edits.current(rec)
-    return {**rec.model_dump(mode="json"), "constraints": constraint_edits.as_dicts(items)}
+    return {
+        **rec.model_dump(mode="json"),
+        "constraints": constraint_edits.as_dicts(items),
+        "context": None if rec.kind == "episode" else context_of(rec.meta, text=rec.text),
+    }
 
 
 def _completion(reply: Reply, model: str, created: int) -> dict[str, Any]:
@@ -401,6 +409,7 @@ def _why(reply: Reply) -> dict[str, Any]:
         "style": x.meta.get("style"),
         # a new user's one cold-start question (personalign.feedback.coldstart), when asked
         **({"question": x.meta["question"]} if x.meta.get("question") else {}),
+        "scope": x.meta.get("scope", {}),
     }
 
 

@@ -2,8 +2,9 @@
 
 A user signs in with their user token (kept in an HttpOnly cookie); every form carries a CSRF
 token derived from that key. Pages: active preferences and their history (edit, forget; the
-constraints compiled from each, each with a drop button), dimension weights (sliders), chat
-with "which preferences shaped this answer".
+constraints compiled from each, each with a drop button; the context a preference is scoped
+to), open conflicts between preferences (keep one, or both), dimension weights (sliders),
+chat with "which preferences shaped this answer" and which were held back.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from personalign.constraints.context import context_of
 from personalign.errors import AuthError, PermissionDeniedError, PersonalignError
 from personalign.memory import constraint_edits
 
@@ -76,6 +78,7 @@ def mount_dashboard(app: FastAPI, svc: Service) -> None:
         for r in active:
             items, state = constraint_edits.current(r)
             constraints[r.id] = {"items": constraint_edits.as_dicts(items), "state": state}
+        contexts = {r.id: context_of(r.meta, text=r.text) for r in active}
         return TEMPLATES.TemplateResponse(
             request,
             "dashboard.html",
@@ -86,6 +89,8 @@ def mount_dashboard(app: FastAPI, svc: Service) -> None:
                 "weights": weights,
                 "exchanges": exchanges,
                 "constraints": constraints,
+                "contexts": contexts,
+                "conflicts": store.conflicts(user=user) if known else [],
                 "csrf": _csrf(key),
                 "notice": notice,
             },
@@ -191,6 +196,27 @@ def mount_dashboard(app: FastAPI, svc: Service) -> None:
             csrf,
             drop,
             f"dropped the {kind} constraint (the old version is in history)",
+        )
+
+    @app.post("/ui/conflicts/{conflict_id}/resolve", include_in_schema=False)
+    def resolve(
+        request: Request,
+        conflict_id: str,
+        csrf: Annotated[str, Form()],
+        keep: Annotated[str, Form()],
+    ) -> Response:
+        """``keep``: the memory id to keep (the other is superseded), or ``both``."""
+        return act(
+            request,
+            csrf,
+            lambda s, u: s.resolve_conflict(
+                conflict_id,
+                user=u,
+                keep=None if keep == "both" else keep,
+                actor="dashboard",
+                reason="resolved in the dashboard",
+            ),
+            "resolved: both kept" if keep == "both" else "resolved (the other one is in history)",
         )
 
     @app.post("/ui/profile", include_in_schema=False)

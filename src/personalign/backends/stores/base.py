@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from personalign.config import RetrievalConfig
 from personalign.types import (
+    Conflict,
     Event,
     Exchange,
     Feedback,
@@ -38,6 +39,7 @@ Exchanges = list[Exchange]
 Profiles = list[Profile]
 Feedbacks = list[Feedback]
 Names = list[str]
+Conflicts = list[Conflict]
 
 
 class RecordStore(Protocol):
@@ -228,6 +230,49 @@ class RetentionStore(Protocol):
         :meth:`UserStore.erase_user`. Preferences (explicit, implicit) are never pruned."""
 
 
+class ConflictLog(Protocol):
+    """Pairs of active preferences that contradict, kept until the user resolves them."""
+
+    @abc.abstractmethod
+    def add_conflict(
+        self,
+        older_id: str,
+        newer_id: str,
+        *,
+        user: str,
+        score: float | None = None,
+        reason: str | None = None,
+        actor: str = "extractor",
+    ) -> Conflict:
+        """Record that two active preferences of the user contradict (event ``conflict``).
+        Both must be active (else :class:`~personalign.errors.ConflictError`)."""
+
+    @abc.abstractmethod
+    def conflicts(self, *, user: str, include_closed: bool = False) -> Conflicts:
+        """The user's open conflicts (with ``include_closed``, also resolved and moot ones),
+        oldest first."""
+
+    @abc.abstractmethod
+    def get_conflict(self, conflict_id: str, *, user: str) -> Conflict:
+        """One conflict by id (:class:`~personalign.errors.NotFoundError` if not the user's)."""
+
+    @abc.abstractmethod
+    def resolve_conflict(
+        self,
+        conflict_id: str,
+        *,
+        user: str,
+        keep: str | None,
+        actor: str = "user",
+        reason: str | None = None,
+    ) -> Conflict:
+        """Resolve an open conflict: ``keep`` is the id of the preference to keep (the other
+        one is superseded by it: it stays in history, ``superseded_by`` naming the kept one)
+        or ``None`` to keep both. Logs a ``resolve_conflict`` event. A conflict that is not
+        open raises :class:`~personalign.errors.ConflictError`; an id that is neither side,
+        :class:`~personalign.errors.ValidationError`."""
+
+
 class UserStore(Protocol):
     """Who has data; the user's erasure."""
 
@@ -253,6 +298,7 @@ class MemoryStore(
     ProfileStore,
     FeedbackStore,
     RetentionStore,
+    ConflictLog,
     UserStore,
 ):
     """Preference and episodic memory for many users.
@@ -276,6 +322,9 @@ class MemoryStore(
             "exchanges": [x.model_dump(mode="json") for x in self.exchanges(user=user)],
             "profile": [p.model_dump(mode="json") for p in self.profile_history(user=user)],
             "feedback": [f.model_dump(mode="json") for f in self.feedback(user=user)],
+            "conflicts": [
+                c.model_dump(mode="json") for c in self.conflicts(user=user, include_closed=True)
+            ],
         }
 
     def close(self) -> None:

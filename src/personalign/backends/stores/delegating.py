@@ -73,6 +73,10 @@ class DelegatingStore(MemoryStore):
     add_feedback = _forward(MemoryStore.add_feedback)
     feedback = _forward(MemoryStore.feedback)
     prune = _forward(MemoryStore.prune)
+    add_conflict = _forward(MemoryStore.add_conflict)
+    conflicts = _forward(MemoryStore.conflicts)
+    get_conflict = _forward(MemoryStore.get_conflict)
+    resolve_conflict = _forward(MemoryStore.resolve_conflict)
 
     def close(self) -> None:
         """Wrappers do not own ``inner``; see the class doc."""

@@ -212,4 +212,48 @@ MIGRATIONS: list[tuple[str, str]] = [
             FOR EACH STATEMENT EXECUTE FUNCTION personalign_no_truncate();
         """,
     ),
+    (
+        "0008_conflicts",
+        """
+        CREATE TABLE conflicts (
+            seq         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id          TEXT NOT NULL UNIQUE,
+            user_id     TEXT NOT NULL,
+            created_at  TIMESTAMPTZ NOT NULL,
+            older_id    TEXT NOT NULL,
+            newer_id    TEXT NOT NULL,
+            score       DOUBLE PRECISION,
+            reason      TEXT,
+            resolution  TEXT CHECK (resolution IN ('older', 'newer', 'both')),
+            resolved_at TIMESTAMPTZ,
+            resolved_by TEXT
+        );
+        CREATE INDEX conflicts_user ON conflicts (user_id, seq);
+
+        CREATE FUNCTION conflicts_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'DELETE' THEN
+                IF personalign_erasing(OLD.user_id) THEN
+                    RETURN OLD;
+                END IF;
+                RAISE EXCEPTION 'conflicts are kept (only erase_user deletes them)';
+            END IF;
+            IF OLD.resolution IS NOT NULL THEN
+                RAISE EXCEPTION 'a resolved conflict stays resolved';
+            END IF;
+            IF NEW.id IS DISTINCT FROM OLD.id OR NEW.user_id IS DISTINCT FROM OLD.user_id
+               OR NEW.created_at IS DISTINCT FROM OLD.created_at
+               OR NEW.older_id IS DISTINCT FROM OLD.older_id
+               OR NEW.newer_id IS DISTINCT FROM OLD.newer_id THEN
+                RAISE EXCEPTION 'a conflict names its two memories once';
+            END IF;
+            RETURN NEW;
+        END
+        $$;
+        CREATE TRIGGER conflicts_guard BEFORE UPDATE OR DELETE ON conflicts
+            FOR EACH ROW EXECUTE FUNCTION conflicts_guard();
+        CREATE TRIGGER conflicts_no_truncate BEFORE TRUNCATE ON conflicts
+            FOR EACH STATEMENT EXECUTE FUNCTION personalign_no_truncate();
+        """,
+    ),
 ]

@@ -22,11 +22,11 @@ from personalign.backends.stores.base import (
     Events,
     Exchanges,
     Feedbacks,
-    MemoryStore,
     Names,
     Profiles,
     Records,
 )
+from personalign.backends.stores.sql_conflicts import SQLConflicts
 from personalign.backends.stores.timeline import ACTIVE_AT, check_as_of, check_time, prune_turns
 from personalign.config import RetrievalConfig
 from personalign.errors import BackendError, ConflictError, NotFoundError, ValidationError
@@ -70,7 +70,7 @@ FIELDS = (
 )
 COLUMNS = ", ".join(FIELDS)
 ACTIVE_NOW = "superseded_at IS NULL AND valid_to IS NULL"
-USER_TABLES = ("memories", "events", "exchanges", "profiles", "feedback", "users")
+USER_TABLES = ("memories", "events", "exchanges", "profiles", "feedback", "conflicts", "users")
 """Every table holding a user's data; ``erase_user`` deletes from each (users last)."""
 _EVENT_COLUMNS = "user_id, at, action, record_id, actor, reason, payload"
 EventRow = tuple[str, str, str | None, str, str | None, dict[str, Any], datetime]
@@ -107,7 +107,7 @@ def _newest(sql: str, args: list[Any], order: str, limit: int | None) -> str:
     return f"SELECT * FROM ({sql} DESC LIMIT ?) s ORDER BY {order}"
 
 
-class SQLStore(MemoryStore):
+class SQLStore(SQLConflicts):
     """Every verb but ``search``, over the primitives a SQL backend implements."""
 
     embedder: Embedder

@@ -144,4 +144,31 @@ MIGRATIONS: list[tuple[str, str]] = [
         END;
         """,
     ),
+    (
+        "0007_conflicts",
+        """
+        CREATE TABLE conflicts (
+            rowid       INTEGER PRIMARY KEY,
+            id          TEXT NOT NULL UNIQUE,
+            user_id     TEXT NOT NULL,
+            created_at  TEXT NOT NULL,
+            older_id    TEXT NOT NULL,
+            newer_id    TEXT NOT NULL,
+            score       REAL,
+            reason      TEXT,
+            resolution  TEXT CHECK (resolution IN ('older', 'newer', 'both')),
+            resolved_at TEXT,
+            resolved_by TEXT
+        );
+        CREATE INDEX conflicts_user ON conflicts (user_id, rowid);
+        CREATE TRIGGER conflicts_sides_immutable
+        BEFORE UPDATE OF id, user_id, created_at, older_id, newer_id ON conflicts BEGIN
+            SELECT RAISE(ABORT, 'a conflict names its two memories once');
+        END;
+        CREATE TRIGGER conflicts_resolved_once BEFORE UPDATE ON conflicts
+        WHEN old.resolution IS NOT NULL BEGIN
+            SELECT RAISE(ABORT, 'a resolved conflict stays resolved');
+        END;
+        """,
+    ),
 ]
