@@ -15,7 +15,7 @@ Two artifacts from the same training data:
   thread (``OMP_NUM_THREADS=1``; 1 epoch over ~30k texts, batches of 32, 64 tokens; 945
   steps at ~1.07 s on a 2-core AVX2 machine running another job); the whole script ~26
   minutes.
-* ``boundary_minilm.npz``: the earlier numpy softmax regressions over frozen MiniLM
+* ``boundary_minilm.npz``: the earlier softmax regressions (scikit-learn) over frozen MiniLM
   embeddings: ``harm`` and ``injection`` (float32 MiniLM vectors; seconds to train, minutes to
   embed), kept as the baseline the benchmark prints beside the fine-tuned boundary and used
   when the fine-tuned artifact is absent; and ``injection_fast``, the same injection model

@@ -37,6 +37,7 @@ from personalign.training.reward_model import (
     CrossEncoderConfig,
     EmbeddedConfig,
     ProbeConfig,
+    items_sha256,
     train,
     train_cross_encoder,
     train_probe,
@@ -67,7 +68,7 @@ def train_embedded(data: Path, names: list[str], out: Path) -> dict[str, object]
         "l2": config.l2,
         "epochs": config.epochs,
         "train_mcq_accuracy": round(float(np.mean(correct)), 4),
-        "recipe": recipe_meta(train, config),
+        "recipe": recipe_meta(train, config, data=items_sha256(items)),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(

@@ -108,7 +108,7 @@ def _drop_banned(text: str, words: Sequence[str]) -> str:
     text = re.sub(rf"\s*\b{alts}[- ]free\b", "", text, flags=re.I)
     lines = []
     for line in text.splitlines():
-        parts = [p for p in re.split(r"(?<=[.!?])\s+", line) if not rx.search(p)]
+        parts = [p for p in split_sentences(line, lines=False) if not rx.search(p)]
         if parts:
             lines.append(" ".join(parts))
         elif not line.strip():

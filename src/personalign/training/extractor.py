@@ -26,7 +26,7 @@ from personalign.memory.extract import (
     cue_features,
     split_sentences,
 )
-from personalign.training.recipe import recipe_meta
+from personalign.training.recipe import data_sha256, recipe_meta
 
 
 @dataclass(frozen=True)
@@ -253,7 +253,7 @@ def fit_classifier(
         "l2": l2,
         "max_negative_rate": max_negative_rate,
         "seed": SEED,
-        "recipe": recipe_meta(fit_classifier, cfg),
+        "recipe": recipe_meta(fit_classifier, cfg, data=data_sha256([texts, y.tolist()])),
     }
     return SentenceClassifier(
         weights=w, bias=b, threshold=threshold, embedder=embedder.name, meta=meta

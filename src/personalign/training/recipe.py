@@ -2,13 +2,16 @@
 
 An artifact's metadata key ``recipe`` names the recipe that made it (``module``, the
 ``function`` of :mod:`personalign.training` that trained it), the recipe's ``config`` (its
-frozen config dataclass as a dict) and the ``versions`` of the libraries it ran with;
+frozen config dataclass as a dict), ``data_sha256`` (of the training examples it was given,
+:func:`data_sha256`) and the ``versions`` of the libraries it ran with;
 ``tests/test_artifacts.py`` checks the shipped artifacts against their recipe's defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import platform
 from collections.abc import Callable
 from importlib import metadata
@@ -29,11 +32,24 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def recipe_meta(function: Callable[..., Any], config: Any) -> dict[str, Any]:
-    """The ``recipe`` metadata of an artifact trained by ``function`` with ``config``."""
-    return {
+def data_sha256(examples: Any) -> str:
+    """SHA-256 of training ``examples`` (JSON-serializable: lists of texts, labels, tuples),
+    order-sensitive: the same data in the same order gives the same hash."""
+    blob = json.dumps(examples, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def recipe_meta(
+    function: Callable[..., Any], config: Any, *, data: str | None = None
+) -> dict[str, Any]:
+    """The ``recipe`` metadata of an artifact trained by ``function`` with ``config`` on the
+    examples whose :func:`data_sha256` is ``data`` (left out when ``None``)."""
+    meta: dict[str, Any] = {
         "module": function.__module__,
         "function": function.__qualname__,
         "config": dataclasses.asdict(config),
-        "versions": library_versions(),
     }
+    if data is not None:
+        meta["data_sha256"] = data
+    meta["versions"] = library_versions()
+    return meta

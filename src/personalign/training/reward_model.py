@@ -42,11 +42,17 @@ from personalign.rewards.preference_rm import (
     _texts_needed,
     cross_encoder_input,
 )
-from personalign.training.recipe import recipe_meta
+from personalign.training.recipe import data_sha256, recipe_meta
 
 if TYPE_CHECKING:
     from personalign.backends.models.local import TransformersLM
     from personalign.training.finetune import TrainReport
+
+
+def items_sha256(items: Sequence[tuple[str, str, Sequence[str]]]) -> str:
+    """:func:`~personalign.training.recipe.data_sha256` of (preference, prompt, options)
+    groups."""
+    return data_sha256([[p, q, list(options)] for p, q, options in items])
 
 
 # -- the shared listwise ranker (numpy, deterministic) ----------------------------------------
@@ -72,24 +78,18 @@ def fit_listwise(
     return w
 
 
-def fit_calibration(z: np.ndarray, *, epochs: int = 2000) -> tuple[float, float]:
-    """(scale, bias) of ``sigmoid(scale * z + bias)`` by class-balanced logistic regression
-    over ranker scores ``z`` of groups ``(N, K)`` whose first option is compliant and the
-    others violating."""
+def fit_calibration(z: np.ndarray) -> tuple[float, float]:
+    """(scale, bias) of ``sigmoid(scale * z + bias)`` by class-balanced, unregularized
+    logistic regression (scikit-learn) over ranker scores ``z`` of groups ``(N, K)`` whose
+    first option is compliant and the others violating."""
+    from sklearn.linear_model import LogisticRegression
+
     z = np.asarray(z, dtype=np.float64)
     labels = np.zeros_like(z)
     labels[:, 0] = 1.0
-    z, y = z.ravel(), labels.ravel()
-    pos = max(1.0, float(y.sum()))
-    neg = max(1.0, float(len(y) - y.sum()))
-    weight = np.where(y > 0, 0.5 / pos, 0.5 / neg)  # (N * K,)
-    a, b = 1.0, 0.0
-    for _ in range(epochs):
-        p = 1.0 / (1.0 + np.exp(-(a * z + b)))
-        err = weight * (p - y)
-        a -= 1.0 * float((err * z).sum())
-        b -= 1.0 * float(err.sum())
-    return a, b
+    model = LogisticRegression(C=np.inf, class_weight="balanced", tol=1e-10, max_iter=1000)
+    model.fit(z.reshape(-1, 1), labels.ravel())
+    return float(model.coef_[0, 0]), float(model.intercept_[0])
 
 
 # -- the fine-tuned cross-encoder -----------------------------------------------------------
@@ -269,7 +269,7 @@ def train_probe(
         "features_version": FEATURES_VERSION,
         "layers": [int(x) for x in layers],
         "groups": len(items),
-        "recipe": recipe_meta(train_probe, cfg),
+        "recipe": recipe_meta(train_probe, cfg, data=items_sha256(items)),
         "train_mcq_accuracy": round(float(np.mean(z.argmax(axis=1) == 0)), 4),
         **(extra_meta or {}),
     }
