@@ -175,25 +175,9 @@ class ColdStartConfig(BaseModel):
     ask_every: int = Field(default=5, ge=1)
 
 
-class _ConfigFileSource(TomlConfigSettingsSource):
-    """The TOML config file, less the top-level keys in ``drop`` (given as arguments or as
-    ``PERSONALIGN_<KEY>`` variables): such a key's whole table gives way. The keys kept rank
-    above the environment, so a file table still wins over ``PERSONALIGN_<TABLE>__<KEY>``."""
-
-    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path, drop: frozenset[str]):
-        self._drop = drop
-        super().__init__(settings_cls, toml_file=toml_file)
-
-    def _read_files(self, files: Any, deep_merge: bool = False) -> dict[str, Any]:
-        values = super()._read_files(files, deep_merge=deep_merge)
-        return {k: v for k, v in values.items() if k not in self._drop}
-
-
-_config_file: ContextVar[tuple[Path, frozenset[str]] | None] = ContextVar(
-    "personalign_config_file", default=None
-)
-"""Set by :func:`load_settings` while it builds :class:`Settings`: the config file and the
-top-level keys it must leave out. Unset (``Settings(...)`` directly): no config file."""
+_config_file: ContextVar[Path | None] = ContextVar("personalign_config_file", default=None)
+"""Set by :func:`load_settings` while it builds :class:`Settings`: the config file to read.
+Unset (``Settings(...)`` directly): no config file."""
 
 
 class Settings(BaseSettings):
@@ -239,21 +223,25 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config = _config_file.get()
-        if config is None:
+        """Highest first: arguments (CLI flags), ``PERSONALIGN_*`` variables, the config file.
+        Sources are merged key by key, nested tables included: ``PERSONALIGN_GUARD__MODEL``
+        overrides ``[guard] model`` and keeps the file's other ``[guard]`` keys."""
+        path = _config_file.get()
+        if path is None:
             return init_settings, env_settings, dotenv_settings, file_secret_settings
-        path, drop = config
-        file_settings = _ConfigFileSource(settings_cls, path, drop)
-        return init_settings, file_settings, env_settings, dotenv_settings, file_secret_settings
+        file_settings = TomlConfigSettingsSource(settings_cls, toml_file=path)
+        return init_settings, env_settings, file_settings, dotenv_settings, file_secret_settings
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build :class:`Settings` from overrides, environment, and the TOML config file.
 
     The file is ``config_file``, else ``$PERSONALIGN_CONFIG``, else ``<home>/config.toml`` with
-    ``home`` from the overrides or :func:`default_home` (never from the file itself). A top-level
-    key given as an override or as a ``PERSONALIGN_<KEY>`` variable replaces the file's whole
-    value for it; ``None`` overrides are ignored.
+    ``home`` from the overrides or :func:`default_home` (never from the file itself). Each
+    setting, nested ones included, comes from the first of: the overrides, the
+    ``PERSONALIGN_*`` environment (``PERSONALIGN_GUARD__MODEL`` for ``[guard] model``), the file,
+    the defaults. An override given as a config object (``guard=GuardConfig(...)``) replaces the
+    whole table; one given as a dict is merged key by key. ``None`` overrides are ignored.
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     home = Path(overrides.get("home") or default_home()).expanduser()
@@ -263,10 +251,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     path = path or home / "config.toml"
     if path.is_dir():  # the file source skips what is not a file; this was always an error
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-    env_keys = {
-        k[len("PERSONALIGN_") :].lower() for k in os.environ if k.startswith("PERSONALIGN_")
-    }
-    token = _config_file.set((path, frozenset(env_keys | overrides.keys())))
+    token = _config_file.set(path)
     try:
         return Settings(**overrides)
     except tomllib.TOMLDecodeError as e:
