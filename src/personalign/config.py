@@ -91,8 +91,10 @@ class GuardConfig(BaseModel):
     (:class:`~personalign.safety.guard.OpenAIGuardChecker`). ``model`` unset: no guard.
 
     ``base_url`` and ``api_key`` default to the settings' ``openai_base_url`` and
-    ``openai_api_key``. ``prompt_style``: ``policy`` (the prompt carries this policy's
-    categories) or ``llama_guard_3`` (the server's Llama Guard 3 chat template and taxonomy).
+    ``openai_api_key`` (the key only for that same server: :func:`backend_auth`; ``env:NAME``
+    reads a variable, :mod:`personalign.backends.models.credentials`). ``prompt_style``:
+    ``policy`` (the prompt carries this policy's categories) or ``llama_guard_3`` (the
+    server's Llama Guard 3 chat template and taxonomy).
     A guard that cannot be reached fails the write or the request with a clear error; nothing
     is stored unchecked.
     """
@@ -197,6 +199,8 @@ class Settings(BaseSettings):
     """``smollm2`` (the embedded model), a local transformers directory, or ``openai:<name>``."""
     openai_base_url: str | None = None
     openai_api_key: str | None = None
+    """The key for ``openai_base_url`` (``env:NAME``: read from that variable). Unset: the
+    environment's ``OPENAI_API_KEY`` is sent only when the server is OpenAI's own."""
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     contexts: ContextConfig = Field(default_factory=ContextConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
@@ -262,3 +266,18 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"setting {loc!r}: {first['msg']} (got {first.get('input')!r})") from e
     finally:
         _config_file.reset(token)
+
+
+def backend_auth(
+    settings: Settings, base_url: str | None, api_key: str | None
+) -> tuple[str | None, str | None]:
+    """The server and key of a backend configured with its own ``base_url`` and ``api_key``
+    (``[guard]``, ``[judge]``, ``[extractor]``): the server defaults to ``openai_base_url``;
+    the key is its own, else ``openai_api_key`` only when it talks to that same server (its
+    ``base_url`` unset or equal), so a key never follows a backend to another server.
+    :mod:`personalign.backends.models.credentials` then decides about ``$OPENAI_API_KEY``."""
+    url = base_url or settings.openai_base_url
+    if api_key:
+        return url, api_key
+    same = base_url is None or base_url.rstrip("/") == (settings.openai_base_url or "").rstrip("/")
+    return url, settings.openai_api_key if same else None
