@@ -157,6 +157,17 @@ class ExtractorConfig(BaseModel):
     max_new_tokens: int = Field(default=512, ge=32, le=4096)
 
 
+class IngestionConfig(BaseModel):
+    """Background ingestion of chat turns (:mod:`personalign.memory.queue`). ``journal``: each
+    acknowledged turn is fsync'd to ``<home>/journal/`` before the reply and replayed after a
+    crash. A failing ingestion is tried ``max_attempts`` times, waiting ``backoff_s`` and then
+    twice as long each time, before it is recorded as failed."""
+
+    journal: bool = True
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    backoff_s: float = Field(default=0.5, ge=0.0, le=60.0)
+
+
 class ColdStartConfig(BaseModel):
     """What a user with no history starts from (:mod:`personalign.feedback.coldstart`).
 
@@ -208,6 +219,7 @@ class Settings(BaseSettings):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     extractor: ExtractorConfig = Field(default_factory=ExtractorConfig)
     coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig)
+    ingestion: IngestionConfig = Field(default_factory=IngestionConfig)
 
     @field_validator("home", "cache_dir", mode="before")
     @classmethod
