@@ -343,3 +343,31 @@ def test_sigkill_mid_burst_loses_no_acknowledged_turn(tmp_path) -> None:  # type
             proc.send_signal(signal.SIGTERM)
             proc.wait(20)
     assert _journal_bytes(tmp_path) == b""  # truncated once ingested, removed on shutdown
+
+
+def test_erase_waits_for_the_users_requests_in_progress(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with _personalizer(tmp_path) as pz:
+        pz.memory.add("I like tea", user="shop:ana")
+        inside, release = threading.Event(), threading.Event()
+
+        def request() -> None:
+            with pz.ingestion.hold("shop:ana"):
+                inside.set()
+                release.wait(10)
+                pz.memory.add("I like green tea too", user="shop:ana")
+
+        req = threading.Thread(target=request)
+        req.start()
+        inside.wait(5)
+        erase = threading.Thread(target=pz.erase_user, args=("shop:ana",))
+        erase.start()
+        time.sleep(0.2)
+        assert erase.is_alive() and pz.memory.has_user(user="shop:ana")  # waiting
+        other = threading.Thread(target=lambda: pz.ingestion.hold("shop:bob").__enter__())
+        other.start()
+        other.join(2)
+        assert not other.is_alive()  # other users are not held up
+        release.set()
+        req.join(5)
+        erase.join(5)
+        assert not erase.is_alive() and not pz.memory.has_user(user="shop:ana")

@@ -2,8 +2,9 @@
 
 For a user's message: retrieve the relevant memories -> render them as a delimited, quoted
 data block -> generate -> log the exchange -> ingest the user's turn into memory in the
-background, after the reply, without delaying it. ``close()`` waits for pending ingestion, so
-nothing a user said is lost when the process ends normally.
+background, after the reply, without delaying it. The turn is journaled (fsync'd) before the
+reply returns and replayed after a crash; ``close()`` waits for pending ingestion; an erase
+waits for the user's requests and drops their queued turns (:mod:`personalign.memory.queue`).
 
 Feedback on a reply goes through :meth:`Personalizer.record_feedback` (the HTTP service, the
 ``feedback`` commands and ``chat`` all call it): stored, then learned from.
@@ -21,6 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from personalign.backends.models.base import LanguageModel
+from personalign.backends.stores.scoped import ScopedStore
 from personalign.config import Settings, load_settings
 from personalign.constraints import ConstraintSet
 from personalign.errors import ConfigError, ValidationError
@@ -545,7 +547,8 @@ class Personalizer:
         ``store``: the store to write through, over this personalizer's memory (default: the
         memory's own; the HTTP service passes the caller's scoped store)."""
         target = self.memory.store if store is None else store
-        with self.ingestion.hold(user):  # never written after an erase of the user
+        scoped = target.principal.resolve(user) if isinstance(target, ScopedStore) else user
+        with self.ingestion.hold(scoped):  # never written after an erase of the user
             return record_feedback(
                 target,
                 feedback,
