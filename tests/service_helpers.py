@@ -37,3 +37,4 @@ def live_server(home: Path) -> Iterator[LiveServer]:
             yield LiveServer(f"http://127.0.0.1:{port}", keys, personalizer, admin)
     finally:
         personalizer.close()
+        keys.close()

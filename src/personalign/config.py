@@ -91,8 +91,10 @@ class GuardConfig(BaseModel):
     (:class:`~personalign.safety.guard.OpenAIGuardChecker`). ``model`` unset: no guard.
 
     ``base_url`` and ``api_key`` default to the settings' ``openai_base_url`` and
-    ``openai_api_key``. ``prompt_style``: ``policy`` (the prompt carries this policy's
-    categories) or ``llama_guard_3`` (the server's Llama Guard 3 chat template and taxonomy).
+    ``openai_api_key`` (the key only for that same server: :func:`backend_auth`; ``env:NAME``
+    reads a variable, :mod:`personalign.backends.models.credentials`). ``prompt_style``:
+    ``policy`` (the prompt carries this policy's categories) or ``llama_guard_3`` (the
+    server's Llama Guard 3 chat template and taxonomy).
     A guard that cannot be reached fails the write or the request with a clear error; nothing
     is stored unchecked.
     """
@@ -155,6 +157,17 @@ class ExtractorConfig(BaseModel):
     max_new_tokens: int = Field(default=512, ge=32, le=4096)
 
 
+class IngestionConfig(BaseModel):
+    """Background ingestion of chat turns (:mod:`personalign.memory.queue`). ``journal``: each
+    acknowledged turn is fsync'd to ``<home>/journal/`` before the reply and replayed after a
+    crash. A failing ingestion is tried ``max_attempts`` times, waiting ``backoff_s`` and then
+    twice as long each time, before it is recorded as failed."""
+
+    journal: bool = True
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    backoff_s: float = Field(default=0.5, ge=0.0, le=60.0)
+
+
 class ColdStartConfig(BaseModel):
     """What a user with no history starts from (:mod:`personalign.feedback.coldstart`).
 
@@ -175,25 +188,9 @@ class ColdStartConfig(BaseModel):
     ask_every: int = Field(default=5, ge=1)
 
 
-class _ConfigFileSource(TomlConfigSettingsSource):
-    """The TOML config file, less the top-level keys in ``drop`` (given as arguments or as
-    ``PERSONALIGN_<KEY>`` variables): such a key's whole table gives way. The keys kept rank
-    above the environment, so a file table still wins over ``PERSONALIGN_<TABLE>__<KEY>``."""
-
-    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path, drop: frozenset[str]):
-        self._drop = drop
-        super().__init__(settings_cls, toml_file=toml_file)
-
-    def _read_files(self, files: Any, deep_merge: bool = False) -> dict[str, Any]:
-        values = super()._read_files(files, deep_merge=deep_merge)
-        return {k: v for k, v in values.items() if k not in self._drop}
-
-
-_config_file: ContextVar[tuple[Path, frozenset[str]] | None] = ContextVar(
-    "personalign_config_file", default=None
-)
-"""Set by :func:`load_settings` while it builds :class:`Settings`: the config file and the
-top-level keys it must leave out. Unset (``Settings(...)`` directly): no config file."""
+_config_file: ContextVar[Path | None] = ContextVar("personalign_config_file", default=None)
+"""Set by :func:`load_settings` while it builds :class:`Settings`: the config file to read.
+Unset (``Settings(...)`` directly): no config file."""
 
 
 class Settings(BaseSettings):
@@ -213,6 +210,8 @@ class Settings(BaseSettings):
     """``smollm2`` (the embedded model), a local transformers directory, or ``openai:<name>``."""
     openai_base_url: str | None = None
     openai_api_key: str | None = None
+    """The key for ``openai_base_url`` (``env:NAME``: read from that variable). Unset: the
+    environment's ``OPENAI_API_KEY`` is sent only when the server is OpenAI's own."""
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     contexts: ContextConfig = Field(default_factory=ContextConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
@@ -220,6 +219,7 @@ class Settings(BaseSettings):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     extractor: ExtractorConfig = Field(default_factory=ExtractorConfig)
     coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig)
+    ingestion: IngestionConfig = Field(default_factory=IngestionConfig)
 
     @field_validator("home", "cache_dir", mode="before")
     @classmethod
@@ -239,21 +239,25 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config = _config_file.get()
-        if config is None:
+        """Highest first: arguments (CLI flags), ``PERSONALIGN_*`` variables, the config file.
+        Sources are merged key by key, nested tables included: ``PERSONALIGN_GUARD__MODEL``
+        overrides ``[guard] model`` and keeps the file's other ``[guard]`` keys."""
+        path = _config_file.get()
+        if path is None:
             return init_settings, env_settings, dotenv_settings, file_secret_settings
-        path, drop = config
-        file_settings = _ConfigFileSource(settings_cls, path, drop)
-        return init_settings, file_settings, env_settings, dotenv_settings, file_secret_settings
+        file_settings = TomlConfigSettingsSource(settings_cls, toml_file=path)
+        return init_settings, env_settings, file_settings, dotenv_settings, file_secret_settings
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build :class:`Settings` from overrides, environment, and the TOML config file.
 
     The file is ``config_file``, else ``$PERSONALIGN_CONFIG``, else ``<home>/config.toml`` with
-    ``home`` from the overrides or :func:`default_home` (never from the file itself). A top-level
-    key given as an override or as a ``PERSONALIGN_<KEY>`` variable replaces the file's whole
-    value for it; ``None`` overrides are ignored.
+    ``home`` from the overrides or :func:`default_home` (never from the file itself). Each
+    setting, nested ones included, comes from the first of: the overrides, the
+    ``PERSONALIGN_*`` environment (``PERSONALIGN_GUARD__MODEL`` for ``[guard] model``), the file,
+    the defaults. An override given as a config object (``guard=GuardConfig(...)``) replaces the
+    whole table; one given as a dict is merged key by key. ``None`` overrides are ignored.
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     home = Path(overrides.get("home") or default_home()).expanduser()
@@ -263,10 +267,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     path = path or home / "config.toml"
     if path.is_dir():  # the file source skips what is not a file; this was always an error
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-    env_keys = {
-        k[len("PERSONALIGN_") :].lower() for k in os.environ if k.startswith("PERSONALIGN_")
-    }
-    token = _config_file.set((path, frozenset(env_keys | overrides.keys())))
+    token = _config_file.set(path)
     try:
         return Settings(**overrides)
     except tomllib.TOMLDecodeError as e:
@@ -277,3 +278,18 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"setting {loc!r}: {first['msg']} (got {first.get('input')!r})") from e
     finally:
         _config_file.reset(token)
+
+
+def backend_auth(
+    settings: Settings, base_url: str | None, api_key: str | None
+) -> tuple[str | None, str | None]:
+    """The server and key of a backend configured with its own ``base_url`` and ``api_key``
+    (``[guard]``, ``[judge]``, ``[extractor]``): the server defaults to ``openai_base_url``;
+    the key is its own, else ``openai_api_key`` only when it talks to that same server (its
+    ``base_url`` unset or equal), so a key never follows a backend to another server.
+    :mod:`personalign.backends.models.credentials` then decides about ``$OPENAI_API_KEY``."""
+    url = base_url or settings.openai_base_url
+    if api_key:
+        return url, api_key
+    same = base_url is None or base_url.rstrip("/") == (settings.openai_base_url or "").rstrip("/")
+    return url, settings.openai_api_key if same else None

@@ -13,7 +13,9 @@ PersonalignError
 │   └── PermissionDeniedError  a valid key acting outside its scope (HTTP 403)
 ├── BackendError         a backend failed: model load, database, remote server
 │   └── ModelNotAvailableError  a model or embedder cannot be loaded offline
-└── RefusedError         the safety boundary refused the input; ``verdict`` says why
+├── RefusedError         the safety boundary refused the input; ``verdict`` says why
+└── IngestionError       background ingestion of turns failed after its retries;
+                         ``failures`` lists them (raised by ``Personalizer.flush``)
 """
 
 from __future__ import annotations
@@ -70,3 +72,19 @@ class RefusedError(PersonalignError):
     def __init__(self, message: str, verdict: Any = None) -> None:
         super().__init__(message)
         self.verdict = verdict
+
+
+class IngestionError(PersonalignError):
+    """Turns could not be ingested in the background after every retry. ``failures`` lists
+    them (:class:`~personalign.memory.queue.IngestionFailure`: entry, user, turn ids, error,
+    attempts); they stay journaled and are retried at the next start."""
+
+    def __init__(self, failures: list[Any]) -> None:
+        self.failures = list(failures)
+        lines = "; ".join(
+            f"user {f.user!r} turns {list(f.turn_ids)}: {f.error}" for f in self.failures[:5]
+        )
+        more = f" (and {len(self.failures) - 5} more)" if len(self.failures) > 5 else ""
+        super().__init__(
+            f"{len(self.failures)} background ingestion(s) failed after retries: {lines}{more}"
+        )

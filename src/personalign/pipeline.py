@@ -2,8 +2,9 @@
 
 For a user's message: retrieve the relevant memories -> render them as a delimited, quoted
 data block -> generate -> log the exchange -> ingest the user's turn into memory in the
-background, after the reply, without delaying it. ``close()`` waits for pending ingestion, so
-nothing a user said is lost when the process ends normally.
+background, after the reply, without delaying it. The turn is journaled (fsync'd) before the
+reply returns and replayed after a crash; ``close()`` waits for pending ingestion; an erase
+waits for the user's requests and drops their queued turns (:mod:`personalign.memory.queue`).
 
 Feedback on a reply goes through :meth:`Personalizer.record_feedback` (the HTTP service, the
 ``feedback`` commands and ``chat`` all call it): stored, then learned from.
@@ -15,14 +16,13 @@ The options, the reply, the request plan and :func:`open_guarded_memory` live in
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from personalign.backends.models.base import LanguageModel
+from personalign.backends.stores.scoped import ScopedStore
 from personalign.config import Settings, load_settings
 from personalign.constraints import ConstraintSet
 from personalign.errors import ConfigError, ValidationError
@@ -36,6 +36,8 @@ from personalign.generation.enforce import (
 )
 from personalign.generation.prompt import SYSTEM_PROMPT, build_messages
 from personalign.memory import Memory
+from personalign.memory.journal import Journal
+from personalign.memory.queue import IngestionQueue
 from personalign.pipeline_parts import (
     ALWAYS_TOPICS,
     REFUSAL,
@@ -108,12 +110,15 @@ class Personalizer:
         self._model = model
         self.adapters = adapters
         self.checker = checker or getattr(memory.store, "checker", None)
-        self._ingest = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
-        self._pending: set[Future[object]] = set()
-        self._lock = threading.Lock()
+        cfg = memory.settings.ingestion
+        journal = Journal(memory.settings.home / "journal") if cfg.journal else None
+        self.ingestion = IngestionQueue(
+            memory, journal, max_attempts=cfg.max_attempts, backoff_s=cfg.backoff_s
+        )
+        self.ingestion.replay()  # turns an earlier process acknowledged but never ingested
         self._tagger: TopicTagger | None = None
         self._reward_model: Any = reward_model
-        self.coldstart = ColdStart(memory.store, memory.settings, schedule=self._background)
+        self.coldstart = ColdStart(memory.store, memory.settings, schedule=self.ingestion.task)
         self._contexts: ContextMatcher | None = None
 
     @property
@@ -266,19 +271,20 @@ class Personalizer:
         """Answer the user's latest message, personalized by their memory."""
         options = options or PersonalizeOptions()
         history = _as_history(message)
-        t0 = time.perf_counter()
-        plan = self.plan(history, user=user, options=options)
-        messages, hits, retrieval_ms = plan.messages, plan.hits, plan.retrieval_ms
-        options = self.with_adapter(options, user=user)
-        refusal = self.screen(history, user=user)
-        if refusal is not None:
+        with self.ingestion.hold(user):  # an erase of the user waits for this reply
+            t0 = time.perf_counter()
+            plan = self.plan(history, user=user, options=options)
+            messages, hits, retrieval_ms = plan.messages, plan.hits, plan.retrieval_ms
+            options = self.with_adapter(options, user=user)
+            refusal = self.screen(history, user=user)
+            if refusal is not None:
+                return self._finish(
+                    history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal=refusal
+                )
+            text, how = self._generate(history, plan, options)
             return self._finish(
-                history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal=refusal
+                history, messages, hits, text, user, options, t0, retrieval_ms, how, plan=plan
             )
-        text, how = self._generate(history, plan, options)
-        return self._finish(
-            history, messages, hits, text, user, options, t0, retrieval_ms, how, plan=plan
-        )
 
     def stream(
         self,
@@ -291,34 +297,35 @@ class Personalizer:
         """Like :meth:`respond`, yielding text deltas; ``on_done`` gets the final :class:`Reply`."""
         options = options or PersonalizeOptions()
         history = _as_history(message)
-        t0 = time.perf_counter()
-        plan = self.plan(history, user=user, options=options)
-        messages, hits, retrieval_ms = plan.messages, plan.hits, plan.retrieval_ms
-        options = self.with_adapter(options, user=user)
-        refusal = self.screen(history, user=user)
-        if refusal is not None:
-            yield REFUSAL
-            reply = self._finish(
-                history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal=refusal
-            )
-        elif options.method == "plain" or (
-            options.method == "prompt" and not plan.constraints and not plan.style.transforms
-        ):
-            parts: list[str] = []
-            for delta in self.model.stream(messages, options=options.generation):
-                parts.append(delta)
-                yield delta
-            reply = self._finish(
-                history, messages, hits, "".join(parts), user, options, t0, retrieval_ms
-            )
-        else:  # enforced and decoding-time methods deliver the whole reply at the end
-            text, how = self._generate(history, plan, options)
-            yield text
-            reply = self._finish(
-                history, messages, hits, text, user, options, t0, retrieval_ms, how, plan=plan
-            )
-        if on_done is not None:
-            on_done(reply)
+        with self.ingestion.hold(user):  # an erase of the user waits for this reply
+            t0 = time.perf_counter()
+            plan = self.plan(history, user=user, options=options)
+            messages, hits, retrieval_ms = plan.messages, plan.hits, plan.retrieval_ms
+            options = self.with_adapter(options, user=user)
+            refusal = self.screen(history, user=user)
+            if refusal is not None:
+                yield REFUSAL
+                reply = self._finish(
+                    history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal=refusal
+                )
+            elif options.method == "plain" or (
+                options.method == "prompt" and not plan.constraints and not plan.style.transforms
+            ):
+                parts: list[str] = []
+                for delta in self.model.stream(messages, options=options.generation):
+                    parts.append(delta)
+                    yield delta
+                reply = self._finish(
+                    history, messages, hits, "".join(parts), user, options, t0, retrieval_ms
+                )
+            else:  # enforced and decoding-time methods deliver the whole reply at the end
+                text, how = self._generate(history, plan, options)
+                yield text
+                reply = self._finish(
+                    history, messages, hits, text, user, options, t0, retrieval_ms, how, plan=plan
+                )
+            if on_done is not None:
+                on_done(reply)
 
     def _finish(
         self,
@@ -511,23 +518,22 @@ class Personalizer:
         )
         return {"category": verdict.category, "reason": verdict.reason}
 
-    # -- background ingestion ------------------------------------------------------------
+    # -- background ingestion and erasure ------------------------------------------------
 
     def _ingest_later(self, turns: list[Message], *, user: str) -> None:
-        self._background(lambda: self.memory.add_messages(turns, user=user))
+        self.ingestion.turns(turns, user=user)  # journaled (fsync'd) before the reply returns
 
-    def _background(self, fn: Callable[[], object]) -> None:
-        """Run ``fn`` on the ingestion thread; :meth:`flush` and :meth:`close` wait for it."""
-        fut: Future[object] = self._ingest.submit(fn)
-        with self._lock:
-            self._pending.add(fut)
-        fut.add_done_callback(self._done)
+    def erase_user(self, user: str, *, store: MemoryStore | None = None) -> dict[str, int]:
+        """Hard-delete everything of ``user`` (through ``store``, default the memory's) and
+        their adapters, once none of their requests or queued turns is in flight; nothing of
+        theirs is written after (:meth:`IngestionQueue.erase`). Returns the counts."""
+        target = self.memory.store if store is None else store
+        rows = self.ingestion.erase(user, lambda: target.erase_user(user=user))
+        return {"rows": rows, "adapters": self.erase_adapters(user)}
 
-    def _done(self, fut: Future[object]) -> None:
-        with self._lock:
-            self._pending.discard(fut)
-        if fut.exception() is not None:
-            log.error("ingesting a turn failed: %s", fut.exception())
+    def ingestion_status(self, user: str) -> dict[str, Any]:
+        """The user's background ingestion: turns pending, and failures after retries."""
+        return self.ingestion.status(user)
 
     # -- the feedback path ---------------------------------------------------------------
 
@@ -541,27 +547,26 @@ class Personalizer:
         ``store``: the store to write through, over this personalizer's memory (default: the
         memory's own; the HTTP service passes the caller's scoped store)."""
         target = self.memory.store if store is None else store
-        return record_feedback(
-            target,
-            feedback,
-            user=user,
-            extractor=memory_extractor(self.memory),
-            prior=self.coldstart.weight_prior(),  # estimates start from the population's
-        )
+        scoped = target.principal.resolve(user) if isinstance(target, ScopedStore) else user
+        with self.ingestion.hold(scoped):  # never written after an erase of the user
+            return record_feedback(
+                target,
+                feedback,
+                user=user,
+                extractor=memory_extractor(self.memory),
+                prior=self.coldstart.weight_prior(),  # estimates start from the population's
+            )
 
-    def flush(self) -> None:
-        """Wait until every queued turn is ingested; re-raise the first failure."""
-        with self._lock:
-            pending = list(self._pending)
-        for fut in pending:
-            fut.result()
+    def flush(self, *, user: str | None = None, check: bool = True) -> None:
+        """Wait until every queued turn (of ``user``) is ingested; with ``check``, raise
+        :class:`~personalign.errors.IngestionError` listing the failures not raised before."""
+        self.ingestion.flush(user=user, check=check)
 
     def close(self) -> None:
         """Finish pending ingestion, then release the memory and the model."""
         try:
-            self.flush()
+            self.ingestion.close()
         finally:
-            self._ingest.shutdown(wait=True)
             self.memory.close()
             if self._model is not None:
                 self._model.close()

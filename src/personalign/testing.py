@@ -171,7 +171,8 @@ class ScriptedOpenAIServer:
     ``reply(model, messages) -> str`` answers each ``POST /v1/chat/completions`` (messages as
     ``{"role", "content"}`` dicts); ``GET /v1/models`` lists ``models``. ``api_key``: when
     set, other bearer tokens get HTTP 401. ``requests`` records ``(model, messages)`` of every
-    completion asked. Streaming is not served (HTTP 400). Use it as a context manager: the
+    completion asked; ``authorization`` the ``Authorization`` header of every request (None
+    when absent). Streaming is not served (HTTP 400). Use it as a context manager: the
     server runs in a thread from ``__enter__`` to ``__exit__``; ``base_url`` is its ``/v1``.
     """
 
@@ -186,6 +187,7 @@ class ScriptedOpenAIServer:
         self.models = list(models)
         self.api_key = api_key
         self.requests: list[tuple[str, list[dict[str, str]]]] = []
+        self.authorization: list[str | None] = []
         self.port = 0
         self._serving: Any = None
 
@@ -204,6 +206,7 @@ class ScriptedOpenAIServer:
             return JSONResponse(body, status_code=status)
 
         def denied(request: Any) -> JSONResponse | None:
+            self.authorization.append(request.headers.get("authorization"))
             if self.api_key is None:
                 return None
             if request.headers.get("authorization") == f"Bearer {self.api_key}":

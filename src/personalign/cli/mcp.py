@@ -71,3 +71,5 @@ def mcp_command(
         pass
     finally:
         personalizer.close()
+        if keys is not None:
+            keys.close()

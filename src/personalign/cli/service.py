@@ -30,8 +30,8 @@ def keys_create(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
-    with errors():
-        info, key = _keys().create(scope=scope, app=app, user=for_user, name=name)  # type: ignore[arg-type]
+    with errors(), _keys() as ks:
+        info, key = ks.create(scope=scope, app=app, user=for_user, name=name)  # type: ignore[arg-type]
     if json_out:
         print_json(
             {"id": info.id, "key": key, "scope": info.scope, "app": info.app, "user": info.user}
@@ -44,8 +44,8 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List keys (never their secrets)."""
-    with errors():
-        infos = _keys().list()
+    with errors(), _keys() as ks:
+        infos = ks.list()
     if json_out:
         print_json(
             [
@@ -77,8 +77,8 @@ def keys_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> None
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     """Revoke a key: requests with it get 401 from now on."""
-    with errors():
-        info = _keys().revoke(key_id)
+    with errors(), _keys() as ks:
+        info = ks.revoke(key_id)
     out.print(f"revoked {info.id}")
 
 
@@ -98,11 +98,16 @@ def serve(
         settings = state.settings()
         keys = KeyStore(settings.home / "keys.db")
         if not keys.list():
+            keys.close()
             raise fail("no API keys yet: run `personalign keys create --scope admin` first")
-        personalizer = Personalizer.open(settings)
+        try:
+            personalizer = Personalizer.open(settings)
+        except BaseException:
+            keys.close()
+            raise
     app = create_app(personalizer, keys, dashboard=not no_dashboard)
     out.print(f"personalign serving {personalizer.model.name} on http://{host}:{port}")
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
-        personalizer.close()
+        app.state.service.close()  # pending ingestion first, then every connection

@@ -122,9 +122,8 @@ class UserTools:
             raise ValidationError(
                 f"erasing every record of {name!r} cannot be undone: call again with confirm=true"
             )
-        rows = self.store.erase_user(user=name)
-        adapters = self.personalizer.erase_adapters(stored)
-        return {"erased": name, "rows": rows, "adapters": adapters}
+        done = self.personalizer.erase_user(stored)  # after the user's queued turns
+        return {"erased": name, **done}
 
     def feedback(self, feedback: FeedbackIn, *, user: str | None = None) -> dict[str, Any]:
         """Record a rating, pairwise choice, edit, critique or override and learn from it."""

@@ -92,11 +92,13 @@ def extractor_model(settings: Settings) -> LanguageModel:
         if not name:
             raise ConfigError("setting 'extractor.model': give a model name after 'openai:'")
         from personalign.backends.models.openai_compat import OpenAICompatLM
+        from personalign.config import backend_auth
 
+        base_url, api_key = backend_auth(settings, cfg.base_url, cfg.api_key)
         return OpenAICompatLM(
             name,
-            base_url=cfg.base_url or settings.openai_base_url,
-            api_key=cfg.api_key or settings.openai_api_key,
+            base_url=base_url,
+            api_key=api_key,
             timeout=cfg.timeout_s,
             max_retries=0,
         )

@@ -176,13 +176,12 @@ def judge_from_settings(settings: Settings) -> JudgeRewardModel | None:
             template = cfg.prompt.read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"setting 'judge.prompt': cannot read {cfg.prompt}: {e}") from e
+    from personalign.config import backend_auth
+
+    base_url, api_key = backend_auth(settings, cfg.base_url, cfg.api_key)
     lm = load_model(
         settings.model_copy(
-            update={
-                "model": cfg.model,
-                "openai_base_url": cfg.base_url or settings.openai_base_url,
-                "openai_api_key": cfg.api_key or settings.openai_api_key,
-            }
+            update={"model": cfg.model, "openai_base_url": base_url, "openai_api_key": api_key}
         )
     )
     options = GenerationOptions(max_new_tokens=cfg.max_new_tokens, temperature=0.0)

@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from personalign.config import GuardPromptStyle
+from personalign.config import GuardPromptStyle, backend_auth
 from personalign.errors import BackendError, ModelNotAvailableError, ValidationError
 from personalign.safety.injection import neutralize
 from personalign.safety.policy import Policy, load_policy
@@ -147,7 +147,10 @@ class OpenAIGuardChecker:
                 raise ModelNotAvailableError(
                     "the guard checker needs the 'openai' package: pip install openai"
                 ) from e
-            client = OpenAI(base_url=base_url, api_key=api_key or "none", timeout=timeout_s)
+            from personalign.backends.models.credentials import server_and_key
+
+            url, key = server_and_key(base_url, api_key, what="guard.api_key")
+            client = OpenAI(base_url=url, api_key=key, timeout=timeout_s)
         self.client = client
 
     def _messages(self, text: str) -> list[dict[str, str]]:
@@ -207,10 +210,11 @@ def guard_from_settings(
     cfg = settings.guard
     if not cfg.model:
         return None
+    base_url, api_key = backend_auth(settings, cfg.base_url, cfg.api_key)
     return OpenAIGuardChecker(
         cfg.model,
-        base_url=cfg.base_url or settings.openai_base_url,
-        api_key=cfg.api_key or settings.openai_api_key,
+        base_url=base_url,
+        api_key=api_key,
         policy=policy,
         prompt_style=cfg.prompt_style,
         timeout_s=cfg.timeout_s,

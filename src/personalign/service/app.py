@@ -45,6 +45,7 @@ from personalign.service.schemas import (
     ProfileIn,
     SearchIn,
 )
+from personalign.service.status import mount_status
 from personalign.service.summary import AsOf, mount_summary
 from personalign.types import FeedbackIn, Preference, PreferenceIn
 from personalign.types import Message as ChatMessage
@@ -345,12 +346,13 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
 
     @app.delete("/v1/users/{user}", tags=["users"])
     def erase(user: str, p: Auth) -> dict[str, Any]:
-        """Hard-delete everything of the user (history and logs too) and their adapters."""
-        rows = svc.store(p).erase_user(user=user)  # checks the key's rights first
-        adapters = svc.personalizer.erase_adapters(p.resolve(user))
-        return {"erased": user, "rows": rows, "adapters": adapters}
+        """Hard-delete everything of the user (history and logs too) and their adapters, once
+        none of their requests or queued turns is in flight: nothing is written after."""
+        stored = p.resolve(user)  # checks the key's rights first
+        return {"erased": user, **svc.personalizer.erase_user(stored)}
 
     mount_summary(app, svc, dashboard=dashboard)
+    mount_status(app, svc)
     mount_conflicts(app, svc)
     if dashboard:
         mount_dashboard(app, svc)

@@ -30,3 +30,10 @@ class Service:
 
     def model_names(self) -> list[str]:
         return [self.personalizer.model.name, "personalign"]
+
+    def close(self) -> None:
+        """Shut down: finish pending ingestion, close the memory, the model and the keys."""
+        try:
+            self.personalizer.close()
+        finally:
+            self.keys.close()

@@ -91,6 +91,7 @@ def mount_dashboard(app: FastAPI, svc: Service) -> None:
                 "constraints": constraints,
                 "contexts": contexts,
                 "conflicts": store.conflicts(user=user) if known else [],
+                "ingestion": svc.personalizer.ingestion_status(principal.resolve(user)),
                 "csrf": _csrf(key),
                 "notice": notice,
             },
@@ -239,8 +240,9 @@ def mount_dashboard(app: FastAPI, svc: Service) -> None:
         request: Request, csrf: Annotated[str, Form()], message: Annotated[str, Form()]
     ) -> Response:
         def ask(store: Any, user: str) -> None:
+            stored = store.principal.resolve(user)
             with svc.model_lock:
-                svc.personalizer.respond(message, user=store.principal.resolve(user))
-            svc.personalizer.flush()
+                svc.personalizer.respond(message, user=stored)
+            svc.personalizer.flush(user=stored, check=False)  # failures: shown on the page
 
         return act(request, csrf, ask, "answered")

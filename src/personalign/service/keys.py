@@ -11,12 +11,12 @@ import hmac
 import re
 import secrets
 import sqlite3
-import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from personalign.backends.stores.scoped import Principal, Scope
+from personalign.backends.stores.sqlite_conns import ThreadConnections
 from personalign.errors import AuthError, NotFoundError, ValidationError
 from personalign.types import check_user, utcnow
 
@@ -51,7 +51,7 @@ class KeyStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._conns = ThreadConnections(self._open)
         with self._conn() as conn:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
@@ -59,14 +59,24 @@ class KeyStore:
                 "created_at TEXT NOT NULL, revoked_at TEXT)"
             )
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.row_factory = sqlite3.Row
         return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        return self._conns.get()
+
+    def close(self) -> None:
+        """Close every thread's connection to the key database."""
+        self._conns.close()
+
+    def __enter__(self) -> KeyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def create(
         self, *, scope: Scope, name: str = "", app: str | None = None, user: str | None = None

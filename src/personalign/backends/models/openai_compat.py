@@ -13,7 +13,6 @@ llama-cpp-python's server answers, but its echo log-probabilities are shifted by
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from personalign.backends.models.base import (
     LanguageModel,
     check_messages,
 )
+from personalign.backends.models.credentials import server_and_key
 from personalign.errors import BackendError, ValidationError
 from personalign.types import Message
 
@@ -75,11 +75,11 @@ class OpenAICompatLM(LanguageModel):
         self.max_tokens_param = max_tokens_param
         self.echo_logprobs = echo_logprobs
         self.prompt_format = prompt_format
-        # Local servers usually need no key, but the client insists on one.
-        key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        # the key configured for this server, or $OPENAI_API_KEY for OpenAI's own only
+        url, key = server_and_key(base_url, api_key, what="openai_api_key")
         self._openai = openai
         self._client = openai.OpenAI(
-            base_url=base_url, api_key=key, timeout=timeout, max_retries=max_retries
+            base_url=url, api_key=key, timeout=timeout, max_retries=max_retries
         )
 
     def _where(self) -> str:

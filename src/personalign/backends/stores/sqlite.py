@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -37,6 +36,7 @@ from personalign.backends.stores.hybrid import (
     rank,
 )
 from personalign.backends.stores.sql import ACTIVE_NOW, COLUMNS, SQLStore, search_args
+from personalign.backends.stores.sqlite_conns import ThreadConnections
 from personalign.backends.stores.sqlite_migrations import MIGRATIONS
 from personalign.config import RetrievalConfig
 from personalign.errors import BackendError
@@ -84,30 +84,28 @@ class SQLiteStore(SQLStore):
     def __init__(self, path: str | Path, embedder: Embedder) -> None:
         self.path = Path(path)
         self.embedder = embedder
-        self._local = threading.local()
-        self._all_conns: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._conns = ThreadConnections(self._open_conn)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
 
     # -- connections and transactions ---------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            except sqlite3.Error as e:
-                raise BackendError(f"cannot open memory database {self.path}: {e}") from e
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA secure_delete = ON")
-            conn.execute("PRAGMA foreign_keys = ON")
-            self._local.conn = conn
-            with self._lock:
-                self._all_conns.append(conn)
+        return self._conns.get()
+
+    def _open_conn(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as e:
+            raise BackendError(f"cannot open memory database {self.path}: {e}") from e
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA secure_delete = ON")
+        conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
     @contextmanager
@@ -136,12 +134,8 @@ class SQLiteStore(SQLStore):
                 conn.execute("INSERT INTO _migrations VALUES (?, ?)", (name, _ts(utcnow())))
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all_conns:
-                with contextlib.suppress(sqlite3.ProgrammingError):  # closed in its thread
-                    conn.close()
-            self._all_conns.clear()
-        self._local = threading.local()
+        """Close every thread's connection (each thread has its own)."""
+        self._conns.close()
 
     # -- the primitives of SQLStore ----------------------------------------------------
 
