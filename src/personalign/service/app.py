@@ -3,7 +3,9 @@
 Every route authenticates with an API key (``Authorization: Bearer pal_...``) and reaches the
 memory only through a :class:`~personalign.backends.stores.scoped.ScopedStore` for the caller's
 principal. Errors are JSON ``{"error": {"message", "type", "code"}}`` with a 4xx status for
-bad requests and 5xx only for backend failures.
+bad requests and 5xx only for backend failures; on the OpenAI routes (:data:`OPENAI_PATHS`)
+they are OpenAI's (``type`` ``invalid_request_error``, ``param``, ``code``; a bad field is a
+400). The chat route and its wire format live in :mod:`.chat` and :mod:`.wire`.
 """
 
 from __future__ import annotations
