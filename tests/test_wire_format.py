@@ -79,6 +79,20 @@ def test_a_reply_cut_by_the_token_budget_says_length(server, field):
     assert roomy.choices[0].finish_reason == "stop"
 
 
+def test_length_means_the_requests_budget_not_a_preferences_word_limit(server):
+    with httpx_client(server) as c:
+        r = c.post("/v1/users/w-words/memories", json={"text": "Keep your answers under 10 words."})
+        assert r.status_code == 201, r.text
+    long = " ".join(f"w{i}" for i in range(60))
+    # the preference caps decoding at 2 * 9 + 16 tokens and repair keeps 9 words: not "length"
+    resp = create(server, long, "w-words", max_tokens=200)
+    assert resp.choices[0].finish_reason == "stop"
+    assert len((resp.choices[0].message.content or "").split()) <= 9
+    # a budget under the preference's cap is the request's: "length"
+    resp = create(server, long, "w-words", max_tokens=12)
+    assert resp.choices[0].finish_reason == "length"
+
+
 @pytest.mark.parametrize(
     ("stop", "expected"),
     [("STOP", "echo: alpha beta"), (["gamma", "beta"], "echo: alpha")],

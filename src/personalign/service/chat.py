@@ -19,7 +19,8 @@ from fastapi.responses import StreamingResponse
 from personalign import __version__
 from personalign.backends.stores.scoped import Principal
 from personalign.constraints import Constraint
-from personalign.pipeline import Reply
+from personalign.errors import PersonalignError
+from personalign.pipeline import PersonalizeOptions, Reply
 from personalign.service import wire
 from personalign.service.core import Service
 from personalign.service.schemas import ChatCompletionRequest
@@ -59,7 +60,7 @@ class Chat:
         self.constraints: tuple[Constraint, ...] = wire.response_constraints(body.response_format)
         self.created = int(time.time())
 
-    def options(self, index: int) -> Any:
+    def options(self, index: int) -> PersonalizeOptions:
         return wire.options_for(self.body, index, self.constraints)
 
     def finish(self, reply: Reply) -> Reply:
@@ -179,9 +180,15 @@ def _sse(chat: Chat) -> Iterator[str]:
                     replies.append(done[0])
                 last = replies[-1]
                 yield delta(i, {}, last.finish_reason, personalization=_why(last))
-    except wire.WireError as e:
-        error = {"message": str(e), "type": "invalid_request_error", "param": e.param}
-        yield f"data: {json.dumps({'error': {**error, 'code': e.code}})}\n\n"
+    except PersonalignError as e:  # a reply that cannot meet the format, a backend failure
+        ours = e if isinstance(e, wire.WireError) else None
+        error = {
+            "message": str(e),
+            "type": "invalid_request_error" if ours else "server_error",
+            "param": ours.param if ours else None,
+            "code": ours.code if ours else type(e).__name__,
+        }
+        yield f"data: {json.dumps({'error': error})}\n\n"
         return
     if with_usage:
         yield event([], usage=wire.usage_dict(wire.total_usage(replies)))

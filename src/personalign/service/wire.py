@@ -58,7 +58,7 @@ SERVICE_TIERS = (None, "auto", "default")
 
 def _off(name: str, value: Any) -> bool:
     """Whether a refused field's ``value`` asks for nothing (then it is accepted)."""
-    if value is None or value is False or value == [] or value == {}:
+    if value is None or value == [] or value == {} or (not isinstance(value, str) and value == 0):
         return True
     return name in ("tool_choice", "function_call") and value == "none"
 
