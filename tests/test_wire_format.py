@@ -79,6 +79,26 @@ def test_a_reply_cut_by_the_token_budget_says_length(server, field):
     assert roomy.choices[0].finish_reason == "stop"
 
 
+@pytest.mark.parametrize("method", ["prompt", "contrastive", "mod", "best_of_n", "reward_guided"])
+def test_every_method_answers_at_the_default_temperature_with_a_seed(server, method):
+    user = f"w-method-{method}"
+    with httpx_client(server) as c:
+        r = c.post(
+            f"/v1/users/{user}/memories", json={"text": "From now on answer me in lowercase."}
+        )
+        assert r.status_code == 201, r.text
+    body = {"personalization": {"method": method, "ingest": False}}
+    first = create(server, "Tell Me About Tea", user, seed=3, max_tokens=12, extra_body=body)
+    again = create(server, "Tell Me About Tea", user, seed=3, max_tokens=12, extra_body=body)
+    text = first.choices[0].message.content or ""
+    assert text.strip() and text == text.lower()  # sampled at 1.0, still enforced
+    assert again.choices[0].message.content == text  # the seed reproduces it
+    assert first.model_extra is not None
+    assert first.model_extra["personalization"]["method"] == method
+    x = exchanges(server, user)[-1]
+    assert x.options["temperature"] == 1.0 and x.options["seed"] == 3
+
+
 def test_length_means_the_requests_budget_not_a_preferences_word_limit(server):
     with httpx_client(server) as c:
         r = c.post("/v1/users/w-words/memories", json={"text": "Keep your answers under 10 words."})
