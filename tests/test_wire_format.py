@@ -498,3 +498,47 @@ def test_smollm2_seed_reproduces_and_n_choices_are_each_enforced(smol):
     from personalign.rewards.quality import degenerate
 
     assert all(degenerate(t) is None for t in texts), texts  # sampling at 1.0 still reads
+
+
+def test_json_reply_repairs_and_refuses_without_a_server():
+    """:func:`wire.json_reply` on its own: fences removed, bare values wrapped, a schema's one
+    string filled, and a clear 422 (never invalid JSON) when nothing fits."""
+    from personalign.pipeline import Reply
+    from personalign.service.schemas import ResponseFormatIn
+    from personalign.service.wire import WireError, json_reply
+    from personalign.testing import FakeLM
+    from personalign.types import Exchange, utcnow
+
+    lm = FakeLM()
+    x = Exchange(
+        id="x",
+        user_id="u",
+        at=utcnow(),
+        messages=[],
+        response="",
+        model="m",
+        method="plain",
+        latency_ms=0.0,
+    )
+
+    def reply(text: str) -> Reply:
+        return Reply(text=text, exchange=x)
+
+    obj = ResponseFormatIn(type="json_object")
+    assert json_reply(reply('```json\n{"a": 1}\n```'), obj, lm).text == '{"a": 1}'
+    assert json.loads(json_reply(reply("42"), obj, lm).text) == {"answer": 42}
+    assert json.loads(json_reply(reply("plain words"), obj, lm).text) == {"answer": "plain words"}
+    fmt = ResponseFormatIn.model_validate(
+        {"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA}}
+    )
+    out = json_reply(reply("plain words"), fmt, lm)
+    assert json.loads(out.text) == {"reply": "plain words"}
+    assert out.usage.completion_tokens == len(lm.encode(out.text))  # recounted
+    pair = {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}}}
+    strict = ResponseFormatIn.model_validate(
+        {"type": "json_schema", "json_schema": {"name": "p", "schema": pair}}
+    )
+    for text, why in (("not json {", "not valid JSON"), ('{"a": "x"}', "is not of type")):
+        with pytest.raises(WireError, match=why) as e:
+            json_reply(reply(text), strict, lm)
+        assert e.value.status == 422 and e.value.param == "response_format"

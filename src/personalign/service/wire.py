@@ -209,11 +209,11 @@ def json_reply(reply: Reply, fmt: ResponseFormatIn, model: LanguageModel) -> Rep
     for t in tries:
         if validator.is_valid(t):
             return _with_text(reply, body if parsed and t is value else _dump(t), model)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(tries[0]))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value)) if parsed else None
     why = error.message if error is not None else "not valid JSON"
     raise WireError(
         f"the model's reply could not be made to match response_format json_schema "
-        f"{fmt.json_schema.name if fmt.json_schema else ''!r}: {why if parsed else 'not JSON'}",
+        f"{fmt.json_schema.name if fmt.json_schema else ''!r}: {why}",
         param="response_format",
         code="response_format_unmet",
         status=422,
