@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from personalign.config import load_settings
 from personalign.pipeline import Personalizer, open_guarded_memory
@@ -23,11 +24,12 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(home: Path) -> Iterator[LiveServer]:
+def live_server(home: Path, model: Any = None) -> Iterator[LiveServer]:
+    """The service over the hashing embedder and ``model`` (default: ``FakeLM("fake-lm")``)."""
     settings = load_settings(home=home, embedder="hashing")
     personalizer = Personalizer(
         open_guarded_memory(settings, HashingEmbedder(), extractor=CueExtractor()),
-        FakeLM(name="fake-lm"),
+        model if model is not None else FakeLM(name="fake-lm"),
     )
     keys = KeyStore(home / "keys.db")
     _, admin = keys.create(scope="admin", name="tests")

@@ -125,6 +125,18 @@ def check_conformance(lm: LanguageModel) -> None:
     assert isinstance(g, Generation) and g.model
     assert g.finish_reason in ("stop", "length") and g.completion_tokens <= 12
     assert "".join(lm.stream(USER, options=GREEDY)) == g.text
+    ended: list[Generation] = []  # the stream's whole reply, as generate reports it
+    assert "".join(lm.stream(USER, options=GREEDY, on_done=ended.append)) == g.text
+    (e,) = ended
+    assert (e.text, e.completion_tokens, e.finish_reason) == (
+        g.text,
+        g.completion_tokens,
+        g.finish_reason,
+    )
+    short = GenerationOptions(max_new_tokens=2)
+    cut: list[Generation] = []
+    list(lm.stream(USER, options=short, on_done=cut.append))
+    assert cut[0].finish_reason == lm.generate(USER, options=short).finish_reason == "length"
     batch = lm.generate_batch([USER, OTHER], options=GREEDY)
     assert [b.text for b in batch] == [g.text, lm.generate(OTHER, options=GREEDY).text]
 
@@ -418,6 +430,9 @@ def test_openai_generate_and_stream(remote: Any) -> None:
     assert g.prompt_tokens > 0 and 0 < g.completion_tokens <= 16
     assert g.finish_reason in ("stop", "length")
     assert "".join(remote.stream(USER, options=opts)) == g.text
+    ended: list[Generation] = []
+    assert "".join(remote.stream(USER, options=opts, on_done=ended.append)) == g.text
+    assert ended[0].text == g.text and ended[0].finish_reason == g.finish_reason
 
 
 def test_openai_options_reach_server(remote: Any) -> None:

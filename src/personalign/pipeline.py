@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from personalign.backends.models.base import LanguageModel
+from personalign.backends.models.base import Generation, LanguageModel, find_stop
 from personalign.backends.stores.scoped import ScopedStore
 from personalign.config import Settings, load_settings
 from personalign.constraints import ConstraintSet
@@ -35,6 +35,7 @@ from personalign.generation.enforce import (
     style_plan,
 )
 from personalign.generation.prompt import SYSTEM_PROMPT, build_messages
+from personalign.generation.usage import Made, Usage, count_usage
 from personalign.memory import Memory
 from personalign.memory.journal import Journal
 from personalign.memory.queue import IngestionQueue
@@ -224,6 +225,10 @@ class Personalizer:
                 hits = [h for h in hits if h.record.id in kept]
                 constraints, sources, records = self.constraints_for(user, scope=scope)
             constraints = ConstraintSet.from_lists([style.constraints, list(constraints)])
+        if options.constraints:  # the request's format (JSON) outranks the user's formatting
+            style = replace(style, constraints=[], transforms=[])
+            content = [c for c in constraints if c.kind in ("avoid_words", "language")]
+            constraints = ConstraintSet.from_lists([content, options.constraints])
         block = _render([h.record for h in hits]) if hits else None
         lines = requirement_lines(constraints, style)
         system = SYSTEM_PROMPT
@@ -274,17 +279,12 @@ class Personalizer:
         with self.ingestion.hold(user):  # an erase of the user waits for this reply
             t0 = time.perf_counter()
             plan = self.plan(history, user=user, options=options)
-            messages, hits, retrieval_ms = plan.messages, plan.hits, plan.retrieval_ms
             options = self.with_adapter(options, user=user)
             refusal = self.screen(history, user=user)
             if refusal is not None:
-                return self._finish(
-                    history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal=refusal
-                )
-            text, how = self._generate(history, plan, options)
-            return self._finish(
-                history, messages, hits, text, user, options, t0, retrieval_ms, how, plan=plan
-            )
+                return self._finish(history, plan, REFUSAL, user, options, t0, refusal=refusal)
+            text, how, made = self._generate(history, plan, options)
+            return self._finish(history, plan, text, user, options, t0, how, made=made)
 
     def stream(
         self,
@@ -300,47 +300,43 @@ class Personalizer:
         with self.ingestion.hold(user):  # an erase of the user waits for this reply
             t0 = time.perf_counter()
             plan = self.plan(history, user=user, options=options)
-            messages, hits, retrieval_ms = plan.messages, plan.hits, plan.retrieval_ms
             options = self.with_adapter(options, user=user)
             refusal = self.screen(history, user=user)
             if refusal is not None:
                 yield REFUSAL
-                reply = self._finish(
-                    history, messages, [], REFUSAL, user, options, t0, retrieval_ms, refusal=refusal
-                )
-            elif options.method == "plain" or (
-                options.method == "prompt" and not plan.constraints and not plan.style.transforms
+                reply = self._finish(history, plan, REFUSAL, user, options, t0, refusal=refusal)
+            elif options.method in ("plain", "prompt") and not (
+                plan.constraints or plan.style.transforms
             ):
                 parts: list[str] = []
-                for delta in self.model.stream(messages, options=options.generation):
+                ended: list[Generation] = []
+                for delta in self.model.stream(
+                    plan.messages, options=options.generation, on_done=ended.append
+                ):
                     parts.append(delta)
                     yield delta
-                reply = self._finish(
-                    history, messages, hits, "".join(parts), user, options, t0, retrieval_ms
-                )
+                made = Made(any(g.finish_reason == "length" for g in ended), tuple(ended))
+                reply = self._finish(history, plan, "".join(parts), user, options, t0, made=made)
             else:  # enforced and decoding-time methods deliver the whole reply at the end
-                text, how = self._generate(history, plan, options)
+                text, how, made = self._generate(history, plan, options)
                 yield text
-                reply = self._finish(
-                    history, messages, hits, text, user, options, t0, retrieval_ms, how, plan=plan
-                )
+                reply = self._finish(history, plan, text, user, options, t0, how, made=made)
             if on_done is not None:
                 on_done(reply)
 
     def _finish(
         self,
         history: list[Message],
-        messages: list[Message],
-        hits: list[SearchHit],
+        plan: RequestPlan,
         text: str,
         user: str,
         options: PersonalizeOptions,
         t0: float,
-        retrieval_ms: float,
         decoding: dict[str, Any] | None = None,
         refusal: dict[str, object] | None = None,
-        plan: RequestPlan | None = None,
+        made: Made | None = None,
     ) -> Reply:
+        messages = plan.messages
         exchange = Exchange(
             id=new_id(),
             user_id=user,
@@ -354,9 +350,11 @@ class Personalizer:
                 "min_score": options.min_score,
                 **_gen_dict(options.generation),
             },
-            preferences=used_preferences(hits, None if refusal else plan),
+            preferences=used_preferences([], None)
+            if refusal
+            else used_preferences(plan.hits, plan),
             latency_ms=(time.perf_counter() - t0) * 1000,
-            retrieval_ms=retrieval_ms,
+            retrieval_ms=plan.retrieval_ms,
             meta={"refusal": refusal}
             if refusal
             else {
@@ -364,14 +362,17 @@ class Personalizer:
                 **({"decoding": decoding} if decoding else {}),
                 **(decoding or {}).pop("_enforced", {}),
                 **self.coldstart.question(user),  # one question for a user with no history
-                **({"scope": plan.scope} if plan is not None and plan.scope else {}),
+                **({"scope": plan.scope} if plan.scope else {}),
             },
         )
         self.memory.store.log_exchange(exchange, user=user)
         if options.ingest and not refusal:
             # the turn before gives context: options the assistant offered, a question asked
             self._ingest_later(history[-2:], user=user)
-        return Reply(text=text, exchange=exchange)
+        made = made or Made()
+        usage = Usage() if refusal else count_usage(self.model, messages, text, made.calls)
+        reason = "content_filter" if refusal else "length" if made.cut else "stop"
+        return Reply(text=text, exchange=exchange, finish_reason=reason, usage=usage)
 
     def erase_adapters(self, user: str) -> int:
         """Delete every adapter version of ``user`` (under the memory's data directory and
@@ -407,10 +408,18 @@ class Personalizer:
 
     def _generate(
         self, history: list[Message], plan: RequestPlan, options: PersonalizeOptions
-    ) -> tuple[str, dict[str, Any] | None]:
-        """The reply text, and how it was made (for /why): the method's candidates, then
-        :func:`~personalign.generation.enforce.pick` (quality floor, constraints, reward)
-        and the deterministic finish (style transforms, constraint repair)."""
+    ) -> tuple[str, dict[str, Any] | None, Made]:
+        """The reply text, how it was made (for /why) and :class:`Made`: the method's
+        candidates, then :func:`~personalign.generation.enforce.pick` (quality floor,
+        constraints, reward) and the deterministic finish (style transforms, constraint
+        repair); the request's stop strings cut the final text too."""
+        text, how, made = self._decode(history, plan, options)
+        at = find_stop(text, options.generation.stop)
+        return (text, how, made) if at < 0 else (text[:at], how, replace(made, cut=False))
+
+    def _decode(
+        self, history: list[Message], plan: RequestPlan, options: PersonalizeOptions
+    ) -> tuple[str, dict[str, Any] | None, Made]:
         from personalign.constraints import decoding_form
         from personalign.generation.decoding import DecodingConfig, personalized_generate
 
@@ -425,15 +434,18 @@ class Personalizer:
                 banned_words=(*gen_opts.banned_words, *form.banned_words),
                 max_new_tokens=min(gen_opts.max_new_tokens, budget),
             )
+        binding = gen_opts.max_new_tokens == options.generation.max_new_tokens  # the request's
         question = history[-1].content
         personalize = bool(hits or plan.constraints or plan.style.weights)
-        if options.method == "plain" or not personalize:
-            return self.model.generate(messages, options=gen_opts).text, None
-        if options.method == "prompt":
+        if not personalize:
+            gen = self.model.generate(messages, options=gen_opts)
+            return gen.text, None, Made(binding and gen.finish_reason == "length", (gen,))
+        if options.method == "plain" or options.method == "prompt":  # plain: request constraints
             gen = self.model.generate(messages, options=gen_opts)
             cut = [gen.finish_reason == "length"]
             done = pick([gen.text], plan.constraints, plan.style, question=question, cut=cut)
-            return done.text, how_entry(plan, done, {"method": options.method})
+            made = Made(binding and cut[0], (gen,))
+            return done.text, how_entry(plan, done, {"method": options.method}), made
         plain = build_messages(history, None)
         safety = build_messages(history, None, system_prompt=SAFETY_PROMPT)
         prefs = [h.record.text for h in hits if h.record.kind != "episode"]
@@ -469,6 +481,7 @@ class Personalizer:
             how["reward_model"] = _reward_model_name(reward)
         candidates = out.candidates or [out.text]
         cut = out.cut or [out.generation.finish_reason == "length"]
+        calls = out.calls or [out.generation]
         rewards = with_style(out.details.get("candidate_rewards"), candidates, plan.style.weights)
         done = pick(
             candidates,
@@ -483,7 +496,9 @@ class Personalizer:
         if len(candidates) == 1 and degenerate(done.text) is not None:
             gen = self.model.generate(messages, options=gen_opts)
             done = prompt_fallback(plan, out.text, cut[0], gen, question, self._quality(), how)
-        return done.text, how_entry(plan, done, how)
+            cut, calls = [cut[0], gen.finish_reason == "length"], [*calls, gen]
+        made = Made(binding and cut[done.index], tuple(calls))
+        return done.text, how_entry(plan, done, how), made
 
     def _quality(self) -> Any:
         """The quality floor over the memory's embedder (None without one)."""

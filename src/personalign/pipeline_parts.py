@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from personalign.backends.models.base import Generation, GenerationOptions
 from personalign.config import Settings, load_settings
-from personalign.constraints import ConstraintSet
+from personalign.constraints import Constraint, ConstraintSet
 from personalign.errors import ValidationError
 from personalign.generation.enforce import Finished, StylePlan, constraint_report, pick
+from personalign.generation.usage import Usage
 from personalign.memory import Memory, open_memory
 from personalign.types import Exchange, Message, Preference, SearchHit, UsedPreference, check_text
 
@@ -105,8 +106,15 @@ class PersonalizeOptions:
     episode_min_score: float = 0.5
     ingest: bool = True
     generation: GenerationOptions = field(default_factory=GenerationOptions)
+    constraints: tuple[Constraint, ...] = ()
+    """The request's own constraints (an API's ``response_format``: JSON), over the user's
+    and whatever the method (``plain`` too): in the prompt's requirements, checked when the
+    reply is picked, and repaired."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "constraints", tuple(self.constraints))
+        if any(not isinstance(c, Constraint) for c in self.constraints):
+            raise ValidationError(f"constraints must be Constraint items: {self.constraints!r}")
         if self.method not in METHODS:
             raise ValidationError(f"method must be one of {METHODS}, got {self.method!r}")
         if not 1 <= self.n <= 16:
@@ -125,6 +133,11 @@ class Reply:
 
     text: str
     exchange: Exchange
+    finish_reason: str = "stop"
+    """``length`` when the token budget (``max_new_tokens``) cut the reply, ``content_filter``
+    when the boundary refused the request (no model call), else ``stop``."""
+    usage: Usage = field(default_factory=Usage)
+    """Token counts (:func:`personalign.generation.usage.count_usage`); zero for a refusal."""
 
     @property
     def preferences(self) -> list[UsedPreference]:

@@ -184,8 +184,12 @@ def describe(c: Constraint) -> str:
             return f'End the answer with the exact phrase "{v}".'
         case "postscript":
             return f"Add a postscript at the end starting with {v}"
-        case "json":
-            return "Answer in valid JSON."
+        case "json":  # value: a JSON Schema (an API's response_format), when one is set
+            return (
+                f"Answer in valid JSON matching this JSON Schema: {v}"
+                if v
+                else ("Answer in valid JSON.")
+            )
         case "quotation":
             return "Wrap the whole answer in double quotation marks."
         case "language":

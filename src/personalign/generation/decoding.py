@@ -413,6 +413,9 @@ class PersonalizedGeneration:
     """The reply to the plain conversation decoded beside the candidates (``baseline=True``)."""
     cut: list[bool] = field(default_factory=list)
     """best-of-N: per candidate, whether ``max_new_tokens`` stopped it (finish reason length)."""
+    calls: list[Generation] = field(default_factory=list)
+    """best-of-N: every reply the backend returned (the baseline's too), for their token
+    counts (a remote server's usage); the other methods leave it empty."""
 
     @property
     def text(self) -> str:
@@ -488,6 +491,7 @@ def personalized_generate(
             candidates=[g.text for g in sampled],
             baseline=gens[-1].text if baseline else None,
             cut=[g.finish_reason == "length" for g in sampled],
+            calls=gens,
         )
     require_logits(lm, method)
     details: dict[str, Any] = {}

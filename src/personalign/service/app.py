@@ -3,23 +3,22 @@
 Every route authenticates with an API key (``Authorization: Bearer pal_...``) and reaches the
 memory only through a :class:`~personalign.backends.stores.scoped.ScopedStore` for the caller's
 principal. Errors are JSON ``{"error": {"message", "type", "code"}}`` with a 4xx status for
-bad requests and 5xx only for backend failures.
+bad requests and 5xx only for backend failures; on the OpenAI routes (:data:`OPENAI_PATHS`)
+they are OpenAI's (``type`` ``invalid_request_error``, ``param``, ``code``; a bad field is a
+400). The chat route and its wire format live in :mod:`.chat` and :mod:`.wire`.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from personalign import __version__
-from personalign.backends.models.base import GenerationOptions
 from personalign.backends.stores.scoped import Principal
 from personalign.errors import (
     AuthError,
@@ -32,13 +31,14 @@ from personalign.errors import (
     ValidationError,
 )
 from personalign.memory import constraint_edits
-from personalign.pipeline import PersonalizeOptions, Personalizer, Reply
+from personalign.pipeline import Personalizer
+from personalign.service.chat import _why as _why  # re-exported
+from personalign.service.chat import mount_chat
 from personalign.service.conflicts import mount_conflicts
 from personalign.service.core import Service
 from personalign.service.dashboard import mount_dashboard
 from personalign.service.keys import KeyStore
 from personalign.service.schemas import (
-    ChatCompletionRequest,
     ConstraintsPut,
     MemoryIn,
     MemoryUpdate,
@@ -47,8 +47,8 @@ from personalign.service.schemas import (
 )
 from personalign.service.status import mount_status
 from personalign.service.summary import AsOf, mount_summary
+from personalign.service.wire import WireError
 from personalign.types import FeedbackIn, Preference, PreferenceIn
-from personalign.types import Message as ChatMessage
 
 MAX_BODY_BYTES = 1_000_000
 
@@ -67,6 +67,30 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse(
         {"error": {"message": message, "type": code, "code": code}}, status_code=status
     )
+
+
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
+"""Routes whose errors follow OpenAI's format (``type`` ``invalid_request_error`` for a 4xx,
+``server_error`` for a 5xx; ``param``: the field; ``code``) and whose bad requests are 400."""
+
+
+def _openai_error(status: int, message: str, code: str | None, param: str | None) -> JSONResponse:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    body = {"message": message, "type": kind, "param": param, "code": code}
+    return JSONResponse({"error": body}, status_code=status)
+
+
+def _validation_param(e: dict[str, Any]) -> str | None:
+    """OpenAI's ``param`` for a pydantic error location: ``messages[0].content``."""
+    out = ""
+    for part in e.get("loc", ()):
+        if part == "body":
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or None
 
 
 class BodyLimit:
@@ -127,13 +151,28 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
 
     @app.exception_handler(PersonalignError)
     async def _personalign_error(request: Request, exc: PersonalignError) -> JSONResponse:
+        openai = request.url.path in OPENAI_PATHS
+        if isinstance(exc, WireError):
+            return _openai_error(exc.status, str(exc), exc.code, exc.param)
         for cls, status, code in _STATUS:
             if isinstance(exc, cls):
-                return _error(status, str(exc), code)
+                return (
+                    _openai_error(status, str(exc), code, None)
+                    if openai
+                    else _error(status, str(exc), code)
+                )
         return _error(500, str(exc), "internal_error")
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if request.url.path in OPENAI_PATHS:  # OpenAI answers a bad field with 400, naming it
+            first = exc.errors()[0] if exc.errors() else {}
+            param = _validation_param(first)
+            if first.get("type") == "extra_forbidden":
+                message = f"Unrecognized request argument supplied: {param}"
+            else:
+                message = f"invalid request: {param}: {first.get('msg')}"
+            return _openai_error(400, message, first.get("type"), param)
         parts = []
         for e in exc.errors()[:5]:
             loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
@@ -157,43 +196,6 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
                 for n in svc.model_names()
             ],
         }
-
-    @app.post("/v1/chat/completions", tags=["openai"], response_model=None)
-    def chat_completions(body: ChatCompletionRequest, p: Auth) -> Any:
-        """OpenAI-compatible chat; ``user`` selects whose preferences apply."""
-        if body.model not in svc.model_names():
-            raise NotFoundError(
-                f"model {body.model!r} not found; available: {', '.join(svc.model_names())}"
-            )
-        user = body.user or (p.user if p.scope == "user" else None)
-        if not user:
-            raise ValidationError("set the 'user' field: it selects whose preferences apply")
-        stored_user = p.resolve(user)
-        history = [ChatMessage(role=m.role, content=m.content) for m in body.messages]
-        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        chosen = body.personalization.model_dump(exclude_none=True, include={"method", "k"})
-        options = PersonalizeOptions(
-            **chosen,
-            ingest=body.personalization.ingest,
-            generation=GenerationOptions(
-                max_new_tokens=body.max_completion_tokens or body.max_tokens or 256,
-                temperature=body.temperature,
-                top_p=body.top_p,
-                seed=body.seed,
-                stop=stop,
-            ),
-        )
-        created = int(time.time())
-        if not body.stream:
-            with svc.model_lock:
-                reply = personalizer.respond(history, user=stored_user, options=options)
-            return _completion(reply, body.model, created)
-        # validate before the stream starts, so errors are plain 4xx responses
-        personalizer.prepare(history, user=stored_user, options=options)
-        return StreamingResponse(
-            _sse(personalizer, svc, history, stored_user, options, body.model, created),
-            media_type="text/event-stream",
-        )
 
     # -- memories ------------------------------------------------------------------------
 
@@ -351,6 +353,7 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
         stored = p.resolve(user)  # checks the key's rights first
         return {"erased": user, **svc.personalizer.erase_user(stored)}
 
+    mount_chat(app, svc)
     mount_summary(app, svc, dashboard=dashboard)
     mount_status(app, svc)
     mount_conflicts(app, svc)
@@ -377,70 +380,3 @@ def _memory_out(rec: Preference) -> dict[str, Any]:
         "constraints": constraint_edits.as_dicts(items),
         "context": None if rec.kind == "episode" else context_of(rec.meta, text=rec.text),
     }
-
-
-def _completion(reply: Reply, model: str, created: int) -> dict[str, Any]:
-    x = reply.exchange
-    return {
-        "id": f"chatcmpl-{x.id}",
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": reply.text},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-        "personalization": _why(reply),
-    }
-
-
-def _why(reply: Reply) -> dict[str, Any]:
-    x = reply.exchange
-    return {
-        "exchange_id": x.id,
-        "method": x.method,
-        "preferences": [p.model_dump(mode="json") for p in x.preferences],
-        "latency_ms": x.latency_ms,
-        "retrieval_ms": x.retrieval_ms,
-        "constraints": x.meta.get("constraints", []),
-        "repaired": x.meta.get("repaired", False),
-        "style": x.meta.get("style"),
-        # a new user's one cold-start question (personalign.feedback.coldstart), when asked
-        **({"question": x.meta["question"]} if x.meta.get("question") else {}),
-        "scope": x.meta.get("scope", {}),
-    }
-
-
-def _sse(
-    personalizer: Personalizer,
-    svc: Service,
-    history: list[ChatMessage],
-    user: str,
-    options: PersonalizeOptions,
-    model: str,
-    created: int,
-) -> Iterator[str]:
-    done: list[Reply] = []
-    cid = f"chatcmpl-{int(time.time() * 1000)}"
-
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        body = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            **extra,
-        }
-        return f"data: {json.dumps(body)}\n\n"
-
-    with svc.model_lock:
-        yield chunk({"role": "assistant", "content": ""})
-        for delta in personalizer.stream(history, user=user, options=options, on_done=done.append):
-            yield chunk({"content": delta})
-    yield chunk({}, "stop", personalization=_why(done[0]) if done else None)
-    yield "data: [DONE]\n\n"

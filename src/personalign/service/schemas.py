@@ -12,10 +12,13 @@ from personalign.types import MAX_TEXT_CHARS, Kind
 
 
 class ChatMessageIn(BaseModel):
+    """One message; ``developer`` counts as ``system``; ``content``: a string or text parts
+    (``[{"type": "text", "text": ...}]``); ``name`` is accepted and ignored."""
+
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=32_000)
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]] = Field(max_length=32_000)
 
 
 class PersonalizationIn(BaseModel):
@@ -30,22 +33,97 @@ class PersonalizationIn(BaseModel):
     ingest: bool = True
 
 
-class ChatCompletionRequest(BaseModel):
-    """The subset of OpenAI's chat completion request that personalign honours."""
+class JsonSchemaIn(BaseModel):
+    """``response_format.json_schema``: OpenAI's structured-output format."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = Field(default=None, max_length=2000)
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaIn | None = None
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> ResponseFormatIn:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type 'json_schema', and only there")
+        return self
+
+    def schema_dict(self) -> dict[str, Any]:
+        """The JSON Schema of a json_schema format (``{}``: anything)."""
+        return self.json_schema.schema_ if self.json_schema is not None else {}
+
+
+class StreamOptionsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+    include_obfuscation: bool | None = None
+    """Accepted; no obfuscation padding is sent (the server runs on your own network)."""
+
+
+MAX_CHOICES = 8
+"""The most choices (``n``) one request may ask: each is a whole personalized reply."""
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat completion request. Every field of the API is declared: those honoured,
+    those accepted without effect, and those refused when set (:mod:`.wire`); an unknown
+    field is a 400, as on OpenAI."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=200)
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=200)
     user: str | None = Field(default=None, description="Whose preferences apply.")
     stream: bool = False
+    stream_options: StreamOptionsIn | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=4096)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(default=None, max_length=4)
+    response_format: ResponseFormatIn | None = None
     personalization: PersonalizationIn = Field(default_factory=PersonalizationIn)
+    # accepted without effect
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    parallel_tool_calls: bool | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    modalities: list[str] | None = None
+    # refused when set (see wire.REFUSED)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    logit_bias: dict[str, Any] | None = None
+    audio: Any = None
+    prediction: Any = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    web_search_options: Any = None
+
+    @model_validator(mode="after")
+    def _stop_strings(self) -> ChatCompletionRequest:
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        if any(not s for s in stops):
+            raise ValueError("stop: stop sequences must be non-empty strings")
+        return self
 
 
 class MemoryIn(BaseModel):

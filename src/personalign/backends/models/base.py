@@ -25,7 +25,7 @@ Backends that cannot do something raise :class:`~personalign.errors.BackendError
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -167,8 +167,16 @@ class LanguageModel(ABC):
         """Generate the assistant reply to ``messages``."""
 
     @abstractmethod
-    def stream(self, messages: Sequence[Message], *, options: GenerationOptions) -> Iterator[str]:
-        """Yield the reply as text deltas; joined they equal ``generate(...).text`` (greedy)."""
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        options: GenerationOptions,
+        on_done: Callable[[Generation], None] | None = None,
+    ) -> Iterator[str]:
+        """Yield the reply as text deltas; joined they equal ``generate(...).text`` (greedy).
+        ``on_done`` receives the whole reply as a :class:`Generation` (token counts, finish
+        reason) once the stream is exhausted."""
 
     def generate_batch(
         self, conversations: Sequence[Sequence[Message]], *, options: GenerationOptions

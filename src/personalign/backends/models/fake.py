@@ -100,10 +100,19 @@ class FakeLM(LanguageModel):
             seconds=0.0,
         )
 
-    def stream(self, messages: Sequence[Message], *, options: GenerationOptions) -> Iterator[str]:
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        options: GenerationOptions,
+        on_done: Callable[[Generation], None] | None = None,
+    ) -> Iterator[str]:
         """The same text as :meth:`generate`, one word per delta."""
-        pieces, _ = self._finish(self._reply(messages), options)
+        pieces, reason = self._finish(self._reply(messages), options)
         yield from pieces
+        if on_done is not None:
+            prompt = sum(len(m.content.split()) for m in messages)
+            on_done(Generation("".join(pieces), self.name, prompt, len(pieces), reason, 0.0))
 
     def generate_batch(
         self, conversations: Sequence[Sequence[Message]], *, options: GenerationOptions

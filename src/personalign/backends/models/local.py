@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -516,16 +516,27 @@ class TransformersLM(AdapterSwapping, BannedTokens):
     def generate(self, messages: Sequence[Message], *, options: GenerationOptions) -> Generation:
         return self.generate_batch([messages], options=options)[0]
 
-    def stream(self, messages: Sequence[Message], *, options: GenerationOptions) -> Iterator[str]:
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        options: GenerationOptions,
+        on_done: Callable[[Generation], None] | None = None,
+    ) -> Iterator[str]:
+        start = time.perf_counter()
         prompt = self.encode_chat(messages)
         self._check_options(options)
         sent = 0
+        row = _Row()
         for rows in self._decode_loop([prompt], options, track_text=True):
             row = rows[0]
             upto = len(row.text) if row.done else stream_safe_len(row.text, options.stop)
             if upto > sent:
                 yield row.text[sent:upto]
                 sent = upto
+        if on_done is not None:
+            seconds = time.perf_counter() - start
+            on_done(Generation(row.text, self.name, len(prompt), len(row.ids), row.reason, seconds))
 
     # -- scoring ----------------------------------------------------------------------------
 

@@ -133,8 +133,18 @@ class OpenAICompatLM(LanguageModel):
             seconds=time.perf_counter() - start,
         )
 
-    def stream(self, messages: Sequence[Message], *, options: GenerationOptions) -> Iterator[str]:
-        _, kw = self._request(messages, options)
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        options: GenerationOptions,
+        on_done: Callable[[Generation], None] | None = None,
+    ) -> Iterator[str]:
+        """The server's stream; ``on_done`` gets the server's usage when it sent one (else
+        zero counts) and its finish reason."""
+        model, kw = self._request(messages, options)
+        start, reason, usage = time.perf_counter(), "stop", None
+        parts: list[str] = []
         try:
             chunks = self._client.chat.completions.create(**kw, stream=True)
         except self._openai.OpenAIError as e:
@@ -142,12 +152,15 @@ class OpenAICompatLM(LanguageModel):
         finished = False
         try:
             for chunk in chunks:
+                usage = getattr(chunk, "usage", None) or usage
                 for choice in chunk.choices:
                     if choice.index != 0:
                         continue
                     if choice.delta.content:
+                        parts.append(choice.delta.content)
                         yield choice.delta.content
                     finished = finished or choice.finish_reason is not None
+                    reason = choice.finish_reason or reason
         except self._openai.OpenAIError as e:
             raise self._error(e) from e
         finally:
@@ -156,6 +169,17 @@ class OpenAICompatLM(LanguageModel):
             raise BackendError(
                 f"{self._where()} ended the stream without a finish_reason: the request failed "
                 "on the server (see its log; e.g. the prompt exceeds the context length)"
+            )
+        if on_done is not None:
+            on_done(
+                Generation(
+                    text="".join(parts),
+                    model=model,
+                    prompt_tokens=usage.prompt_tokens if usage else 0,
+                    completion_tokens=usage.completion_tokens if usage else 0,
+                    finish_reason=reason,
+                    seconds=time.perf_counter() - start,
+                )
             )
 
     def logprobs(
