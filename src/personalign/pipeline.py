@@ -119,7 +119,8 @@ class Personalizer:
         self.ingestion.replay()  # turns an earlier process acknowledged but never ingested
         self._tagger: TopicTagger | None = None
         self._reward_model: Any = reward_model
-        self.coldstart = ColdStart(memory.store, memory.settings, schedule=self.ingestion.task)
+        # refreshed inline (once a period): a background refresh could outlive a closed store
+        self.coldstart = ColdStart(memory.store, memory.settings)
         self._contexts: ContextMatcher | None = None
 
     @property
