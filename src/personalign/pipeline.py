@@ -434,6 +434,7 @@ class Personalizer:
                 banned_chars=gen_opts.banned_chars + form.banned_chars,
                 banned_words=(*gen_opts.banned_words, *form.banned_words),
                 max_new_tokens=min(gen_opts.max_new_tokens, budget),
+                json_schema=gen_opts.json_schema or form.json_schema,
             )
         binding = gen_opts.max_new_tokens == options.generation.max_new_tokens  # the request's
         question = history[-1].content

@@ -171,9 +171,10 @@ class ScriptedOpenAIServer:
     ``reply(model, messages) -> str`` answers each ``POST /v1/chat/completions`` (messages as
     ``{"role", "content"}`` dicts); ``GET /v1/models`` lists ``models``. ``api_key``: when
     set, other bearer tokens get HTTP 401. ``requests`` records ``(model, messages)`` of every
-    completion asked; ``authorization`` the ``Authorization`` header of every request (None
-    when absent). Streaming is not served (HTTP 400). Use it as a context manager: the
-    server runs in a thread from ``__enter__`` to ``__exit__``; ``base_url`` is its ``/v1``.
+    completion asked (``bodies``: each request's whole JSON body); ``authorization`` the
+    ``Authorization`` header of every request (None when absent). Streaming is not served
+    (HTTP 400). Use it as a context manager: the server runs in a thread from ``__enter__``
+    to ``__exit__``; ``base_url`` is its ``/v1``.
     """
 
     def __init__(
@@ -187,6 +188,7 @@ class ScriptedOpenAIServer:
         self.models = list(models)
         self.api_key = api_key
         self.requests: list[tuple[str, list[dict[str, str]]]] = []
+        self.bodies: list[dict[str, Any]] = []
         self.authorization: list[str | None] = []
         self.port = 0
         self._serving: Any = None
@@ -225,6 +227,7 @@ class ScriptedOpenAIServer:
             if bad is not None:
                 return bad
             body = await request.json()
+            self.bodies.append(body)
             if body.get("stream"):
                 return error("streaming is not served", 400)
             model = str(body.get("model", ""))

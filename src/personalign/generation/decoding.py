@@ -188,10 +188,11 @@ def ban(
     histories: Sequence[Sequence[int]],
     scores: np.ndarray,
 ) -> np.ndarray:
-    """``scores`` (R, V) with the tokens ``options`` bans (characters, words) at -inf, by the
+    """``scores`` (R, V) with the tokens ``options`` bans (characters, words, tokens leaving
+    its JSON Schema) at -inf, by the
     backend's ``constrain_logits`` (R histories: each row's prompt and reply so far)."""
     constrain = getattr(lm, "constrain_logits", None)
-    if constrain is None or not (options.banned_chars or options.banned_words):
+    if constrain is None or not options.constrained:
         return scores
     return np.asarray(constrain(options, histories, np.asarray(scores, dtype=np.float32)))
 

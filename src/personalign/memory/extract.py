@@ -414,6 +414,38 @@ class _LLMOutput(BaseModel):
     preferences: list[_LLMPreference]
 
 
+_LLM_SCHEMA = json.dumps(
+    {
+        "type": "object",
+        "properties": {
+            "preferences": {
+                "type": "array",
+                "maxItems": 8,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "text": {"type": "string", "minLength": 3, "maxLength": 300},
+                        "kind": {"enum": ["explicit", "implicit"]},
+                        "category": {"type": "string", "maxLength": 40},
+                        "turn_ids": {"type": "array", "maxItems": 5, "items": {"type": "string"}},
+                        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                        "change": {"type": "boolean"},
+                        "why": {"type": "string", "maxLength": 200},
+                    },
+                    "required": ["text", "kind", "category", "turn_ids", "confidence", "change"],
+                    "additionalProperties": False,
+                },
+            }
+        },
+        "required": ["preferences"],
+        "additionalProperties": False,
+    }
+)
+"""What the LLM may write (a backend that can enforces it while decoding; see
+:attr:`GenerationOptions.json_schema`): the shape the prompt asks for, bounded, then
+validated as :class:`_LLMOutput`."""
+
+
 LLM_SYSTEM_PROMPT = """You extract the user's lasting personal preferences from a conversation.
 A preference is something about the user that should change future answers: likes, dislikes,
 diet, allergies, constraints, values, habits, style wishes. A one-off request ("write a poem
@@ -497,7 +529,9 @@ class LLMExtractor:
             Message(role="system", content=LLM_SYSTEM_PROMPT),
             Message(role="user", content="Conversation:\n" + _format_conversation(msgs)),
         ]
-        options = GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=0.0)
+        options = GenerationOptions(
+            max_new_tokens=self.max_new_tokens, temperature=0.0, json_schema=_LLM_SCHEMA
+        )
         errors: list[str] = []
         for attempt in range(1, self.max_attempts + 1):
             try:

@@ -24,6 +24,7 @@ Backends that cannot do something raise :class:`~personalign.errors.BackendError
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,16 @@ class GenerationOptions:
     """No generated token sequence may spell one of these words (as a whole word, lower,
     capitalized or after a space). Enforced while decoding by backends with logits; the
     others leave them to the caller's verification (see :mod:`personalign.constraints`)."""
+    json_schema: str | None = None
+    """The reply must be JSON valid against this JSON Schema (its JSON text; ``'{"type":
+    "object"}'`` for any object). The local backend masks every token that would leave the
+    schema (xgrammar, :mod:`~personalign.backends.models.grammar`); an OpenAI-compatible
+    server gets it as ``response_format``; the caller still validates the reply."""
+
+    @property
+    def constrained(self) -> bool:
+        """Whether a decoding loop must mask tokens (banned characters or words, a schema)."""
+        return bool(self.banned_chars or self.banned_words or self.json_schema is not None)
 
     def __post_init__(self) -> None:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
@@ -69,6 +80,11 @@ class GenerationOptions:
             (self.banned_words,) if isinstance(self.banned_words, str) else tuple(self.banned_words)
         )
         object.__setattr__(self, "banned_words", words)
+        if self.json_schema is not None:
+            try:
+                json.loads(self.json_schema)
+            except (TypeError, ValueError) as e:
+                raise ValidationError(f"json_schema must be JSON text of a schema: {e}") from e
         if not isinstance(self.banned_chars, str):
             raise ValidationError(f"banned_chars must be a string, got {self.banned_chars!r}")
         if any(not isinstance(w, str) or not w.strip() for w in words):

@@ -458,7 +458,7 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         logits, state = self._prefill(prompts)
         active = list(range(len(rows)))  # the rows still decoding, in batch order
         for step in range(budget):
-            if options.banned_chars or options.banned_words:
+            if options.constrained:
                 logits = self.constrain_logits(
                     options, [prompts[i] + rows[i].ids for i in active], logits
                 )

@@ -111,6 +111,12 @@ class OpenAICompatLM(LanguageModel):
             kw["seed"] = options.seed
         if options.stop:
             kw["stop"] = list(options.stop)
+        if options.json_schema is not None:
+            schema = json.loads(options.json_schema)
+            kw["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "reply", "schema": schema, "strict": True},
+            }
         return model, kw
 
     def generate(self, messages: Sequence[Message], *, options: GenerationOptions) -> Generation:

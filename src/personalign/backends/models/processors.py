@@ -99,19 +99,29 @@ class BannedTokens(LanguageModel):
     def constrain_logits(
         self, options: GenerationOptions, histories: Sequence[Sequence[int]], logits: Any
     ) -> Any:
-        """``logits`` (rows, vocab; torch or numpy) with the tokens the options ban set to
-        -inf for each row, given each row's token history (prompt and reply so far)."""
+        """``logits`` (rows, vocab; torch or numpy) with the tokens the options ban, and those
+        that would leave the options' ``json_schema``, set to -inf for each row, given each
+        row's token history (prompt and reply so far)."""
         import torch
 
         entry = self._ban_processor(options)
-        if entry is None or entry[0] is None:
+        grammar = None
+        if options.json_schema is not None:
+            from personalign.backends.models.grammar import have_xgrammar, json_grammar
+
+            if have_xgrammar():  # without it the caller's validation is all there is
+                grammar = json_grammar(self._tok, logits.shape[-1], options.json_schema, self._eos)
+        if (entry is None or entry[0] is None) and grammar is None:
             return logits
-        proc, width = entry
-        tails = [list(h)[-width:] for h in histories]
-        width = min(len(t) for t in tails) or 1
-        ids = torch.tensor([t[-width:] if t else [self._pad_id] for t in tails], dtype=torch.long)
         as_numpy = isinstance(logits, np.ndarray)
         scores = torch.from_numpy(logits.copy()) if as_numpy else logits
         with torch.inference_mode():
-            out = proc(ids.to(scores.device), scores)
-        return out.numpy() if as_numpy else out
+            if entry is not None and entry[0] is not None:
+                proc, width = entry
+                tails = [list(h)[-width:] for h in histories]
+                width = min(len(t) for t in tails) or 1
+                ids = [t[-width:] if t else [self._pad_id] for t in tails]
+                scores = proc(torch.tensor(ids, dtype=torch.long).to(scores.device), scores)
+            if grammar is not None:
+                scores = grammar.mask(histories, scores)
+        return scores.numpy() if as_numpy else scores
