@@ -238,3 +238,71 @@ def test_smollm2_concurrent_chats_equal_alone(tmp_path: Path) -> None:
     assert got == want
     assert lm._batcher.max_rows == len(CHATS)
     lm.close()
+
+
+def test_int8_linears_are_close_and_train_as_before(tiny_dir: Path) -> None:
+    import torch
+
+    from personalign.backends.models.fastlinear import int8_linear_class, quantize_linears
+    from personalign.backends.models.local import TransformersLM
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96).to(torch.bfloat16)
+    ref = torch.nn.Linear(64, 96).to(torch.bfloat16)
+    ref.load_state_dict(lin.state_dict())
+    assert quantize_linears(torch.nn.Sequential(lin)) == 1
+    assert isinstance(lin, int8_linear_class()) and isinstance(lin, torch.nn.Linear)
+    x = torch.randn(1, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        fast, exact = lin(x).float(), ref(x).float()
+    assert not torch.equal(fast, exact)  # the int8 kernel ran
+    assert (fast - exact).abs().max() < 0.05 * exact.abs().max()
+    assert torch.equal(lin(x), ref(x))  # gradients on (training): the bf16 weight, exactly
+
+    lm = TransformersLM(tiny_dir, dtype="bfloat16", quantize="int8", batching=False)
+    plain = TransformersLM(tiny_dir, dtype="bfloat16", batching=False)
+    assert lm.quantize == "int8" and plain.quantize is None
+    a, b = lm.next_token_logits([CHATS[0]]), plain.next_token_logits([CHATS[0]])
+    assert abs(a - b).max() < 0.1 * abs(b).max()
+    assert lm.generate(CHATS[0], options=GenerationOptions(max_new_tokens=4)).completion_tokens
+
+
+@pytest.mark.slow  # PEFT and several models: ~1 min on a loaded 2-core box
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_chats_with_different_adapters_run_concurrently(
+    tiny_dir: Path, tmp_path: Path, quantize: str | None
+) -> None:
+    """Adapters never share a pass; each chat gets the reply it gets alone with its adapter
+    (on the int8 base too: PEFT wraps the int8 linears)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from personalign.backends.models.local import TransformersLM
+    from personalign.feedback import AdapterStore
+
+    store = AdapterStore(tmp_path / "adapters")
+    for seed, user in enumerate(["u1", "u2"]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+        cfg = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        get_peft_model(model, cfg).save_pretrained(tmp_path / user)
+        files = {f.name: f.read_bytes() for f in (tmp_path / user).iterdir() if f.is_file()}
+        store.save(user, files, {})
+    dtype: Any = "bfloat16" if quantize else "float32"
+    kw: dict[str, Any] = {"dtype": dtype, "adapters": store, "quantize": quantize}
+    alone = sharpen(TransformersLM(tiny_dir, batching=False, **kw))
+    lm = sharpen(TransformersLM(tiny_dir, **kw))
+    lm._batcher.window_s = 0.2
+    users = [None, "u1", "u2", "u1", None, "u2"]
+    opts = [GenerationOptions(max_new_tokens=10, adapter=u) for u in users]
+    want = [alone.generate(CHATS[i], options=o).text for i, o in enumerate(opts)]
+    assert len(set(want[:3])) == 3  # each adapter changes the reply
+    got = together(len(users), lambda i: lm.generate(CHATS[i], options=opts[i]).text)
+    if quantize is None:
+        assert got == want
+    else:  # batched rows run the bf16 weights, a lone chat the int8 ones: compare alone
+        assert [lm.generate(CHATS[i], options=o).text for i, o in enumerate(opts)] == want
+        assert all(got)
+    assert lm._batcher.max_rows == 2  # the two chats of each adapter shared passes
+    lm.close()

@@ -111,7 +111,9 @@ class TransformersLM(AdapterSwapping, BannedTokens):
 
     With ``batching`` (the default), ``generate`` and ``stream`` calls from many threads share
     forward passes (:class:`~personalign.backends.models.batcher.Batcher`, up to ``max_batch``
-    rows) and ``concurrent`` is True; every model call holds ``lock``.
+    rows) and ``concurrent`` is True; every model call holds ``lock``. ``quantize="int8"``
+    runs the linear layers with int8 weights on CPU (faster, not identical:
+    :mod:`~personalign.backends.models.fastlinear`).
     """
 
     supports_logits = True
@@ -128,6 +130,7 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         attention: str | None = None,
         batching: bool = True,
         max_batch: int = 16,
+        quantize: Literal["int8"] | None = None,
     ) -> None:
         import torch
 
@@ -156,6 +159,13 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         except Exception as e:
             raise ModelNotAvailableError(f"cannot load a causal LM from {path}: {e}") from e
         self._model = model.to(self.device).eval()
+        if quantize is not None:
+            if quantize != "int8" or self.device != "cpu":
+                raise ValidationError(f"quantize must be None or 'int8' (on CPU), got {quantize!r}")
+            from personalign.backends.models.fastlinear import quantize_linears
+
+            quantize_linears(self._model)
+        self.quantize = quantize
         params = inspect.signature(self._model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = next(
@@ -193,6 +203,7 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         quiet: bool = False,
         attention: str | None = None,
         batching: bool = True,
+        quantize: Literal["int8"] | None = None,
     ) -> TransformersLM:
         """The embedded SmolLM2-135M-Instruct, converted into ``cache_dir`` on first use."""
         path = ensure_embedded_model(cache_dir, quiet=quiet)
@@ -203,6 +214,7 @@ class TransformersLM(AdapterSwapping, BannedTokens):
             name=EMBEDDED_NAME,
             attention=attention,
             batching=batching,
+            quantize=quantize,
         )
 
     def close(self) -> None:
