@@ -306,3 +306,15 @@ def test_chats_with_different_adapters_run_concurrently(
         assert all(got)
     assert lm._batcher.max_rows == 2  # the two chats of each adapter shared passes
     lm.close()
+
+
+def test_an_idle_worker_ends_and_a_new_chat_restarts_it(alone: Any, batched: Any) -> None:
+    import time
+
+    opts = GenerationOptions(max_new_tokens=5)
+    batched._batcher.idle_s = 0.1
+    first = batched.generate(CHATS[0], options=opts).text
+    time.sleep(0.5)
+    assert batched._batcher._thread is None  # ended: the model can be freed
+    assert batched.generate(CHATS[0], options=opts).text == first
+    assert first == alone.generate(CHATS[0], options=opts).text

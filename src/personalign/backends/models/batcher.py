@@ -136,6 +136,7 @@ class Batcher:
         self.engine = engine
         self.max_batch = max_batch
         self.window_s = window_s
+        self.idle_s = 5.0
         self._cond = threading.Condition()
         self._pending: list[BatchRequest] = []
         self._closed = False
@@ -181,12 +182,19 @@ class Batcher:
 
     # -- the worker -----------------------------------------------------------------------
 
-    def _take(self) -> list[BatchRequest]:
-        """New requests to admit now: blocks (then waits the window) when nothing runs."""
+    def _take(self) -> list[BatchRequest] | None:
+        """New requests to admit now: blocks (then waits the window) when nothing runs;
+        None when the worker has been idle for ``idle_s`` (it then ends: a later submit starts
+        a new one, and a model nobody uses any more can be freed)."""
         with self._cond:
             if not self._active:
+                idle_until = time.perf_counter() + self.idle_s
                 while not self._pending and not self._closed:
-                    self._cond.wait()
+                    left = idle_until - time.perf_counter()
+                    if left <= 0:
+                        self._thread = None
+                        return None
+                    self._cond.wait(left)
                 deadline = time.perf_counter() + self.window_s
                 while not self._closed and len(self._pending) < self.max_batch:
                     left = deadline - time.perf_counter()
@@ -206,6 +214,8 @@ class Batcher:
     def _run(self) -> None:
         while True:
             new = self._take()
+            if new is None:
+                return
             if self._closed:
                 break
             try:
