@@ -175,6 +175,9 @@ class LanguageModel(ABC):
     name: str
     supports_logits: bool = False
     """True when the token-level API (``encode*``, ``forward``, ``next_token_logits``) works."""
+    concurrent: bool = False
+    """True when chats may call ``generate``/``stream`` from several threads at once (the
+    local backend then batches them into shared forward passes)."""
 
     # -- chat level -------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from personalign.backends.models import kvstate
 from personalign.backends.models.adapters import AdapterSource, AdapterSwapping
 from personalign.backends.models.base import (
     Context,
@@ -32,6 +34,7 @@ from personalign.backends.models.base import (
     select_state_rows,
     stream_safe_len,
 )
+from personalign.backends.models.batcher import Batcher
 from personalign.backends.models.embedded import (  # noqa: F401  (re-exported)
     EMBEDDED_GGUF,
     EMBEDDED_NAME,
@@ -42,7 +45,13 @@ from personalign.backends.models.embedded import (  # noqa: F401  (re-exported)
     embedded_model_dir,
     ensure_embedded_model,
 )
+from personalign.backends.models.kvstate import KVState as _KV
 from personalign.backends.models.processors import BannedTokens, pick_tokens
+from personalign.backends.models.reading import (  # noqa: F401  (re-exported)
+    MIN_SHARED_PREFIX,
+    last_states,
+    score_chunk,
+)
 from personalign.errors import ModelNotAvailableError, ValidationError
 from personalign.types import Message
 
@@ -77,25 +86,11 @@ _CHATML = (
 
 
 @dataclass
-class _KV:
-    """Backend data of a :class:`DecodeState`: the HF cache, attention mask, next positions."""
-
-    cache: Any
-    mask: torch.Tensor  # (B, T) long, 0 on left padding
-    next_pos: torch.Tensor  # (B,) long, position id of each row's next token
-
-
-@dataclass
 class _Row:
     ids: list[int] = field(default_factory=list)
     text: str = ""
     done: bool = False
     reason: str = "length"
-
-
-MIN_SHARED_PREFIX = 8
-"""Tokens a batch of contexts must share before :meth:`TransformersLM.hidden_states` reads
-them once for all rows."""
 
 
 class TransformersLM(AdapterSwapping, BannedTokens):
@@ -113,6 +108,12 @@ class TransformersLM(AdapterSwapping, BannedTokens):
     first use, kept in an LRU cache of ``max_adapters`` loaded adapters, and swapped in per
     request (:meth:`activate_adapter`; ``last_swap_ms`` is the latest swap's time). The
     token-level API (``forward``, ``logprobs``) always runs the base model.
+
+    With ``batching`` (the default), ``generate`` and ``stream`` calls from many threads share
+    forward passes (:class:`~personalign.backends.models.batcher.Batcher`, up to ``max_batch``
+    rows) and ``concurrent`` is True; every model call holds ``lock``. ``quantize="int8"``
+    runs the linear layers with int8 weights on CPU (faster, not identical:
+    :mod:`~personalign.backends.models.fastlinear`).
     """
 
     supports_logits = True
@@ -127,6 +128,9 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         adapters: AdapterSource | None = None,
         max_adapters: int = 8,
         attention: str | None = None,
+        batching: bool = True,
+        max_batch: int = 16,
+        quantize: Literal["int8"] | None = None,
     ) -> None:
         import torch
 
@@ -155,6 +159,13 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         except Exception as e:
             raise ModelNotAvailableError(f"cannot load a causal LM from {path}: {e}") from e
         self._model = model.to(self.device).eval()
+        if quantize is not None:
+            if quantize != "int8" or self.device != "cpu":
+                raise ValidationError(f"quantize must be None or 'int8' (on CPU), got {quantize!r}")
+            from personalign.backends.models.fastlinear import quantize_linears
+
+            quantize_linears(self._model)
+        self.quantize = quantize
         params = inspect.signature(self._model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = next(
@@ -178,6 +189,9 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         self._vocab = int(self._model.get_output_embeddings().weight.shape[0])
         self._max_len = int(getattr(self._model.config, "max_position_embeddings", 0) or 1 << 30)
         self._init_adapters(adapters, max_adapters)
+        self.lock = threading.RLock()
+        self._batcher = Batcher(self, max_batch=max_batch) if batching else None
+        self.concurrent = batching
 
     @classmethod
     def embedded(
@@ -188,10 +202,24 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         device: str | None = None,
         quiet: bool = False,
         attention: str | None = None,
+        batching: bool = True,
+        quantize: Literal["int8"] | None = None,
     ) -> TransformersLM:
         """The embedded SmolLM2-135M-Instruct, converted into ``cache_dir`` on first use."""
         path = ensure_embedded_model(cache_dir, quiet=quiet)
-        return cls(path, dtype=dtype, device=device, name=EMBEDDED_NAME, attention=attention)
+        return cls(
+            path,
+            dtype=dtype,
+            device=device,
+            name=EMBEDDED_NAME,
+            attention=attention,
+            batching=batching,
+            quantize=quantize,
+        )
+
+    def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
 
     # -- token level ------------------------------------------------------------------------
 
@@ -228,8 +256,11 @@ class TransformersLM(AdapterSwapping, BannedTokens):
     def forward(
         self, input_ids: Sequence[Sequence[int]], past: DecodeState | None = None
     ) -> tuple[np.ndarray, DecodeState]:
-        self.activate_adapter(None)
-        logits, state = self._prefill(input_ids) if past is None else self._extend(input_ids, past)
+        with self.lock:
+            self.activate_adapter(None)
+            logits, state = (
+                self._prefill(input_ids) if past is None else self._extend(input_ids, past)
+            )
         return logits.cpu().numpy(), state
 
     def _check_ids(self, rows: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -271,15 +302,36 @@ class TransformersLM(AdapterSwapping, BannedTokens):
 
     def select_rows(self, state: DecodeState, rows: Sequence[int]) -> DecodeState:
         """Select (repeat, drop) rows of the KV cache itself: no model call."""
-        import torch
 
         if not hasattr(getattr(state.data, "cache", None), "reorder_cache"):
             return super().select_rows(state, rows)  # a cache type without row selection
         picked, kv = select_state_rows(state, rows)
-        idx = torch.tensor(picked, dtype=torch.long, device=self.device)
-        kv.cache.reorder_cache(idx)
-        data = _KV(kv.cache, kv.mask[idx], kv.next_pos[idx])
+        data = kvstate.select(kv, picked)
         return DecodeState(tokens=[list(state.tokens[i]) for i in picked], data=data)
+
+    # -- the batcher's engine (called with ``lock`` held) ------------------------------------
+
+    def batch_prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, _KV]:
+        logits, state = self._prefill(prompts)
+        return logits, state.data
+
+    def batch_extend(self, tokens: list[int], kv: _KV) -> tuple[torch.Tensor, _KV]:
+        import torch
+
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
+        ones = torch.ones((len(tokens), 1), dtype=torch.long, device=self.device)
+        mask = torch.cat([kv.mask, ones], dim=1)
+        logits, cache = self._call(ids, mask, kv.next_pos[:, None], kv.cache, keep=1)
+        return logits[:, -1], _KV(cache, mask, kv.next_pos + 1)
+
+    def batch_select(self, kv: _KV, rows: list[int]) -> _KV:
+        return kvstate.select(kv, rows)
+
+    def batch_merge(self, a: _KV, b: _KV) -> _KV:
+        return kvstate.merge(a, b)
+
+    def pick(self, logits: torch.Tensor, options: GenerationOptions, gen: Any) -> list[int]:
+        return self._pick(logits, options, gen)
 
     def _prefill(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, DecodeState]:
         """Prefill each distinct prompt once; identical rows (best-of-N candidates) share it."""
@@ -366,70 +418,21 @@ class TransformersLM(AdapterSwapping, BannedTokens):
             raise ValidationError(f"layers must be in [0, {self.num_layers}], got {picked}")
         if batch_size < 1:
             raise ValidationError(f"batch_size must be >= 1, got {batch_size}")
-        self.activate_adapter(None)
         rows = self._check_ids([self.encode_context(c) for c in contexts]) if contexts else []
         out = np.zeros((len(rows), len(picked) * self.hidden_size), dtype=np.float32)
         order = sorted(range(len(rows)), key=lambda i: rows[i])
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            out[idx] = self._last_states([rows[j] for j in idx], picked, share_prefix)
+            with self.lock:
+                self.activate_adapter(None)
+                out[idx] = last_states(self, [rows[j] for j in idx], picked, share_prefix)
         return out
-
-    def _last_states(self, rows: list[list[int]], picked: list[int], share: bool) -> np.ndarray:
-        import torch
-
-        kw: dict[str, Any] = {self._keep_kw: 1} if self._keep_kw else {}
-        shared = next(
-            (k for k, col in enumerate(zip(*rows, strict=False)) if len(set(col)) > 1),
-            min(map(len, rows)),
-        )  # the common prefix's length
-        shared = min(shared, min(map(len, rows)) - 1)  # every row keeps a token of its own
-        with torch.inference_mode():
-            cache = None
-            if share and len(rows) > 1 and shared >= MIN_SHARED_PREFIX:
-                head = torch.tensor([rows[0][:shared]], dtype=torch.long, device=self.device)
-                pre = self._model(
-                    input_ids=head,
-                    attention_mask=torch.ones_like(head),
-                    position_ids=torch.arange(shared, device=self.device)[None],
-                    use_cache=True,
-                    **kw,
-                )
-                cache = pre.get("cache")
-                if cache is None:
-                    cache = pre.get("past_key_values")
-                if not hasattr(cache, "reorder_cache"):
-                    cache = None  # a cache type without row selection: read every row whole
-            if cache is not None:
-                cache.reorder_cache(torch.zeros(len(rows), dtype=torch.long, device=self.device))
-                ids, tail, pos = self._padded([r[shared:] for r in rows])
-                ones = torch.ones((len(rows), shared), dtype=torch.long, device=self.device)
-                res = self._model(
-                    input_ids=ids,
-                    attention_mask=torch.cat([ones, tail], dim=1),
-                    position_ids=pos + shared,
-                    output_hidden_states=True,
-                    use_cache=True,
-                    **{self._cache_kw: cache},
-                    **kw,
-                )
-            else:
-                ids, mask, pos = self._padded(rows)
-                res = self._model(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=pos,
-                    output_hidden_states=True,
-                    use_cache=False,
-                    **kw,
-                )
-            last = [res.hidden_states[x][:, -1].float() for x in picked]
-            return torch.cat(last, dim=-1).cpu().numpy()
 
     # -- generation -------------------------------------------------------------------------
 
     def _check_options(self, options: GenerationOptions) -> None:
-        self.activate_adapter(options.adapter)
+        with self.lock:
+            self.activate_adapter(options.adapter)
 
     def _pick(
         self, logits: torch.Tensor, options: GenerationOptions, gen: torch.Generator
@@ -455,7 +458,9 @@ class TransformersLM(AdapterSwapping, BannedTokens):
             gen.seed()
         else:
             gen.manual_seed(options.seed)
-        logits, state = self._prefill(prompts)
+        with self.lock:
+            self.activate_adapter(options.adapter)
+            logits, state = self._prefill(prompts)
         active = list(range(len(rows)))  # the rows still decoding, in batch order
         for step in range(budget):
             if options.constrained:
@@ -481,7 +486,9 @@ class TransformersLM(AdapterSwapping, BannedTokens):
             if len(keep) < len(active):  # finished rows leave the batch
                 state = self.select_rows(state, keep)
                 active, picked = [active[j] for j in keep], [picked[j] for j in keep]
-            logits, state = self._extend([[t] for t in picked], state)
+            with self.lock:
+                self.activate_adapter(options.adapter)
+                logits, state = self._extend([[t] for t in picked], state)
         for row in rows:
             if not options.stop and not track_text:
                 row.text = self.decode(row.ids)
@@ -514,7 +521,21 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         ]
 
     def generate(self, messages: Sequence[Message], *, options: GenerationOptions) -> Generation:
-        return self.generate_batch([messages], options=options)[0]
+        if self._batcher is None:
+            return self.generate_batch([messages], options=options)[0]
+        return self._submit(self.encode_chat(messages), options).result()
+
+    def _submit(self, prompt: list[int], options: GenerationOptions) -> Any:
+        """Queue one chat on the batcher (a :class:`~.batcher.BatchRequest`)."""
+        assert self._batcher is not None
+        if options.adapter is not None and self.adapters is None:
+            self._check_options(options)  # raises: no adapter store
+        budget = min(options.max_new_tokens, self._max_len - len(prompt))
+        if budget <= 0:
+            raise ValidationError(
+                f"prompt is {len(prompt)} tokens; the model's limit is {self._max_len}"
+            )
+        return self._batcher.submit(prompt, options, budget)
 
     def stream(
         self,
@@ -525,6 +546,12 @@ class TransformersLM(AdapterSwapping, BannedTokens):
     ) -> Iterator[str]:
         start = time.perf_counter()
         prompt = self.encode_chat(messages)
+        if self._batcher is not None:
+            req = self._submit(prompt, options)
+            yield from req.deltas()
+            if on_done is not None:
+                on_done(req.generation)
+            return
         self._check_options(options)
         sent = 0
         row = _Row()
@@ -545,7 +572,6 @@ class TransformersLM(AdapterSwapping, BannedTokens):
     ) -> list[ContinuationScore]:
         import torch
 
-        self.activate_adapter(None)
         prompt = self.encode_chat(messages)
         conts = [self.encode(c) for c in continuations]
         for text, ids in zip(continuations, conts, strict=True):
@@ -559,39 +585,11 @@ class TransformersLM(AdapterSwapping, BannedTokens):
                 LOGPROB_CHUNK_TOKENS
             ):
                 j += 1
-            for k, total in enumerate(self._score_chunk(prompt, conts[i:j], torch)):
+            with self.lock:
+                self.activate_adapter(None)
+                sums = score_chunk(self, prompt, conts[i:j], torch)
+            for k, total in enumerate(sums):
                 n = len(conts[i + k])
                 scores.append(ContinuationScore(continuations[i + k], total, total / n, n))
             i = j
         return scores
-
-    def _score_chunk(self, prompt: list[int], conts: list[list[int]], torch: Any) -> list[float]:
-        """Sum log-probs of each continuation after ``prompt``: prefill once, fork the cache."""
-        if len(prompt) + max(map(len, conts)) > self._max_len:
-            raise ValidationError(f"prompt + continuation exceed {self._max_len} tokens")
-        dev = self.device
-        ids = torch.tensor([prompt], device=dev)
-        mask = torch.ones_like(ids)
-        first, cache = self._call(ids, mask, torch.arange(len(prompt), device=dev)[None], None, 1)
-        first_lp = first[0, -1].log_softmax(-1)  # distribution of each continuation's 1st token
-        sums = [float(first_lp[c[0]]) for c in conts]
-        width = max(len(c) for c in conts)
-        if width == 1:
-            return sums
-        b = len(conts)
-        cache.batch_repeat_interleave(b)
-        # Feed all but the last token of each continuation, right-padded.
-        feed = torch.full((b, width - 1), self._pad_id, dtype=torch.long)
-        cmask = torch.zeros((b, width - 1), dtype=torch.long)
-        for r, c in enumerate(conts):
-            feed[r, : len(c) - 1] = torch.tensor(c[:-1])
-            cmask[r, : len(c) - 1] = 1
-        full_mask = torch.cat([torch.ones((b, len(prompt)), dtype=torch.long), cmask], 1).to(dev)
-        pos = (len(prompt) + torch.arange(width - 1, device=dev))[None].expand(b, -1)
-        logits, _ = self._call(feed.to(dev), full_mask, pos, cache, keep=0)
-        lp = logits.log_softmax(-1)  # (b, width - 1, vocab): position t predicts token t + 1
-        for r, c in enumerate(conts):
-            if len(c) > 1:
-                target = torch.tensor(c[1:], device=dev)
-                sums[r] += float(lp[r, : len(c) - 1].gather(-1, target[:, None]).sum())
-        return sums
