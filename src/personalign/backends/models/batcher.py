@@ -8,8 +8,8 @@ requests that arrive meanwhile are prefilled and merged into the running batch (
 left-padded, :mod:`personalign.backends.models.kvstate`), and finished rows leave it.
 
 Every request keeps its own sampling (temperature, top-p, its own seeded generator: a request
-samples exactly as it would alone given the same logits), banned characters and words, stop
-strings and token budget; its text is streamed back through its own queue
+samples exactly as it would alone given the same logits), banned characters and words, its
+JSON Schema, stop strings and token budget; its text is streamed back through its own queue
 (:meth:`BatchRequest.deltas`). An error while handling one request's tokens fails that request
 only; an error in a shared forward pass fails the requests in that pass, and the worker goes on.
 Requests with different adapters never share a pass: a request whose adapter differs from the
@@ -278,7 +278,7 @@ class Batcher:
             r.finished = True
             return
         eng, opts = self.engine, r.options
-        if opts.banned_chars or opts.banned_words:
+        if opts.constrained:
             logits = eng.constrain_logits(opts, [r.prompt + r.ids], logits)
         (tok,) = eng.pick(logits, opts, r.gen)
         r.steps += 1
