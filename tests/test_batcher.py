@@ -326,3 +326,19 @@ def test_an_idle_worker_ends_and_a_new_chat_restarts_it(alone: Any, batched: Any
     assert batched._batcher._thread is None  # ended: the model can be freed
     assert batched.generate(CHATS[0], options=opts).text == first
     assert first == alone.generate(CHATS[0], options=opts).text
+
+
+def test_the_quantize_setting_reaches_a_local_model(tiny_dir: Path, tmp_path: Path) -> None:
+    """``model_quantize = "int8"`` (PERSONALIGN_MODEL_QUANTIZE) loads a local model with int8
+    linear layers; the default keeps bf16/float32 weights."""
+    from personalign.backends.models import load_model
+    from personalign.backends.models.fastlinear import int8_linear_class
+    from personalign.config import Settings
+
+    base = Settings(home=tmp_path, model=str(tiny_dir))
+    plain = load_model(base)
+    fast = load_model(base.model_copy(update={"model_quantize": "int8"}))
+    kinds = [type(m) for m in fast._model.modules()]  # type: ignore[attr-defined]
+    assert getattr(fast, "quantize", None) == "int8" and int8_linear_class() in kinds
+    assert getattr(plain, "quantize", "x") is None
+    assert int8_linear_class() not in [type(m) for m in plain._model.modules()]  # type: ignore[attr-defined]

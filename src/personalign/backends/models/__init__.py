@@ -14,7 +14,7 @@ Importing this package does not import torch, transformers or openai.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from personalign.backends.models.base import (
     Context,
@@ -54,10 +54,13 @@ def load_model(
 ) -> LanguageModel:
     """Build the language model that ``settings.model`` names (see the module doc)."""
     spec = (settings.model or "").strip()
+    quantize: Literal["int8"] | None = "int8" if settings.model_quantize == "int8" else None
     if spec == EMBEDDED_MODEL:
         from personalign.backends.models.local import TransformersLM
 
-        return TransformersLM.embedded(settings.cache_dir, dtype=dtype, device=device)
+        return TransformersLM.embedded(
+            settings.cache_dir, dtype=dtype, device=device, quantize=quantize
+        )
     if spec == FAKE_MODEL:
         return FakeLM()
     if spec.startswith(OPENAI_PREFIX):
@@ -73,7 +76,7 @@ def load_model(
     if path is not None and path.is_dir():
         from personalign.backends.models.local import TransformersLM
 
-        return TransformersLM(path, dtype=dtype, device=device)
+        return TransformersLM(path, dtype=dtype, device=device, quantize=quantize)
     raise ConfigError(
         f"setting 'model': {settings.model!r} is not 'smollm2', 'fake', an existing model "
         "directory, or 'openai:<name>'"
