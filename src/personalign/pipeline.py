@@ -273,13 +273,16 @@ class Personalizer:
         *,
         user: str,
         options: PersonalizeOptions | None = None,
+        plan: RequestPlan | None = None,
     ) -> Reply:
-        """Answer the user's latest message, personalized by their memory."""
+        """Answer the user's latest message, personalized by their memory. ``plan``: the
+        :meth:`plan` of this very request already made (the service plans once for all of a
+        request's choices), so retrieval is not run again."""
         options = options or PersonalizeOptions()
         history = _as_history(message)
         with self.ingestion.hold(user):  # an erase of the user waits for this reply
             t0 = time.perf_counter()
-            plan = self.plan(history, user=user, options=options)
+            plan = self.plan(history, user=user, options=options) if plan is None else plan
             options = self.with_adapter(options, user=user)
             refusal = self.screen(history, user=user)
             if refusal is not None:
@@ -294,13 +297,14 @@ class Personalizer:
         user: str,
         options: PersonalizeOptions | None = None,
         on_done: Callable[[Reply], None] | None = None,
+        plan: RequestPlan | None = None,
     ) -> Iterator[str]:
         """Like :meth:`respond`, yielding text deltas; ``on_done`` gets the final :class:`Reply`."""
         options = options or PersonalizeOptions()
         history = _as_history(message)
         with self.ingestion.hold(user):  # an erase of the user waits for this reply
             t0 = time.perf_counter()
-            plan = self.plan(history, user=user, options=options)
+            plan = self.plan(history, user=user, options=options) if plan is None else plan
             options = self.with_adapter(options, user=user)
             refusal = self.screen(history, user=user)
             if refusal is not None:

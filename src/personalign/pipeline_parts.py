@@ -61,7 +61,10 @@ def open_guarded_memory(
     (with the numpy injection model beside it when the embedder is MiniLM); patterns only
     with the hashing test embedder (fast tests, never production); then the guard model of
     ``settings.guard`` when one is set (:func:`~personalign.safety.guard_from_settings`).
+    The store's embedder is wrapped by :func:`~personalign.backends.embed_batch.query_embedder`
+    (``[service]``: a query cache, optional micro-batching).
     """
+    from personalign.backends.embed_batch import query_embedder
     from personalign.backends.embedders import HashingEmbedder, load_embedder
     from personalign.safety import guard_from_settings, load_boundary
     from personalign.safety.admission import GuardedStore
@@ -75,7 +78,8 @@ def open_guarded_memory(
             cache_dir=settings.cache_dir,
             guard=guard_from_settings(settings),
         )
-    plain = open_memory(settings, embedder, extractor=extractor)
+    # the store (search, topics, contexts) embeds queries through the [service] cache/batcher
+    plain = open_memory(settings, query_embedder(embedder, settings.service), extractor=extractor)
     return Memory(GuardedStore(plain.store, checker), settings, plain.extractor)
 
 
