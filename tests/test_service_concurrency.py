@@ -130,6 +130,11 @@ def test_chats_overlap_only_for_a_concurrent_model(tmp_path: Path, concurrent: b
         t0 = time.perf_counter()
         replies = asyncio.run(_burst(server.url, server.admin_key, bodies))
         wall = time.perf_counter() - t0
+        status = httpx.get(
+            f"{server.url}/v1/status", headers={"Authorization": f"Bearer {server.admin_key}"}
+        ).json()
+    assert status["concurrent"] is concurrent and status["pid"] == os.getpid()
+    assert status["peak_chats"] == (6 if concurrent else 1)
     assert [r.status_code for r in replies] == [200] * 6
     if concurrent:
         assert lm.peak == 6 and wall < 0.9
