@@ -30,7 +30,7 @@ Targets (issue #20): search >= 500 req/s at 32 clients and p95 <= 20 ms at 1 cli
 and zero lost turns.
 
     python benchmarks/service_load.py [--json] [--requests 400] [--chat-seconds 20]
-        [--no-postgres] [--local]
+        [--per-user 30] [--workers 1] [--no-postgres] [--local]
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ def run_store(
         env["PERSONALIGN_DATABASE_URL"] = database_url
     key = admin_key(env)
     out: dict[str, float] = {}
-    with server(env) as url:
+    with server(env, workers=args.workers) as url:
         t = time.perf_counter()
         seed(url, key, sentences, args.per_user)
         out[f"seed_s_{tag}"] = time.perf_counter() - t
@@ -329,6 +329,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=400, help="search/add requests per level")
     p.add_argument("--chat-seconds", type=float, default=20.0, help="chat issuing time per level")
     p.add_argument("--per-user", type=int, default=30, help="seeded memories per user (20 users)")
+    p.add_argument("--workers", type=int, default=1, help="serve --workers of the new server")
     p.add_argument("--no-postgres", action="store_true")
     p.add_argument("--local", action="store_true", help="also the local model (SmolLM2)")
     args = p.parse_args()

@@ -202,6 +202,26 @@ def test_retrieval_runs_once_per_chat(tmp_path: Path, stream: bool) -> None:
         assert searches == ["how long should answers be?"]
 
 
+def test_a_plan_made_before_an_erase_is_made_again(tmp_path: Path) -> None:
+    """The service plans a chat before the user's hold: when the user is erased in between,
+    the reply plans again, so nothing erased is written after the erase."""
+    from personalign.pipeline import PersonalizeOptions
+
+    with live_server(tmp_path) as server:
+        pz = server.personalizer
+        pz.memory.add("I prefer answers about zebras", user="amy")
+        history = [Message(role="user", content="tell me about zebras")]
+        options = PersonalizeOptions(ingest=False, method="prompt")
+        plan = pz.plan(history, user="amy", options=options)
+        assert plan.hits and "zebras" in plan.messages[0].content
+        kept = pz.respond(history, user="amy", options=options, plan=plan)
+        assert kept.exchange.messages == plan.messages  # no erase: the plan is used as is
+        pz.erase_user("amy")
+        reply = pz.respond(history, user="amy", options=options, plan=plan)
+        assert reply.exchange.preferences == []
+        assert "I prefer answers about zebras" not in str(reply.exchange.model_dump())
+
+
 # -- query embeddings ---------------------------------------------------------------------
 
 
