@@ -304,7 +304,7 @@ def test_service_settings_from_file_and_environment(
     s = load_settings(home=tmp_path)
     assert s.service.max_concurrent_chats == 4 and s.service.embed_batch
     assert s.service.embed_batch_window_ms == 5.0 and s.service.embed_cache_size == 10
-    assert s.service.workers == 1
+    assert s.service.workers == 1 and s.service.onnx_spinning is False
     wrapped = query_embedder(HashingEmbedder(), s.service)
     assert isinstance(wrapped, QueryEmbedder) and wrapped.cache_size == 10
     plain = HashingEmbedder()

@@ -31,10 +31,13 @@ FACTORY = "personalign.service.serve:app_from_env"
 def build_app(settings: Settings, *, dashboard: bool) -> FastAPI:
     """The app over a personalizer and key store opened for ``settings``; both are closed
     when the app shuts down (pending ingestion first)."""
+    from personalign.backends._onnx import SPIN_ENV
     from personalign.pipeline import Personalizer
     from personalign.service.app import create_app
     from personalign.service.keys import KeyStore
 
+    # before any model loads: concurrent requests need the cores more than spinning threads
+    os.environ.setdefault(SPIN_ENV, "1" if settings.service.onnx_spinning else "0")
     keys = KeyStore(settings.home / "keys.db")
     try:
         personalizer = Personalizer.open(settings)
