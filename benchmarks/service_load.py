@@ -345,13 +345,20 @@ def main() -> None:
         if not args.no_postgres:
             pg_dir = work / "pg"
             pg = str(REPO / "scripts" / "pg.sh")
+            pg_env = {**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)}
             db = subprocess.run(
-                [pg, "start", str(pg_dir)], capture_output=True, text=True, check=True
+                [pg, "start", str(pg_dir)], capture_output=True, text=True, env=pg_env
             )
-            try:
-                figures.update(run_store(work, sentences, args, "postgres", db.stdout.strip()))
-            finally:
-                subprocess.run([pg, "stop", str(pg_dir)], capture_output=True, check=False)
+            if db.returncode != 0:
+                notes.append(f"postgres figures absent: pg.sh start failed: {db.stderr.strip()}")
+                figures["errors_postgres_start"] = 1
+            else:
+                try:
+                    figures.update(run_store(work, sentences, args, "postgres", db.stdout.strip()))
+                finally:
+                    subprocess.run(
+                        [pg, "stop", str(pg_dir)], capture_output=True, check=False, env=pg_env
+                    )
         if args.local:
             loc, why = local(work)
             figures.update(loc)
