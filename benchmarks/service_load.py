@@ -207,7 +207,9 @@ def measure(
 
 def lost_turns(url: str, key: str, sentences: list[str], tag: str) -> dict[str, float]:
     """64 chats from 32 clients that ingest their turn; then every acknowledged turn must be
-    in the user's memory (raw turns) once ingestion is done."""
+    in the user's memory (raw turns) once ingestion is done. A request the boundary refused
+    (``content_filter``) has no turn to keep; a turn whose ingestion failed after its
+    retries counts as lost (it stays in the journal)."""
     users = [f"turns-{tag}-{u}" for u in range(8)]
     text = [f"{sentences[(i * 11) % len(sentences)]} (turn {tag}-{i})" for i in range(64)]
 
@@ -215,20 +217,40 @@ def lost_turns(url: str, key: str, sentences: list[str], tag: str) -> dict[str, 
         return "POST", "/v1/chat/completions", _chat(users[i % 8], text[i], ingest=True)
 
     _, _, errors, done = asyncio.run(_load(url, key, make, 32, 64))
-    acked = {r.json()["personalization"]["exchange_id"] for r in done if r.status_code == 200}
+    acked: set[str] = set()
+    refused = 0
+    for r in done:
+        if r.status_code != 200:
+            continue
+        sent = json.loads(r.request.content)["messages"][-1]["content"]
+        if r.json()["choices"][0]["finish_reason"] == "content_filter":
+            refused += 1
+        else:
+            acked.add(sent)
     headers = {"Authorization": f"Bearer {key}"}
     found: set[str] = set()
+    failed = 0
     with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
         deadline = time.time() + 120
         for u in users:
+            status: dict[str, Any] = {}
             while time.time() < deadline:
-                if c.get(f"/v1/users/{u}/status").json()["ingestion"]["pending"] == 0:
+                status = c.get(f"/v1/users/{u}/status").json()["ingestion"]
+                if status["pending"] == 0:
                     break
                 time.sleep(0.2)
+            failed += len(status.get("failed", []))
             recs = c.get(f"/v1/users/{u}/memories", params={"episodes": True, "limit": 1000})
             found.update(t for r in recs.json() for t in text if t in r["text"])
-    return {f"turns_acked_{tag}": len(acked), f"lost_turns_{tag}": len(acked) - len(found)} | {
-        f"turns_errors_{tag}": errors
+    missing = sorted(acked - found)
+    for t in missing:
+        print(f"lost turn ({tag}): {t!r}", file=sys.stderr)
+    return {
+        f"turns_acked_{tag}": len(acked),
+        f"turns_refused_{tag}": refused,
+        f"turns_failed_{tag}": failed,
+        f"lost_turns_{tag}": len(missing),
+        f"turns_errors_{tag}": errors,
     }
 
 
