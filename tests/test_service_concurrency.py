@@ -194,6 +194,7 @@ def test_retrieval_runs_once_per_chat(tmp_path: Path, stream: bool) -> None:
         ) as c:
             r = c.post("/v1/chat/completions", json=body)
         assert r.status_code == 200, r.text
+        assert r.headers["cache-control"] == "no-store"
         if stream:
             assert r.text.rstrip().endswith("data: [DONE]")
         else:
