@@ -11,6 +11,7 @@ from typing import Any
 from personalign.config import load_settings
 from personalign.pipeline import Personalizer, open_guarded_memory
 from personalign.service.app import create_app
+from personalign.service.core import Service
 from personalign.service.keys import KeyStore
 from personalign.testing import CueExtractor, FakeLM, HashingEmbedder, serve_app
 
@@ -21,6 +22,7 @@ class LiveServer:
     keys: KeyStore
     personalizer: Personalizer
     admin_key: str
+    service: Service
 
 
 @contextmanager
@@ -36,7 +38,9 @@ def live_server(home: Path, model: Any = None) -> Iterator[LiveServer]:
     app = create_app(personalizer, keys)
     try:
         with serve_app(app) as port:
-            yield LiveServer(f"http://127.0.0.1:{port}", keys, personalizer, admin)
+            yield LiveServer(
+                f"http://127.0.0.1:{port}", keys, personalizer, admin, app.state.service
+            )
     finally:
         personalizer.close()
         keys.close()

@@ -188,6 +188,32 @@ class ColdStartConfig(BaseModel):
     ask_every: int = Field(default=5, ge=1)
 
 
+class ServiceConfig(BaseModel):
+    """The HTTP service (``personalign serve``; :mod:`personalign.service`).
+
+    ``max_concurrent_chats``: chats answered at once by a model that can run several
+    (``LanguageModel.concurrent``: an OpenAI-compatible server, a batching local model);
+    more wait their turn. A model that cannot answers one chat at a time whatever this says.
+    ``embed_cache_size``: query embeddings kept (least recently used dropped; 0: none), so
+    the same text is embedded once for search, topic and context matching, and repeated
+    queries not at all. ``embed_batch``: embed the queries of concurrent requests together,
+    each waiting at most ``embed_batch_window_ms`` for others, at most ``embed_batch_max``
+    texts a batch (off by default: on a 2-core machine it did not pay; it pays where one
+    embedding call is much cheaper per text in a batch, e.g. on a GPU or many cores).
+    ``workers``: processes ``personalign serve`` starts over the one store (SQLite in WAL
+    mode or PostgreSQL); ``--workers`` overrides it. ``onnx_spinning``: let onnxruntime's
+    threads spin while idle in the service (off: on 2 shared cores, 16 concurrent chats
+    served 11-13 chats/s without spinning, 7-11 with it; one at a time 4-9 vs 1.5-2)."""
+
+    max_concurrent_chats: int = Field(default=32, ge=1, le=1024)
+    embed_cache_size: int = Field(default=2048, ge=0)
+    embed_batch: bool = False
+    embed_batch_window_ms: float = Field(default=2.0, ge=0.0, le=100.0)
+    embed_batch_max: int = Field(default=32, ge=1, le=1024)
+    workers: int = Field(default=1, ge=1, le=64)
+    onnx_spinning: bool = False
+
+
 _config_file: ContextVar[Path | None] = ContextVar("personalign_config_file", default=None)
 """Set by :func:`load_settings` while it builds :class:`Settings`: the config file to read.
 Unset (``Settings(...)`` directly): no config file."""
@@ -224,6 +250,7 @@ class Settings(BaseSettings):
     extractor: ExtractorConfig = Field(default_factory=ExtractorConfig)
     coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig)
     ingestion: IngestionConfig = Field(default_factory=IngestionConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
 
     @field_validator("home", "cache_dir", mode="before")
     @classmethod

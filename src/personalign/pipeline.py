@@ -25,7 +25,7 @@ from personalign.backends.models.base import Generation, LanguageModel, find_sto
 from personalign.backends.stores.scoped import ScopedStore
 from personalign.config import Settings, load_settings
 from personalign.constraints import ConstraintSet
-from personalign.errors import ConfigError, ValidationError
+from personalign.errors import ConfigError
 from personalign.feedback.coldstart import ColdStart
 from personalign.feedback.learn import FeedbackOutcome, memory_extractor, record_feedback
 from personalign.generation.enforce import (
@@ -53,6 +53,7 @@ from personalign.pipeline_parts import (
     _gen_dict,
     _render,
     _reward_model_name,
+    check_turns,
     how_entry,
     open_guarded_memory,
     prompt_fallback,
@@ -64,17 +65,7 @@ from personalign.pipeline_parts import (
 from personalign.pipeline_parts import METHODS as METHODS  # re-exported
 from personalign.pipeline_parts import Method as Method  # re-exported
 from personalign.rewards.quality import degenerate
-from personalign.types import (
-    Exchange,
-    FeedbackIn,
-    Message,
-    Preference,
-    SearchHit,
-    check_text,
-    check_user,
-    new_id,
-    utcnow,
-)
+from personalign.types import Exchange, FeedbackIn, Message, Preference, SearchHit, new_id, utcnow
 
 if TYPE_CHECKING:
     from personalign.backends.embedders import Embedder
@@ -206,12 +197,8 @@ class Personalizer:
         and the model's messages: the system's own requirement lines, then the quoted
         memory block. ``plain`` uses none of them. Out-of-context preferences and open
         conflicts' older sides are held back (:mod:`personalign.memory.scope`)."""
-        check_user(user)
-        turns = list(history)
-        if not turns or turns[-1].role != "user":
-            raise ValidationError("the conversation must end with a user message")
-        check_text(turns[-1].content, what="message")
-        t0 = time.perf_counter()
+        turns = check_turns(history, user)
+        epoch, t0 = self.ingestion.epoch(user), time.perf_counter()
         hits = self.retrieve(turns[-1].content, user=user, options=options)
         constraints = ConstraintSet()
         sources: dict[str, list[str]] = {}
@@ -247,7 +234,17 @@ class Personalizer:
             sources,
             extra,
             scope.report() if scope is not None else {},
+            epoch,
         )
+
+    def _current(
+        self, plan: RequestPlan | None, history: list[Message], user: str, opts: PersonalizeOptions
+    ) -> RequestPlan:
+        """``plan``, or a new one when there is none or the user was erased since it was made
+        (called inside the user's hold, where no erase runs)."""
+        if plan is not None and plan.epoch == self.ingestion.epoch(user):
+            return plan
+        return self.plan(history, user=user, options=opts)
 
     def constraints_for(
         self, user: str, *, scope: Scope | None = None
@@ -273,13 +270,16 @@ class Personalizer:
         *,
         user: str,
         options: PersonalizeOptions | None = None,
+        plan: RequestPlan | None = None,
     ) -> Reply:
-        """Answer the user's latest message, personalized by their memory."""
+        """Answer the user's latest message, personalized by their memory. ``plan``: the
+        :meth:`plan` of this very request already made (the service plans once for all of a
+        request's choices), so retrieval is not run again."""
         options = options or PersonalizeOptions()
         history = _as_history(message)
         with self.ingestion.hold(user):  # an erase of the user waits for this reply
             t0 = time.perf_counter()
-            plan = self.plan(history, user=user, options=options)
+            plan = self._current(plan, history, user, options)
             options = self.with_adapter(options, user=user)
             refusal = self.screen(history, user=user)
             if refusal is not None:
@@ -294,13 +294,14 @@ class Personalizer:
         user: str,
         options: PersonalizeOptions | None = None,
         on_done: Callable[[Reply], None] | None = None,
+        plan: RequestPlan | None = None,
     ) -> Iterator[str]:
         """Like :meth:`respond`, yielding text deltas; ``on_done`` gets the final :class:`Reply`."""
         options = options or PersonalizeOptions()
         history = _as_history(message)
         with self.ingestion.hold(user):  # an erase of the user waits for this reply
             t0 = time.perf_counter()
-            plan = self.plan(history, user=user, options=options)
+            plan = self._current(plan, history, user, options)
             options = self.with_adapter(options, user=user)
             refusal = self.screen(history, user=user)
             if refusal is not None:

@@ -19,7 +19,15 @@ from personalign.errors import ValidationError
 from personalign.generation.enforce import Finished, StylePlan, constraint_report, pick
 from personalign.generation.usage import Usage
 from personalign.memory import Memory, open_memory
-from personalign.types import Exchange, Message, Preference, SearchHit, UsedPreference, check_text
+from personalign.types import (
+    Exchange,
+    Message,
+    Preference,
+    SearchHit,
+    UsedPreference,
+    check_text,
+    check_user,
+)
 
 if TYPE_CHECKING:
     from personalign.backends.embedders import Embedder
@@ -61,7 +69,10 @@ def open_guarded_memory(
     (with the numpy injection model beside it when the embedder is MiniLM); patterns only
     with the hashing test embedder (fast tests, never production); then the guard model of
     ``settings.guard`` when one is set (:func:`~personalign.safety.guard_from_settings`).
+    The store's embedder is wrapped by :func:`~personalign.backends.embed_batch.query_embedder`
+    (``[service]``: a query cache, optional micro-batching).
     """
+    from personalign.backends.embed_batch import query_embedder
     from personalign.backends.embedders import HashingEmbedder, load_embedder
     from personalign.safety import guard_from_settings, load_boundary
     from personalign.safety.admission import GuardedStore
@@ -75,7 +86,8 @@ def open_guarded_memory(
             cache_dir=settings.cache_dir,
             guard=guard_from_settings(settings),
         )
-    plain = open_memory(settings, embedder, extractor=extractor)
+    # the store (search, topics, contexts) embeds queries through the [service] cache/batcher
+    plain = open_memory(settings, query_embedder(embedder, settings.service), extractor=extractor)
     return Memory(GuardedStore(plain.store, checker), settings, plain.extractor)
 
 
@@ -233,7 +245,8 @@ REQUIREMENTS_HEADER = (
 class RequestPlan:
     """What shapes one reply (see :meth:`Personalizer.plan`). ``constraint_records``: the
     preferences that gave constraints and were not among the retrieved ``hits``; ``scope``:
-    the contexts met and the preferences held back (:meth:`Scope.report`)."""
+    the contexts met and the preferences held back (:meth:`Scope.report`); ``epoch``: the
+    user's :meth:`IngestionQueue.epoch` when planning began."""
 
     messages: list[Message]
     hits: list[SearchHit]
@@ -243,6 +256,18 @@ class RequestPlan:
     sources: dict[str, list[str]]
     constraint_records: list[Preference]
     scope: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+
+
+def check_turns(history: Sequence[Message], user: str) -> list[Message]:
+    """The conversation of a request, checked: a valid user id, ending with a user message
+    whose text is acceptable (:class:`ValidationError` otherwise)."""
+    check_user(user)
+    turns = list(history)
+    if not turns or turns[-1].role != "user":
+        raise ValidationError("the conversation must end with a user message")
+    check_text(turns[-1].content, what="message")
+    return turns
 
 
 _DIMENSION_PROMPTS = {

@@ -9,6 +9,7 @@ runtime itself can select live beside the real backends and are re-exported here
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -167,6 +168,7 @@ class ScriptedOpenAIServer:
     """An OpenAI-compatible chat-completions server over real HTTP on 127.0.0.1 whose answers
     come from a Python function instead of a model: for testing what talks to guard models,
     LLM judges and remote chat models (the real client, the real wire format) without one.
+    ``delay_s``: each completion answers after this long (concurrent ones overlap).
 
     ``reply(model, messages) -> str`` answers each ``POST /v1/chat/completions`` (messages as
     ``{"role", "content"}`` dicts); ``GET /v1/models`` lists ``models``. ``api_key``: when
@@ -183,8 +185,10 @@ class ScriptedOpenAIServer:
         *,
         models: Sequence[str] = ("scripted",),
         api_key: str | None = None,
+        delay_s: float = 0.0,
     ) -> None:
         self.reply = reply
+        self.delay_s = delay_s
         self.models = list(models)
         self.api_key = api_key
         self.requests: list[tuple[str, list[dict[str, str]]]] = []
@@ -236,6 +240,8 @@ class ScriptedOpenAIServer:
                 for m in body.get("messages", [])
             ]
             self.requests.append((model, messages))
+            if self.delay_s:  # a slow model, without holding up the other requests
+                await asyncio.sleep(self.delay_s)
             text = str(self.reply(model, messages))
             words = sum(len(m["content"].split()) for m in messages)
             message = {"role": "assistant", "content": text}

@@ -25,6 +25,12 @@ SRC_ROOT = str(Path(__file__).resolve().parents[2])
 """The folder holding the ``personalign`` package, put on the exporter's PYTHONPATH."""
 
 
+SPIN_ENV = "PERSONALIGN_ORT_SPIN"
+"""``0``: onnxruntime's intra-op threads do not spin while waiting for work (set by the
+service, ``[service] onnx_spinning``: with many concurrent requests on few cores, spinning
+threads take the cores other requests need)."""
+
+
 def cached_session(
     path: Path, *, threads: int, stamp: tuple[str, str], export: Callable[[], None]
 ) -> Any:
@@ -37,6 +43,8 @@ def cached_session(
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if os.environ.get(SPIN_ENV, "1") == "0":  # idle threads sleep instead of spinning
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     key, value = stamp
 
     def open_current() -> Any:

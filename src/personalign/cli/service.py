@@ -86,27 +86,43 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     no_dashboard: Annotated[bool, typer.Option("--no-dashboard")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Processes over the one store (SQLite WAL or PostgreSQL); "
+            "default [service] workers (1).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible API, the memory REST API and the dashboard."""
     import uvicorn
 
+    from personalign.service import serve as serving
+
     with errors():
-        from personalign.pipeline import Personalizer
-        from personalign.service.app import create_app
         from personalign.service.keys import KeyStore
 
         settings = state.settings()
         keys = KeyStore(settings.home / "keys.db")
-        if not keys.list():
-            keys.close()
-            raise fail("no API keys yet: run `personalign keys create --scope admin` first")
         try:
-            personalizer = Personalizer.open(settings)
-        except BaseException:
+            if not keys.list():
+                raise fail("no API keys yet: run `personalign keys create --scope admin` first")
+        finally:
             keys.close()
-            raise
-    app = create_app(personalizer, keys, dashboard=not no_dashboard)
-    out.print(f"personalign serving {personalizer.model.name} on http://{host}:{port}")
+        n = workers or settings.service.workers
+        if n > 1:  # each worker opens its own personalizer (serving.app_from_env)
+            serving.worker_env(settings, state.config, state.embedder, not no_dashboard)
+            out.print(f"personalign serving {settings.model} on http://{host}:{port}, {n} workers")
+            uvicorn.run(
+                serving.FACTORY, factory=True, host=host, port=port, workers=n, log_level="info"
+            )
+            return
+        app = serving.build_app(settings, dashboard=not no_dashboard)
+    out.print(
+        f"personalign serving {app.state.service.personalizer.model.name} on http://{host}:{port}"
+    )
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:

@@ -476,7 +476,10 @@ def personalized_generate(
             lm, personal, n=config.n, options=options, also=[plain] if baseline else []
         )
         sampled = gens[: config.n]
-        rewards = np.asarray(scorer([g.text for g in sampled]), dtype=np.float64)  # (n,)
+        texts = [g.text for g in sampled]
+        unique = list(dict.fromkeys(texts))  # a text sampled twice is scored once
+        scored = dict(zip(unique, np.asarray(scorer(unique), dtype=np.float64), strict=True))
+        rewards = np.asarray([scored[t] for t in texts], dtype=np.float64)  # (n,)
         gen = sampled[int(np.argmax(rewards))]
         if on_delta is not None and gen.text:
             on_delta(gen.text)

@@ -65,10 +65,11 @@ class FallbackExtractor:
 def offline_extractor(settings: Settings, embedder: Embedder) -> Extractor:
     """The offline extractor for ``embedder``: the embedded classifier and rules, or the
     rule-only cue extractor beside the hashing test embedder."""
+    from personalign.backends.embed_batch import unwrap
     from personalign.backends.embedders import HashingEmbedder
     from personalign.memory.extract import CueExtractor, EmbeddedExtractor
 
-    if settings.embedder == "hashing" or isinstance(embedder, HashingEmbedder):
+    if settings.embedder == "hashing" or isinstance(unwrap(embedder), HashingEmbedder):
         return CueExtractor()
     return EmbeddedExtractor(embedder)
 

@@ -84,6 +84,7 @@ class IngestionQueue:
         self._failures: dict[str, IngestionFailure] = {}
         self._unreported: list[IngestionFailure] = []
         self._active: Counter[str] = Counter()
+        self._epochs: Counter[str] = Counter()  # erases begun, per user
         self._erasing: set[str] = set()
 
     # -- submitting ----------------------------------------------------------------------
@@ -222,6 +223,13 @@ class IngestionQueue:
                     del self._active[user]
                 self._cond.notify_all()
 
+    def epoch(self, user: str) -> int:
+        """How many erases of ``user`` have begun: what was read of the user while this stayed
+        the same was read with no erase in between (a plan made before a request's
+        :meth:`hold` is made again inside it when this changed)."""
+        with self._cond:
+            return self._epochs[user]
+
     def erase(self, user: str, erase: Callable[[], T]) -> T:
         """Run ``erase`` (the store's erase of ``user``) once nothing of the user is in flight,
         then drop the user's journal entries and failures (see the module doc)."""
@@ -229,6 +237,7 @@ class IngestionQueue:
             while user in self._erasing:  # one erase of a user at a time
                 self._cond.wait()
             self._erasing.add(user)
+            self._epochs[user] += 1
             self._cond.notify_all()  # wake a backoff of the user's
             try:
                 while self._active.get(user):

@@ -10,7 +10,6 @@ they are OpenAI's (``type`` ``invalid_request_error``, ``param``, ``code``; a ba
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -360,13 +359,31 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
     if dashboard:
         mount_dashboard(app, svc)
 
-    @app.middleware("http")
-    async def _no_store(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        response = await call_next(request)
-        response.headers.setdefault("Cache-Control", "no-store")
-        return response
-
+    app.add_middleware(NoStore)
     return app
+
+
+class NoStore:
+    """``Cache-Control: no-store`` on every response that sets none (plain ASGI: a
+    ``BaseHTTPMiddleware`` costs every request a task and a queue)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_header)
 
 
 def _memory_out(rec: Preference) -> dict[str, Any]:

@@ -59,6 +59,8 @@ class Chat:
         self.history: list[Message] = wire.history_of(body)
         self.constraints: tuple[Constraint, ...] = wire.response_constraints(body.response_format)
         self.created = int(time.time())
+        # retrieval runs once per request, here (it validates too): every choice reuses it
+        self.plan = svc.personalizer.plan(self.history, user=self.user, options=self.options(0))
 
     def options(self, index: int) -> PersonalizeOptions:
         return wire.options_for(self.body, index, self.constraints)
@@ -72,7 +74,7 @@ class Chat:
 
     def respond(self, index: int) -> Reply:
         reply = self.svc.personalizer.respond(
-            self.history, user=self.user, options=self.options(index)
+            self.history, user=self.user, options=self.options(index), plan=self.plan
         )
         return self.finish(reply)
 
@@ -84,13 +86,11 @@ def mount_chat(app: FastAPI, svc: Service) -> None:
     def chat_completions(body: ChatCompletionRequest, p: Auth) -> Any:
         """OpenAI-compatible chat; ``user`` selects whose preferences apply. The README's
         "OpenAI wire format" says how each field is honoured."""
-        chat = Chat(svc, body, p)
+        chat = Chat(svc, body, p)  # checked and planned before a stream starts: errors are 4xx
         if not body.stream:
-            with svc.model_lock:
+            with svc.gate.hold():
                 replies = [chat.respond(i) for i in range(body.n)]
             return completion(replies, body.model, chat.created)
-        # validate before the stream starts, so errors are plain 4xx responses
-        svc.personalizer.prepare(chat.history, user=chat.user, options=chat.options(0))
         return StreamingResponse(_sse(chat), media_type="text/event-stream")
 
 
@@ -164,7 +164,7 @@ def _sse(chat: Chat) -> Iterator[str]:
 
     replies: list[Reply] = []
     try:
-        with chat.svc.model_lock:
+        with chat.svc.gate.hold():
             for i in range(body.n):
                 yield delta(i, {"role": "assistant", "content": ""})
                 if chat.constraints:  # JSON is checked whole, then sent in one piece
@@ -174,7 +174,11 @@ def _sse(chat: Chat) -> Iterator[str]:
                     done: list[Reply] = []
                     options = chat.options(i)
                     for text in chat.svc.personalizer.stream(
-                        chat.history, user=chat.user, options=options, on_done=done.append
+                        chat.history,
+                        user=chat.user,
+                        options=options,
+                        on_done=done.append,
+                        plan=chat.plan,
                     ):
                         yield delta(i, {"content": text})
                     replies.append(done[0])

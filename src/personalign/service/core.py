@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import threading
-
 from fastapi import Request
 
 from personalign.backends.stores.scoped import Principal, ScopedStore
 from personalign.pipeline import Personalizer
+from personalign.service.gate import ChatGate
 from personalign.service.keys import KeyStore
 
 
 class Service:
-    """What the routes share: the personalizer, the key store, a model lock."""
+    """What the routes share: the personalizer, the key store, the chat gate (how many
+    chats generate at once: :class:`~personalign.service.gate.ChatGate`)."""
 
     def __init__(self, personalizer: Personalizer, keys: KeyStore) -> None:
         self.personalizer = personalizer
         self.keys = keys
-        self.model_lock = threading.Lock()  # one generation at a time on a local model
+        limit = personalizer.memory.settings.service.max_concurrent_chats
+        self.gate = ChatGate(lambda: personalizer.model, limit)
+        self._closed = False
 
     def principal(self, request: Request) -> Principal:
         auth = request.headers.get("authorization", "")
@@ -32,7 +34,11 @@ class Service:
         return [self.personalizer.model.name, "personalign"]
 
     def close(self) -> None:
-        """Shut down: finish pending ingestion, close the memory, the model and the keys."""
+        """Shut down: finish pending ingestion, close the memory, the model and the keys
+        (once; later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.personalizer.close()
         finally:

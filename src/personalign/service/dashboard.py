@@ -241,7 +241,7 @@ def mount_dashboard(app: FastAPI, svc: Service) -> None:
     ) -> Response:
         def ask(store: Any, user: str) -> None:
             stored = store.principal.resolve(user)
-            with svc.model_lock:
+            with svc.gate.hold():
                 svc.personalizer.respond(message, user=stored)
             svc.personalizer.flush(user=stored, check=False)  # failures: shown on the page
 

@@ -4,10 +4,15 @@
 "attempts", "at"}]}}``: turns acknowledged and still queued, and turns that failed after their
 retries (kept in the journal, retried at the next start or with ``POST
 /v1/users/{user}/status/retry``).
+
+``GET /v1/status``: this serving process: its model, whether the model runs chats
+concurrently (``LanguageModel.concurrent``), the chat gate's limit, chats generating now and
+the most at once, and the process id (one per ``serve --workers`` process).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -26,6 +31,20 @@ Auth = Annotated[Principal, Depends(_principal)]
 
 def mount_status(app: FastAPI, svc: Service) -> None:
     """Add the status routes to ``app``."""
+
+    @app.get("/v1/status", tags=["meta"])
+    def service_status(p: Auth) -> dict[str, Any]:
+        """This serving process: model, chat concurrency, process id."""
+        gate = svc.gate
+        concurrent = gate.concurrent()
+        return {
+            "model": svc.personalizer.model.name,
+            "concurrent": concurrent,
+            "max_concurrent_chats": gate.limit if concurrent else 1,
+            "active_chats": gate.active,
+            "peak_chats": gate.peak,
+            "pid": os.getpid(),
+        }
 
     @app.get("/v1/users/{user}/status", tags=["users"])
     def status(user: str, p: Auth) -> dict[str, Any]:

@@ -176,8 +176,10 @@ class LanguageModel(ABC):
     supports_logits: bool = False
     """True when the token-level API (``encode*``, ``forward``, ``next_token_logits``) works."""
     concurrent: bool = False
-    """True when chats may call ``generate``/``stream`` from several threads at once (the
-    local backend then batches them into shared forward passes)."""
+    """True when several threads may call :meth:`generate`, :meth:`stream` and
+    :meth:`generate_batch` at once and gain from it (a remote server, a batching local
+    model): the HTTP service then runs that many chats together
+    (``[service] max_concurrent_chats``); False: one chat at a time."""
 
     # -- chat level -------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ class FakeLM(LanguageModel):
     """
 
     supports_logits = True
+    concurrent = True  # no shared state but a counter: chats may run together
 
     def __init__(
         self,

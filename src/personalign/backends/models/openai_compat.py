@@ -50,8 +50,16 @@ def _server_message(e: Exception) -> str:
     return str(getattr(e, "message", None) or e)
 
 
+BATCH_PARALLEL = 16
+"""The most requests one :meth:`OpenAICompatLM.generate_batch` keeps in flight."""
+
+
 class OpenAICompatLM(LanguageModel):
-    """A chat model behind an OpenAI-compatible HTTP API."""
+    """A chat model behind an OpenAI-compatible HTTP API. The client is thread-safe, so
+    chats run concurrently (``concurrent``) and :meth:`generate_batch` sends its
+    conversations at once."""
+
+    concurrent = True
 
     def __init__(
         self,
@@ -138,6 +146,19 @@ class OpenAICompatLM(LanguageModel):
             finish_reason=choice.finish_reason or "stop",
             seconds=time.perf_counter() - start,
         )
+
+    def generate_batch(
+        self, conversations: Sequence[Sequence[Message]], *, options: GenerationOptions
+    ) -> list[Generation]:
+        """One reply per conversation, the requests sent at once (at most
+        :data:`BATCH_PARALLEL` in flight), in input order."""
+        convs = list(conversations)
+        if len(convs) <= 1:
+            return [self.generate(c, options=options) for c in convs]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(len(convs), BATCH_PARALLEL)) as pool:
+            return list(pool.map(lambda c: self.generate(c, options=options), convs))
 
     def stream(
         self,
