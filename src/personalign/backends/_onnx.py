@@ -25,11 +25,10 @@ SRC_ROOT = str(Path(__file__).resolve().parents[2])
 """The folder holding the ``personalign`` package, put on the exporter's PYTHONPATH."""
 
 
-def cached_session(
-    path: Path, *, threads: int, stamp: tuple[str, str], export: Callable[[], None]
-) -> Any:
-    """An onnxruntime session on ``path``, running ``export`` first when the file is missing,
-    unreadable or its metadata ``stamp`` (key, value) differs (a stale export)."""
+def session_options(threads: int) -> Any:
+    """onnxruntime options: ``threads`` intra-op threads that sleep when idle (no spinning:
+    spinning workers took the CPU from torch and the other sessions on small machines),
+    full graph optimization, errors only in the log."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -37,6 +36,19 @@ def cached_session(
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def cached_session(
+    path: Path, *, threads: int, stamp: tuple[str, str], export: Callable[[], None]
+) -> Any:
+    """An onnxruntime session on ``path``, running ``export`` first when the file is missing,
+    unreadable or its metadata ``stamp`` (key, value) differs (a stale export)."""
+    import onnxruntime as ort
+
+    options = session_options(threads)
     key, value = stamp
 
     def open_current() -> Any:
@@ -169,7 +181,7 @@ def check_export(path: Path, model: Any, inputs: dict[str, Any], *, atol: float)
 
     with torch.no_grad():
         want = model(*(torch.from_numpy(a) for a in inputs.values())).numpy()
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
     got = sess.run(None, inputs)[0]
     if not np.allclose(got, want, atol=atol):
         raise SystemExit(f"ONNX export check failed: max diff {np.abs(got - want).max():.2e}")
