@@ -32,7 +32,7 @@ fail() {
 }
 
 pip_install() {
-    "$PY" -m pip install -q --disable-pip-version-check -c constraints.txt "$@" >>"$LOG" 2>&1 \
+    "$PY" -m pip install -q --no-compile --disable-pip-version-check -c constraints.txt "$@" >>"$LOG" 2>&1 \
         || fail "pip install $*"
 }
 
