@@ -86,3 +86,13 @@ def test_quiet_libraries_sets_the_environment(monkeypatch: pytest.MonkeyPatch) -
     assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert logging.getLogger("transformers").level == logging.ERROR
+
+
+def test_onnx_sessions_do_not_spin() -> None:
+    """Idle onnxruntime workers sleep: spinning ones took the CPU from torch on 2 cores."""
+    from personalign.backends._onnx import session_options
+
+    options = session_options(2)
+    assert options.intra_op_num_threads == 2
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        assert options.get_session_config_entry(key) == "0"
