@@ -229,3 +229,26 @@ def test_wheel_ships_the_package_data(tmp_path: Path) -> None:
     shipped = {p.relative_to(PACKAGE.parent).as_posix() for p in PACKAGE.rglob("artifacts/*")}
     assert shipped and shipped <= names
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+
+
+@pytest.mark.parametrize(
+    ("model", "hidden"), [("smollm2", "torch"), ("openai:x", "openai"), ("smollm2", "gguf")]
+)
+def test_missing_ml_extra_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str, hidden: str
+) -> None:
+    from personalign import extras
+    from personalign.backends.models import load_model
+    from personalign.config import Settings
+    from personalign.errors import ModelNotAvailableError
+
+    real = extras.importlib.util.find_spec
+    monkeypatch.setattr(
+        extras.importlib.util, "find_spec", lambda n, *a: None if n == hidden else real(n, *a)
+    )
+    settings = Settings(home=tmp_path, cache_dir=tmp_path / "cache", model=model)
+    with pytest.raises(
+        ModelNotAvailableError, match=rf"'{hidden}': pip install 'personalign\[ml\]'"
+    ):
+        load_model(settings)
+    assert not (tmp_path / "cache").exists()  # nothing converted

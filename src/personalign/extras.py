@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 
-from personalign.errors import ConfigError
+from personalign.errors import ConfigError, PersonalignError
 
 
 def missing(modules: Sequence[str]) -> list[str]:
@@ -19,9 +19,15 @@ def missing(modules: Sequence[str]) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
-def require(extra: str, modules: Sequence[str], *, what: str) -> None:
-    """Raise :class:`ConfigError` naming ``extra`` when a module of ``modules`` is missing."""
+def require(
+    extra: str,
+    modules: Sequence[str],
+    *,
+    what: str,
+    error: type[PersonalignError] = ConfigError,
+) -> None:
+    """Raise ``error`` naming ``extra`` when a module of ``modules`` is missing."""
     absent = missing(modules)
     if absent:
         names = ", ".join(repr(m) for m in absent)
-        raise ConfigError(f"{what} needs {names}: pip install 'personalign[{extra}]'")
+        raise error(f"{what} needs {names}: pip install 'personalign[{extra}]'")

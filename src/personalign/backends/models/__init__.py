@@ -55,6 +55,7 @@ def load_model(
     """Build the language model that ``settings.model`` names (see the module doc)."""
     spec = (settings.model or "").strip()
     if spec == EMBEDDED_MODEL:
+        _require_ml(["torch", "transformers", "gguf"], "the embedded model")
         from personalign.backends.models.local import TransformersLM
 
         return TransformersLM.embedded(settings.cache_dir, dtype=dtype, device=device)
@@ -64,6 +65,7 @@ def load_model(
         name = spec[len(OPENAI_PREFIX) :].strip()
         if not name:
             raise ConfigError("setting 'model': give a model name after 'openai:'")
+        _require_ml(["openai"], "an OpenAI-compatible model")
         from personalign.backends.models.openai_compat import OpenAICompatLM
 
         return OpenAICompatLM(
@@ -71,6 +73,7 @@ def load_model(
         )
     path = Path(spec).expanduser() if spec else None
     if path is not None and path.is_dir():
+        _require_ml(["torch", "transformers"], "a local model")
         from personalign.backends.models.local import TransformersLM
 
         return TransformersLM(path, dtype=dtype, device=device)
@@ -78,3 +81,10 @@ def load_model(
         f"setting 'model': {settings.model!r} is not 'smollm2', 'fake', an existing model "
         "directory, or 'openai:<name>'"
     )
+
+
+def _require_ml(modules: list[str], what: str) -> None:
+    from personalign.errors import ModelNotAvailableError
+    from personalign.extras import require
+
+    require("ml", modules, what=what, error=ModelNotAvailableError)
