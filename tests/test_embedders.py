@@ -179,7 +179,9 @@ def test_load_embedder_sentence_transformers_missing(
     model.mkdir()
     (model / "modules.json").write_text("[]")
     _hide_modules(monkeypatch, "sentence_transformers")
-    with pytest.raises(ModelNotAvailableError, match="pip install sentence-transformers"):
+    with pytest.raises(
+        ModelNotAvailableError, match=r"pip install 'personalign\[sentence-transformers\]'"
+    ):
         load_embedder(str(model), tmp_path)
 
 

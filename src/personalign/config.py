@@ -242,6 +242,10 @@ class Settings(BaseSettings):
     openai_api_key: str | None = None
     """The key for ``openai_base_url`` (``env:NAME``: read from that variable). Unset: the
     environment's ``OPENAI_API_KEY`` is sent only when the server is OpenAI's own."""
+    eval_data: Path | None = None
+    """The evaluation data folder of ``personalign eval`` (``--data`` overrides it). Unset:
+    ``../shared/data`` beside a source checkout; an installed package runs only the suites
+    whose data it ships (``supersession``) and names this setting for the others."""
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     contexts: ContextConfig = Field(default_factory=ContextConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
@@ -252,7 +256,7 @@ class Settings(BaseSettings):
     ingestion: IngestionConfig = Field(default_factory=IngestionConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
 
-    @field_validator("home", "cache_dir", mode="before")
+    @field_validator("home", "cache_dir", "eval_data", mode="before")
     @classmethod
     def _expand(cls, v: Any) -> Any:
         return Path(v).expanduser() if isinstance(v, str | Path) else v

@@ -6,14 +6,22 @@ phrase, foods to avoid) and the preferences used, then the memory as the user se
 offline on embedded defaults (SmolLM2-135M-Instruct, all-MiniLM-L6-v2, SQLite).
 
     python -m personalign.demo [--home DIR] [--max-tokens N]
+
+It prints the demo and nothing else: one progress bar while the models load (the first run
+also converts the embedded model and exports MiniLM to ONNX, into the model cache), and no
+library warnings or log lines (:func:`quiet_libraries`).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.panel import Panel
@@ -21,6 +29,10 @@ from rich.table import Table
 
 from personalign.constraints import Constraint, describe, from_meta, verify
 from personalign.types import Message
+
+if TYPE_CHECKING:
+    from personalign.config import Settings
+    from personalign.pipeline import Personalizer
 
 USER = "sam"
 
@@ -74,15 +86,85 @@ def _verdict(passed: bool, asks: str, detail: str) -> str:
     return f"{mark} {asks}" + (f" [dim]({detail})[/]" if detail and not passed else "")
 
 
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "huggingface_hub",
+    "onnxruntime",
+    "onnx",
+    "tokenizers",
+    "filelock",
+)
+
+
+def quiet_libraries() -> None:
+    """Before torch is imported: offline, idle OpenMP threads sleep instead of spinning
+    (spinning took the CPU from the other threads on a 2-core machine), and no warnings or
+    log records below ERROR from the model libraries."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    pattern = "|".join(LIBRARIES)
+    warnings.filterwarnings("ignore", module=rf"({pattern})(\.|$)")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def open_with_progress(settings: Settings, console: Console) -> Personalizer:
+    """The personalizer with every model it uses loaded, behind one transient progress bar:
+    the language model (converted from the embedded GGUF on the first run), the embedder
+    (exported to ONNX on the first run) and the safety boundary's classifiers."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from personalign.backends.models import EMBEDDED_MODEL, load_model
+    from personalign.backends.models.embedded import ensure_embedded_model
+    from personalign.pipeline import Personalizer
+
+    bar = Progress(
+        TextColumn("[bold]loading models[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,  # a log file gets the demo alone
+    )
+    with bar:
+        task = bar.add_task("", total=3)
+        bar.update(task, description="language model")
+        if settings.model == EMBEDDED_MODEL:  # converted once into the cache, quietly
+            ensure_embedded_model(settings.cache_dir, quiet=True)
+        model = load_model(settings)
+        bar.update(task, advance=1, description="embedder")
+        p = Personalizer.open(settings, model=model)
+        embedder = getattr(p.memory.store, "embedder", None)
+        if embedder is not None:
+            embedder.embed(["warm up"])
+        bar.update(task, advance=1, description="safety boundary")
+        if p.checker is not None:
+            p.checker.check(["warm up"])
+        bar.update(task, advance=1)
+    return p
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--home", type=Path, default=None, help="data folder (default: temporary)")
     ap.add_argument("--max-tokens", type=int, default=120)
     args = ap.parse_args(argv)
 
+    quiet_libraries()
     from personalign.backends.models.base import GenerationOptions
     from personalign.config import load_settings
-    from personalign.pipeline import PersonalizeOptions, Personalizer
+    from personalign.pipeline import PersonalizeOptions
 
     console = Console()
     home = args.home or Path(tempfile.mkdtemp(prefix="personalign-demo-"))
@@ -90,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     console.rule("[bold]personalign demo")
     console.print(f"data folder: {home}   model cache: {settings.cache_dir}")
     t_start = time.perf_counter()
-    p = Personalizer.open(settings)
+    p = open_with_progress(settings, console)
     try:
         for i, texts in enumerate(SESSIONS, start=1):
             result = p.memory.add_messages(_session_messages(texts, i), user=USER)

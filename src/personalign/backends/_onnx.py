@@ -26,9 +26,26 @@ SRC_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 SPIN_ENV = "PERSONALIGN_ORT_SPIN"
-"""``0``: onnxruntime's intra-op threads do not spin while waiting for work (set by the
-service, ``[service] onnx_spinning``: with many concurrent requests on few cores, spinning
-threads take the cores other requests need)."""
+"""``1``: onnxruntime's intra-op threads spin while waiting for work; anything else (the
+default): they sleep. Spinning threads took the cores torch and other requests need on small
+machines (the demo on 2 cores; the service with many concurrent requests: ``[service]
+onnx_spinning`` sets this for ``serve``)."""
+
+
+def session_options(threads: int) -> Any:
+    """onnxruntime options: ``threads`` intra-op threads that sleep when idle (unless
+    :data:`SPIN_ENV` is ``1``), full graph optimization, errors only in the log."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if os.environ.get(SPIN_ENV, "0") != "1":  # idle threads sleep instead of spinning
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
 
 
 def cached_session(
@@ -38,13 +55,7 @@ def cached_session(
     unreadable or its metadata ``stamp`` (key, value) differs (a stale export)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if os.environ.get(SPIN_ENV, "1") == "0":  # idle threads sleep instead of spinning
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = session_options(threads)
     key, value = stamp
 
     def open_current() -> Any:
@@ -177,7 +188,7 @@ def check_export(path: Path, model: Any, inputs: dict[str, Any], *, atol: float)
 
     with torch.no_grad():
         want = model(*(torch.from_numpy(a) for a in inputs.values())).numpy()
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
     got = sess.run(None, inputs)[0]
     if not np.allclose(got, want, atol=atol):
         raise SystemExit(f"ONNX export check failed: max diff {np.abs(got - want).max():.2e}")

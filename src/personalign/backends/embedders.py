@@ -49,11 +49,13 @@ class Embedder(Protocol):
         ...
 
 
-def _require(module: str, package: str, what: str) -> None:
-    """Raise :class:`ModelNotAvailableError` unless ``module`` can be imported."""
+def _require(module: str, package: str, what: str, extra: str | None = None) -> None:
+    """Raise :class:`ModelNotAvailableError` unless ``module`` can be imported; the message
+    names personalign's ``extra`` that brings it, if any."""
     if importlib.util.find_spec(module) is None:
+        how = f"'personalign[{extra}]'" if extra else package
         raise ModelNotAvailableError(
-            f"{what} needs the Python package {package!r}: pip install {package}"
+            f"{what} needs the Python package {package!r}: pip install {how}"
         )
 
 
@@ -250,7 +252,12 @@ class SentenceTransformerEmbedder:
                 f"no sentence-transformers model at {self.path} "
                 "(expected a folder with modules.json or config.json)"
             )
-        _require("sentence_transformers", "sentence-transformers", "SentenceTransformerEmbedder")
+        _require(
+            "sentence_transformers",
+            "sentence-transformers",
+            "an embedder from a sentence-transformers folder",
+            extra="sentence-transformers",
+        )
         self.name: str = name or f"st:{self.path.name}"
         self.device = device
         self.batch_size = batch_size

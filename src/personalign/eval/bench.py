@@ -1,4 +1,5 @@
-"""Conventions shared by every script in ``benchmarks/``.
+"""Conventions shared by every script in ``benchmarks/``, and where ``personalign eval`` finds
+its data (:func:`eval_data_dir`).
 
 ``--data DIR`` (default ``../shared/data`` beside the repository), ``--json`` (the last line
 printed is one flat JSON object of all figures, snake_case keys with the unit in the name),
@@ -17,7 +18,22 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[3]
+"""The source checkout, when this module runs from one (``src/personalign/eval/bench.py``)."""
 DEFAULT_DATA = REPO.parent / "shared" / "data"
+"""The benchmarks' default ``--data``: ``../shared/data`` beside the source checkout."""
+
+
+def eval_data_dir(explicit: Path | None = None, setting: Path | None = None) -> Path | None:
+    """The evaluation data folder: ``explicit`` (``--data``), else ``setting`` (the
+    ``eval_data`` setting, ``PERSONALIGN_EVAL_DATA``), else :data:`DEFAULT_DATA` when this
+    module runs from a source checkout that has it; ``None`` otherwise (an installed wheel
+    without the setting: the suites that need data say so, those with packaged data run)."""
+    if explicit is not None:
+        return explicit
+    if setting is not None:
+        return setting
+    checkout = (REPO / "pyproject.toml").is_file() and (REPO / "src" / "personalign").is_dir()
+    return DEFAULT_DATA if checkout and DEFAULT_DATA.is_dir() else None
 
 
 def parser(description: str) -> argparse.ArgumentParser:

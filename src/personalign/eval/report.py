@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from personalign.errors import ConfigError
 from personalign.eval.suites import load_suite
 
 Figures = dict[str, float]
@@ -46,10 +47,23 @@ def default_plots(suite: str, figures: Mapping[str, float], out_dir: Path) -> li
     ]
 
 
-def run_suites(names: Sequence[str], *, data_dir: Path, out_dir: Path, quick: bool = False) -> Path:
-    """Run each suite, write ``report.md``, ``figures.json`` and PNGs; return the report path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def run_suites(
+    names: Sequence[str], *, data_dir: Path | None, out_dir: Path, quick: bool = False
+) -> Path:
+    """Run each suite, write ``report.md``, ``figures.json`` and PNGs; return the report path.
+
+    ``data_dir``: the evaluation data folder; ``None`` runs only suites whose module sets
+    ``NEEDS_DATA = False`` (their data ships with the package). A suite that needs the
+    folder when it is missing is a :class:`ConfigError`, raised before anything runs."""
     modules = {n: load_suite(n) for n in names}  # fail on a bad name before running anything
+    for name, mod in modules.items():
+        if getattr(mod, "NEEDS_DATA", True) and (data_dir is None or not data_dir.is_dir()):
+            where = f"{data_dir} is not a folder" if data_dir else "no data folder is set"
+            raise ConfigError(
+                f"suite {name!r} needs the evaluation data ({where}): pass --data DIR or set "
+                "PERSONALIGN_EVAL_DATA (the 'eval_data' setting)"
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
     sections = []
     all_figures: dict[str, Figures] = {}
     for name, mod in modules.items():
@@ -72,7 +86,7 @@ def run_suites(names: Sequence[str], *, data_dir: Path, out_dir: Path, quick: bo
     (out_dir / "figures.json").write_text(json.dumps(all_figures, indent=2) + "\n")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     header = (
-        f"# personalign evaluation report\n\n{stamp}; data: `{data_dir}`; "
+        f"# personalign evaluation report\n\n{stamp}; data: `{data_dir or 'packaged only'}`; "
         f"{'quick' if quick else 'full'} run.\n\n"
     )
     report = out_dir / "report.md"

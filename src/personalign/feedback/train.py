@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from personalign.errors import ConfigError
+from personalign.extras import require
 from personalign.feedback.adapters import ADAPTER_FILES, AdapterStore, adapter_name
 from personalign.feedback.pairs import (
     PreferencePair,
@@ -492,6 +493,9 @@ def train_users(
             )
         else:
             todo.append(job)
+    if todo:
+        needs = ["trl", "datasets", "peft", "torch", "transformers"]
+        require("train", [*needs, "ray"] if executor == "ray" else needs, what="per-user DPO")
     with _progress(progress, len(todo), results) as advance:
         for res in EXECUTORS[executor](todo, workers, address, scorer_factory):
             if res.status == "trained":

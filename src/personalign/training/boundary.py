@@ -182,6 +182,9 @@ def fit(
     cross-entropy (``sample_weight`` normalized to sum 1) plus ``l2`` times the squared
     weights (``C = 1 / (2 * l2)``). Deterministic: a convex objective solved from zeros.
     """
+    from personalign.extras import require
+
+    require("train", ["sklearn"], what="fitting a logistic regression")
     from sklearn.linear_model import LogisticRegression
 
     index = {c: i for i, c in enumerate(classes)}

@@ -158,6 +158,9 @@ def train_logreg(
     is not penalised). ``x``: ``(n, d)``, ``y``: ``(n,)`` in {0, 1}, both classes present;
     ``iters``: the most Newton steps. Returns ``(weights (d,), bias)``.
     """
+    from personalign.extras import require
+
+    require("train", ["sklearn"], what="fitting a logistic regression")
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(

@@ -82,6 +82,9 @@ def fit_calibration(z: np.ndarray) -> tuple[float, float]:
     """(scale, bias) of ``sigmoid(scale * z + bias)`` by class-balanced, unregularized
     logistic regression (scikit-learn) over ranker scores ``z`` of groups ``(N, K)`` whose
     first option is compliant and the others violating."""
+    from personalign.extras import require
+
+    require("train", ["sklearn"], what="fitting a logistic regression")
     from sklearn.linear_model import LogisticRegression
 
     z = np.asarray(z, dtype=np.float64)

@@ -56,6 +56,7 @@ def load_model(
     spec = (settings.model or "").strip()
     quantize: Literal["int8"] | None = "int8" if settings.model_quantize == "int8" else None
     if spec == EMBEDDED_MODEL:
+        _require_ml(["torch", "transformers", "gguf"], "the embedded model")
         from personalign.backends.models.local import TransformersLM
 
         return TransformersLM.embedded(
@@ -67,6 +68,7 @@ def load_model(
         name = spec[len(OPENAI_PREFIX) :].strip()
         if not name:
             raise ConfigError("setting 'model': give a model name after 'openai:'")
+        _require_ml(["openai"], "an OpenAI-compatible model")
         from personalign.backends.models.openai_compat import OpenAICompatLM
 
         return OpenAICompatLM(
@@ -74,6 +76,7 @@ def load_model(
         )
     path = Path(spec).expanduser() if spec else None
     if path is not None and path.is_dir():
+        _require_ml(["torch", "transformers"], "a local model")
         from personalign.backends.models.local import TransformersLM
 
         return TransformersLM(path, dtype=dtype, device=device, quantize=quantize)
@@ -81,3 +84,10 @@ def load_model(
         f"setting 'model': {settings.model!r} is not 'smollm2', 'fake', an existing model "
         "directory, or 'openai:<name>'"
     )
+
+
+def _require_ml(modules: list[str], what: str) -> None:
+    from personalign.errors import ModelNotAvailableError
+    from personalign.extras import require
+
+    require("ml", modules, what=what, error=ModelNotAvailableError)

@@ -1,7 +1,8 @@
 """Named benchmark suites for ``personalign eval``.
 
 Each suite is a module with ``run(data_dir: Path, *, quick: bool) -> dict[str, float]`` and,
-optionally, ``plot(figures: dict, out_dir: Path) -> list[Path]`` (matplotlib, Agg backend).
+optionally, ``plot(figures: dict, out_dir: Path) -> list[Path]`` (matplotlib, Agg backend)
+and ``NEEDS_DATA = False`` when its data ships with the package (``data_dir`` may be None).
 Modules load only when their suite runs.
 """
 

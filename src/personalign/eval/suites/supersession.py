@@ -1,10 +1,11 @@
 """Suite ``supersession``: a preference that changes over time leaves one active version.
 
-Cases are scripted in ``benchmarks/data/supersession_cases.json`` (written for this project,
-not derived from the evaluation data). Each turn is ingested as its own conversation with
-:func:`~personalign.memory.ingest.add_messages` and the embedded extractor. A case succeeds
-when the preference from the changing turn is active, the old one is superseded and in its
-history, and the unrelated preferences are still active. Target: accuracy >= 0.95.
+Cases are scripted in ``personalign/eval/data/supersession_cases.json``, package data
+(written for this project, not derived from the evaluation data). Each turn is ingested as its
+own conversation with :func:`~personalign.memory.ingest.add_messages` and the embedded
+extractor. A case succeeds when the preference from the changing turn is active, the old one is
+superseded and in its history, and the unrelated preferences are still active. Target:
+accuracy >= 0.95.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,18 @@ from personalign.memory.extract import EmbeddedExtractor, Extractor
 from personalign.memory.ingest import add_messages
 from personalign.types import PREFERENCE_KINDS, Message
 
-CASES = Path(__file__).resolve().parents[4] / "benchmarks" / "data" / "supersession_cases.json"
+NEEDS_DATA = False
+"""The cases ship with the package: no evaluation data folder needed."""
+CASES = "supersession_cases.json"
+"""The cases' file among the package data of :mod:`personalign.eval.data`."""
 
 
-def load_cases(path: Path = CASES) -> list[dict[str, Any]]:
-    """The scripted cases (see the module docstring)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"missing {path}: the scripted supersession cases")
-    cases: list[dict[str, Any]] = json.loads(path.read_text())["cases"]
+def load_cases(path: Path | None = None) -> list[dict[str, Any]]:
+    """The scripted cases (see the module docstring); ``path``: another cases file."""
+    source = path or resources.files("personalign.eval.data").joinpath(CASES)
+    if not source.is_file():
+        raise FileNotFoundError(f"missing {source}: the scripted supersession cases")
+    cases: list[dict[str, Any]] = json.loads(source.read_text(encoding="utf-8"))["cases"]
     return cases
 
 
@@ -93,7 +99,7 @@ def measure(embedder: Embedder, cases: list[dict[str, Any]]) -> dict[str, float]
     return figures
 
 
-def run(data_dir: Path, *, quick: bool) -> dict[str, float]:
+def run(data_dir: Path | None, *, quick: bool) -> dict[str, float]:
     """The ``personalign eval`` entry point (``data_dir`` is unused: the cases ship here)."""
     cases = load_cases()
     if quick:
