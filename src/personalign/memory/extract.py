@@ -420,17 +420,17 @@ _LLM_SCHEMA = json.dumps(
         "properties": {
             "preferences": {
                 "type": "array",
-                "maxItems": 8,
+                "maxItems": 4,
                 "items": {
                     "type": "object",
                     "properties": {
-                        "text": {"type": "string", "minLength": 3, "maxLength": 300},
+                        "text": {"type": "string", "minLength": 3, "maxLength": 160},
                         "kind": {"enum": ["explicit", "implicit"]},
-                        "category": {"type": "string", "maxLength": 40},
-                        "turn_ids": {"type": "array", "maxItems": 5, "items": {"type": "string"}},
+                        "category": {"type": "string", "maxLength": 24},
+                        "turn_ids": {"type": "array", "maxItems": 3, "items": {"type": "string"}},
                         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
                         "change": {"type": "boolean"},
-                        "why": {"type": "string", "maxLength": 200},
+                        "why": {"type": "string", "maxLength": 80},
                     },
                     "required": ["text", "kind", "category", "turn_ids", "confidence", "change"],
                     "additionalProperties": False,
@@ -442,8 +442,8 @@ _LLM_SCHEMA = json.dumps(
     }
 )
 """What the LLM may write (a backend that can enforces it while decoding; see
-:attr:`GenerationOptions.json_schema`): the shape the prompt asks for, bounded, then
-validated as :class:`_LLMOutput`."""
+:attr:`GenerationOptions.json_schema`): the shape the prompt asks for, bounded so that four
+preferences fit the default 512-token budget, then validated as :class:`_LLMOutput`."""
 
 
 LLM_SYSTEM_PROMPT = """You extract the user's lasting personal preferences from a conversation.
