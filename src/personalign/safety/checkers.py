@@ -38,7 +38,7 @@ from personalign.backends.finetuned import FinetunedClassifier, TextClassifier
 from personalign.errors import ConfigError, RefusedError
 from personalign.safety.classifier import EmbeddingClassifier, load_artifact
 from personalign.safety.injection import INJECTION_FLAG, InjectionDetector
-from personalign.safety.policy import Policy, load_policy
+from personalign.safety.policy import ALWAYS_ON, Policy, load_policy
 from personalign.safety.verdict import NONE, Verdict
 from personalign.types import check_texts
 
@@ -50,6 +50,10 @@ BENIGN = "benign"
 FAST_INJECTION = "injection_fast"
 #: The fine-tuned classifier's prompt-injection label (flags, never refuses).
 INJECTION_LABEL = "injection"
+#: The boundary's decisions, each with its own thresholds (:meth:`Policy.threshold_for`):
+#: storing a candidate preference, and answering a request.
+PREFERENCE = "preference"
+REQUEST = "request"
 
 
 @runtime_checkable
@@ -151,14 +155,14 @@ class ClassifierChecker:
         self._benign = model.classes.index(BENIGN)
         self._harm_idx = _harm_indices(model.classes, self.policy)
 
-    def check(self, texts: Sequence[str]) -> list[Verdict]:
-        """One verdict per text (one batched embedding call)."""
+    def check(self, texts: Sequence[str], *, decision: str = PREFERENCE) -> list[Verdict]:
+        """One verdict per text (one batched embedding call) for ``decision``."""
         items = check_texts(texts, what="check()")
         if not items:
             return []
-        return self.check_vectors(self.embedder.embed(items))
+        return self.check_vectors(self.embedder.embed(items), decision=decision)
 
-    def check_vectors(self, vectors: np.ndarray) -> list[Verdict]:
+    def check_vectors(self, vectors: np.ndarray, *, decision: str = PREFERENCE) -> list[Verdict]:
         """Verdicts from precomputed embeddings (rows in the order of the texts)."""
         return _verdicts(
             self.name,
@@ -166,6 +170,8 @@ class ClassifierChecker:
             self.model.predict_proba(vectors),
             self.model.classes,
             self._harm_idx,
+            decision=decision,
+            calibrated=self.model.meta.get("thresholds"),
         )
 
 
@@ -176,11 +182,19 @@ def _harm_indices(classes: Sequence[str], policy: Policy) -> list[int]:
 
 
 def _verdicts(
-    name: str, policy: Policy, probs: np.ndarray, classes: Sequence[str], harm_idx: list[int]
+    name: str,
+    policy: Policy,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    harm_idx: list[int],
+    *,
+    decision: str = PREFERENCE,
+    decides: bool = True,
+    calibrated: dict[str, float] | None = None,
 ) -> list[Verdict]:
     """Harm score = the summed probability of the enabled categories (disabled categories and
     non-harm classes such as ``injection`` cannot cause a refusal); refused when it reaches the
-    most likely category's threshold."""
+    most likely category's threshold for ``decision`` (never when not ``decides``)."""
     out = []
     for row in probs:
         if not harm_idx:
@@ -189,7 +203,15 @@ def _verdicts(
         harm_probs = row[harm_idx]
         score = float(harm_probs.sum())
         cat = classes[harm_idx[int(np.argmax(harm_probs))]]
-        threshold = policy.threshold_for(cat)
+        if not decides:  # scores injection only: no harm verdict, no harm score
+            out.append(_admit(name, policy))
+            continue
+        threshold = policy.threshold_for(cat, decision)
+        if calibrated and decision in calibrated:
+            # the model's own threshold, calibrated on held-out sources (never laxer than an
+            # always-on category's policy threshold)
+            own = float(calibrated[decision])
+            threshold = min(own, threshold) if cat in ALWAYS_ON else own
         if score >= threshold:
             description = policy.categories[cat].description
             out.append(
@@ -216,9 +238,14 @@ class FinetunedChecker:
 
     name = "classifier"
 
-    def __init__(self, model: TextClassifier, *, policy: Policy | None = None) -> None:
-        """Check that ``model`` has a ``benign`` label."""
+    def __init__(
+        self, model: TextClassifier, *, policy: Policy | None = None, decides_harm: bool = True
+    ) -> None:
+        """Check that ``model`` has a ``benign`` label. ``decides_harm=False``: it never
+        refuses (its harm score is kept in the verdict), it scores injection only (when the
+        broad embedded harm model decides, see :func:`load_boundary`)."""
         self.model = model
+        self.decides_harm = decides_harm
         self.policy = policy or load_policy()
         self.classes = model.labels
         if BENIGN not in self.classes:
@@ -235,14 +262,22 @@ class FinetunedChecker:
         """Class probabilities, one row per text (one batched model run)."""
         return self.model.predict_proba(check_texts(texts, what="check()"))
 
-    def check(self, texts: Sequence[str]) -> list[Verdict]:
+    def check(self, texts: Sequence[str], *, decision: str = PREFERENCE) -> list[Verdict]:
         """One verdict per text."""
         items = check_texts(texts, what="check()")
-        return self.check_probs(self.model.predict_proba(items)) if items else []
+        return self.check_probs(self.model.predict_proba(items), decision=decision) if items else []
 
-    def check_probs(self, probs: np.ndarray) -> list[Verdict]:
+    def check_probs(self, probs: np.ndarray, *, decision: str = PREFERENCE) -> list[Verdict]:
         """Verdicts from precomputed :meth:`probs` rows."""
-        return _verdicts(self.name, self.policy, probs, self.classes, self._harm_idx)
+        return _verdicts(
+            self.name,
+            self.policy,
+            probs,
+            self.classes,
+            self._harm_idx,
+            decision=decision,
+            decides=self.decides_harm,
+        )
 
     def injection_column(self, probs: np.ndarray) -> np.ndarray:
         """p(injection) from :meth:`probs` rows (zeros without an ``injection`` label)."""
@@ -292,8 +327,14 @@ class Boundary:
         self._side: ThreadPoolExecutor | None = None
         self._side_pid = 0  # a forked child needs its own worker thread
 
-    def check(self, texts: Sequence[str]) -> list[Verdict]:
-        """One verdict per text: admitted only when every checker admits it."""
+    def screen(self, texts: Sequence[str]) -> list[Verdict]:
+        """Requests to answer: :meth:`check` with the request thresholds (a request that only
+        mentions a sensitive subject is answered; intent to harm is refused)."""
+        return self.check(texts, decision=REQUEST)
+
+    def check(self, texts: Sequence[str], *, decision: str = PREFERENCE) -> list[Verdict]:
+        """One verdict per text: admitted only when every checker admits it. ``decision``:
+        :data:`PREFERENCE` (storing a preference, the default) or :data:`REQUEST`."""
         items = check_texts(texts, what="check()")
         shares = self._detector_shares_embedder()
         vectors, segment_vectors = self._shared_vectors(items, with_segments=shares)
@@ -313,9 +354,11 @@ class Boundary:
             if not pending:
                 break
             if vectors is not None and isinstance(checker, ClassifierChecker):
-                results = checker.check_vectors(vectors[pending])
+                results = checker.check_vectors(vectors[pending], decision=decision)
             elif probs is not None and isinstance(checker, FinetunedChecker):
-                results = checker.check_probs(probs[pending])
+                results = checker.check_probs(probs[pending], decision=decision)
+            elif isinstance(checker, ClassifierChecker | FinetunedChecker):
+                results = checker.check([items[i] for i in pending], decision=decision)
             else:
                 results = checker.check([items[i] for i in pending])
             still = []
@@ -449,6 +492,7 @@ def load_boundary(
     num_threads: int | None = None,
     quantize: bool = True,
     injection_embedding: bool = True,
+    broad: bool = True,
 ) -> Boundary:
     """The default boundary: patterns, the classifier, then ``guard`` if given.
 
@@ -464,7 +508,11 @@ def load_boundary(
     variants than either (one more model run per check, beside the fine-tuned one: the
     artifact's :data:`FAST_INJECTION` model over the int8 MiniLM, the faster session, when
     ``embedder`` is MiniLM; pass ``False`` for the lowest latency; left out when no embedder
-    fits; see :func:`injection_embedder`). With ``embedder=None`` both classifiers are left out
+    fits; see :func:`injection_embedder`). When ``artifact``'s harm model is the broad one
+    (:func:`is_broad`, thresholds calibrated on held-out sources) it decides harm instead
+    (``broad=False``: the fine-tuned classifier does, as before), the fine-tuned classifier
+    only scores injection beside the artifact's float32 injection model, both over the same
+    MiniLM vectors as the harm model. With ``embedder=None`` both classifiers are left out
     (patterns only: for tests and emergencies, not for production).
     """
     policy = policy or load_policy()
@@ -472,7 +520,35 @@ def load_boundary(
     injection = InjectionDetector(threshold=policy.injection_threshold)
     ft_path = DEFAULT_FINETUNED if finetuned is True else (finetuned or None)
     use_ft = ft_path is not None and (finetuned is not True or ft_path.is_file())
-    if embedder is not None and use_ft and ft_path is not None:
+    models = load_artifact(artifact or DEFAULT_ARTIFACT)[0] if embedder is not None else {}
+    harm = models.get("harm")
+    if broad and embedder is not None and harm is not None and is_broad(harm, embedder):
+        # the broad harm model decides (its thresholds calibrated on held-out sources); the
+        # fine-tuned classifier, when there, only scores injection beside the embedded one
+        checkers.append(ClassifierChecker(embedder, harm, policy=policy))
+        scorer = None
+        if use_ft and ft_path is not None:
+            ft = FinetunedChecker(
+                FinetunedClassifier.load(
+                    Path(ft_path),
+                    cache_dir or getattr(embedder, "cache_dir", None) or _settings_cache(),
+                    num_threads=num_threads,
+                    quantize=quantize,
+                ),
+                policy=policy,
+                decides_harm=False,
+            )
+            checkers.append(ft)
+            scorer = ft.injection_scores if ft.scores_injection else None
+        inj = models.get("injection")
+        inj_embedder = injection_embedder(embedder, inj) if injection_embedding else None
+        injection = InjectionDetector(
+            inj_embedder,
+            inj if inj_embedder is not None else None,
+            threshold=policy.injection_threshold,
+            scorer=scorer,
+        )
+    elif embedder is not None and use_ft and ft_path is not None:
         if cache_dir is None:
             cache_dir = getattr(embedder, "cache_dir", None)
         if cache_dir is None:
@@ -515,6 +591,18 @@ def load_boundary(
     if guard is not None:
         checkers.append(guard)
     return Boundary(checkers, policy=policy, injection=injection)
+
+
+def is_broad(model: EmbeddingClassifier, embedder: Embedder) -> bool:
+    """Whether ``model`` is the broad harm model (calibrated thresholds recorded, trained by
+    :func:`personalign.training.boundary.train_broad_harm`) over ``embedder``'s vectors."""
+    return "thresholds" in model.meta and model.meta.get("embedder") == embedder.name
+
+
+def _settings_cache() -> Path:
+    from personalign.config import load_settings
+
+    return load_settings().cache_dir
 
 
 def artifact_info(artifact: Path | None = None) -> dict[str, Any]:
