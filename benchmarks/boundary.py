@@ -241,6 +241,12 @@ def main() -> int:
     p.add_argument("--latency-samples", type=int, default=300)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads per model")
     p.add_argument("--report", type=Path, help="write boundary.md and the sweep plot here")
+    p.add_argument(
+        "--max-per-source",
+        type=int,
+        default=0,
+        help="score every k-th item of a bigger source, at most this many (0: every item)",
+    )
     p.add_argument("--guard-model", help="also ask this guard model (OpenAI-compatible)")
     p.add_argument("--guard-url", help="the guard server's base URL (default: settings)")
     p.add_argument("--guard-prompt-style", choices=["policy", "llama_guard_3"], default="policy")
@@ -250,6 +256,8 @@ def main() -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.max_per_source > 0:
+        sets.thin(args.max_per_source)
     settings = load_settings()
     embedder = MiniLMEmbedder(settings.cache_dir, num_threads=args.threads)
     guard = guard_from_settings(

@@ -236,3 +236,12 @@ def test_every_reply_is_checked_before_it_is_returned_or_stored(tmp_path: Path) 
             again = pz.respond("More chemistry", user="ana", options=options)
             assert "bomb" not in again.text
     assert {"request", "reply"} <= {d for _, d in checker.calls}
+
+
+def test_thin_keeps_every_kth_item_of_each_source() -> None:
+    sets = B.Sets()
+    sets.add(B.REQUEST, "a", [B.Item(str(i), False, "a", str(i)) for i in range(10)])
+    sets.injection["b"] = [B.Item(str(i), True, "b", str(i)) for i in range(3)]
+    sets.thin(4)
+    assert [it.text for it in sets.decisions[B.REQUEST]["a"]] == ["0", "3", "6", "9"]
+    assert len(sets.injection["b"]) == 3

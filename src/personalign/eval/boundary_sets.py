@@ -122,6 +122,20 @@ class Sets:
     unlabelled: dict[str, list[Item]] = field(default_factory=dict)
     """requests without a gold label (Anthropic's red-team openings): refusal rate only"""
 
+    def thin(self, cap: int) -> None:
+        """Keep every k-th item of each source, at most ``cap`` (a quicker, noisier run)."""
+
+        def cut(items: list[Item]) -> list[Item]:
+            step = max(1, -(-len(items) // cap))
+            return items[::step][:cap]
+
+        for by_src in self.decisions.values():
+            for src in by_src:
+                by_src[src] = cut(by_src[src])
+        for group in (self.injection, self.unlabelled):
+            for src in group:
+                group[src] = cut(group[src])
+
     def add(self, decision: str, source: str, items: list[Item]) -> None:
         if not items:
             raise ConfigError(f"{source}: its data file is present but gives no items")

@@ -38,8 +38,16 @@ from personalign.backends.finetuned import FinetunedClassifier, TextClassifier
 from personalign.errors import ConfigError, RefusedError
 from personalign.safety.classifier import EmbeddingClassifier, load_artifact
 from personalign.safety.injection import INJECTION_FLAG, InjectionDetector
-from personalign.safety.policy import ALWAYS_ON, Policy, load_policy
-from personalign.safety.verdict import NONE, Verdict
+from personalign.safety.policy import Policy, load_policy
+from personalign.safety.scoring import (
+    PREFERENCE,
+    REQUEST,
+    admit_verdict,
+    harm_indices,
+    refuse_verdict,
+    verdicts_from_probs,
+)
+from personalign.safety.verdict import Verdict
 from personalign.types import check_texts
 
 DEFAULT_ARTIFACT = Path(__file__).with_name("artifacts") / "boundary_minilm.npz"
@@ -50,10 +58,6 @@ BENIGN = "benign"
 FAST_INJECTION = "injection_fast"
 #: The fine-tuned classifier's prompt-injection label (flags, never refuses).
 INJECTION_LABEL = "injection"
-#: The boundary's decisions, each with its own thresholds (:meth:`Policy.threshold_for`):
-#: storing a candidate preference, and answering a request.
-PREFERENCE = "preference"
-REQUEST = "request"
 
 
 @runtime_checkable
@@ -65,29 +69,6 @@ class Checker(Protocol):
     def check(self, texts: Sequence[str]) -> list[Verdict]:
         """Return one verdict per text."""
         ...
-
-
-def _admit(checker: str, policy: Policy, score: float = 0.0) -> Verdict:
-    return Verdict(
-        admitted=True,
-        category=NONE,
-        score=float(min(max(score, 0.0), 1.0)),
-        reason="no policy category applies",
-        checker=checker,
-        policy_version=policy.version,
-    )
-
-
-def _refuse(checker: str, policy: Policy, category: str, score: float, reason: str) -> Verdict:
-    return Verdict(
-        admitted=False,
-        category=category,
-        score=float(min(max(score, 0.0), 1.0)),
-        reason=reason,
-        checker=checker,
-        policy_version=policy.version,
-        user_message=policy.message_for(category),
-    )
 
 
 class PatternChecker:
@@ -103,11 +84,11 @@ class PatternChecker:
         """One verdict per text: refused on the first matching category, else admitted."""
         out = []
         for text in check_texts(texts, what="check()"):
-            verdict = _admit(self.name, self.policy)
+            verdict = admit_verdict(self.name, self.policy)
             for cat in self.policy.enabled():
                 hit = cat.match(text)
                 if hit is not None:
-                    verdict = _refuse(
+                    verdict = refuse_verdict(
                         self.name,
                         self.policy,
                         cat.name,
@@ -153,7 +134,7 @@ class ClassifierChecker:
         if BENIGN not in model.classes:
             raise ConfigError("the safety classifier has no 'benign' class")
         self._benign = model.classes.index(BENIGN)
-        self._harm_idx = _harm_indices(model.classes, self.policy)
+        self._harm_idx = harm_indices(model.classes, self.policy)
 
     def check(self, texts: Sequence[str], *, decision: str = PREFERENCE) -> list[Verdict]:
         """One verdict per text (one batched embedding call) for ``decision``."""
@@ -164,7 +145,7 @@ class ClassifierChecker:
 
     def check_vectors(self, vectors: np.ndarray, *, decision: str = PREFERENCE) -> list[Verdict]:
         """Verdicts from precomputed embeddings (rows in the order of the texts)."""
-        return _verdicts(
+        return verdicts_from_probs(
             self.name,
             self.policy,
             self.model.predict_proba(vectors),
@@ -173,59 +154,6 @@ class ClassifierChecker:
             decision=decision,
             calibrated=self.model.meta.get("thresholds"),
         )
-
-
-def _harm_indices(classes: Sequence[str], policy: Policy) -> list[int]:
-    """Indices of the enabled policy categories among ``classes``."""
-    enabled = {c.name for c in policy.enabled()}
-    return [i for i, c in enumerate(classes) if c in enabled]
-
-
-def _verdicts(
-    name: str,
-    policy: Policy,
-    probs: np.ndarray,
-    classes: Sequence[str],
-    harm_idx: list[int],
-    *,
-    decision: str = PREFERENCE,
-    decides: bool = True,
-    calibrated: dict[str, float] | None = None,
-) -> list[Verdict]:
-    """Harm score = the summed probability of the enabled categories (disabled categories and
-    non-harm classes such as ``injection`` cannot cause a refusal); refused when it reaches the
-    most likely category's threshold for ``decision`` (never when not ``decides``)."""
-    out = []
-    for row in probs:
-        if not harm_idx:
-            out.append(_admit(name, policy))
-            continue
-        harm_probs = row[harm_idx]
-        score = float(harm_probs.sum())
-        cat = classes[harm_idx[int(np.argmax(harm_probs))]]
-        if not decides:  # scores injection only: no harm verdict, no harm score
-            out.append(_admit(name, policy))
-            continue
-        threshold = policy.threshold_for(cat, decision)
-        if calibrated and decision in calibrated:
-            # the model's own threshold, calibrated on held-out sources (never laxer than an
-            # always-on category's policy threshold)
-            own = float(calibrated[decision])
-            threshold = min(own, threshold) if cat in ALWAYS_ON else own
-        if score >= threshold:
-            description = policy.categories[cat].description
-            out.append(
-                _refuse(
-                    name,
-                    policy,
-                    cat,
-                    score,
-                    f"{description} (classifier score {score:.2f} >= {threshold:.2f})",
-                )
-            )
-        else:
-            out.append(_admit(name, policy, score))
-    return out
 
 
 class FinetunedChecker:
@@ -250,7 +178,7 @@ class FinetunedChecker:
         self.classes = model.labels
         if BENIGN not in self.classes:
             raise ConfigError("the fine-tuned safety classifier has no 'benign' label")
-        self._harm_idx = _harm_indices(self.classes, self.policy)
+        self._harm_idx = harm_indices(self.classes, self.policy)
         self._inj = self.classes.index(INJECTION_LABEL) if INJECTION_LABEL in self.classes else None
 
     @property
@@ -269,7 +197,7 @@ class FinetunedChecker:
 
     def check_probs(self, probs: np.ndarray, *, decision: str = PREFERENCE) -> list[Verdict]:
         """Verdicts from precomputed :meth:`probs` rows."""
-        return _verdicts(
+        return verdicts_from_probs(
             self.name,
             self.policy,
             probs,
@@ -337,14 +265,19 @@ class Boundary:
         :data:`PREFERENCE` (storing a preference, the default) or :data:`REQUEST`."""
         items = check_texts(texts, what="check()")
         shares = self._detector_shares_embedder()
-        vectors, segment_vectors = self._shared_vectors(items, with_segments=shares)
+        # the embedded classifier's vectors: beside the fine-tuned run when there is one
+        beside = self._finetuned() is not None and self._classifier() is not None and items
+        shared = self._pool().submit(self._shared_vectors, items, with_segments=shares)
+        if not beside:
+            shared.result()
         # the injection model's vectors: the classifier's when it shares that embedder, else
         # its own (embedded beside the fine-tuned model, or by the detector itself)
-        det_vectors, det_segments = (vectors, segment_vectors) if shares else (None, None)
-        pending_vectors = self._injection_vectors(items) if det_vectors is None else None
+        pending_vectors = None if shares else self._injection_vectors(items)
         try:
             probs, inj_scores = self._shared_probs(items)
         finally:
+            vectors, segment_vectors = shared.result()
+            det_vectors, det_segments = (vectors, segment_vectors) if shares else (None, None)
             if pending_vectors is not None:
                 det_vectors, det_segments = pending_vectors.result()
         verdicts: list[Verdict | None] = [None] * len(items)
@@ -376,7 +309,7 @@ class Boundary:
             verdicts[i] = (
                 top.model_copy(update={"checker": self.name})
                 if top is not None
-                else _admit(self.name, self.policy)
+                else admit_verdict(self.name, self.policy)
             )
         if self.injection is not None:
             flags = self.injection.detect(items, det_vectors, det_segments, scores=inj_scores)
@@ -425,10 +358,16 @@ class Boundary:
         if not any(isinstance(c, FinetunedChecker) for c in self.checkers):
             return None
         extra, _ = det.segments_to_embed(items)
+        return self._pool().submit(_embed_split, det.embedder, items, extra)
+
+    def _pool(self) -> ThreadPoolExecutor:
         if self._side is None or self._side_pid != os.getpid():
             self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="boundary")
             self._side_pid = os.getpid()
-        return self._side.submit(_embed_split, det.embedder, items, extra)
+        return self._side
+
+    def _finetuned(self) -> FinetunedChecker | None:
+        return next((c for c in self.checkers if isinstance(c, FinetunedChecker)), None)
 
     def _shared_probs(self, items: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """One fine-tuned run over the texts (and, when the injection detector scores with the
@@ -522,6 +461,9 @@ def load_boundary(
     use_ft = ft_path is not None and (finetuned is not True or ft_path.is_file())
     models = load_artifact(artifact or DEFAULT_ARTIFACT)[0] if embedder is not None else {}
     harm = models.get("harm")
+    ft_cache = Path()
+    if use_ft and embedder is not None:
+        ft_cache = cache_dir or getattr(embedder, "cache_dir", None) or _settings_cache()
     if broad and embedder is not None and harm is not None and is_broad(harm, embedder):
         # the broad harm model decides (its thresholds calibrated on held-out sources); the
         # fine-tuned classifier, when there, only scores injection beside the embedded one
@@ -530,10 +472,7 @@ def load_boundary(
         if use_ft and ft_path is not None:
             ft = FinetunedChecker(
                 FinetunedClassifier.load(
-                    Path(ft_path),
-                    cache_dir or getattr(embedder, "cache_dir", None) or _settings_cache(),
-                    num_threads=num_threads,
-                    quantize=quantize,
+                    Path(ft_path), ft_cache, num_threads=num_threads, quantize=quantize
                 ),
                 policy=policy,
                 decides_harm=False,
@@ -549,15 +488,9 @@ def load_boundary(
             scorer=scorer,
         )
     elif embedder is not None and use_ft and ft_path is not None:
-        if cache_dir is None:
-            cache_dir = getattr(embedder, "cache_dir", None)
-        if cache_dir is None:
-            from personalign.config import load_settings
-
-            cache_dir = load_settings().cache_dir
         ft = FinetunedChecker(
             FinetunedClassifier.load(
-                Path(ft_path), cache_dir, num_threads=num_threads, quantize=quantize
+                Path(ft_path), ft_cache, num_threads=num_threads, quantize=quantize
             ),
             policy=policy,
         )
@@ -566,7 +499,6 @@ def load_boundary(
         if injection_embedding:
             # the fast variant (int8 MiniLM vectors) where it fits, else the float32 one; they
             # read MiniLM vectors only: with other embedders the fine-tuned model suffices
-            models = load_artifact(artifact or DEFAULT_ARTIFACT)[0]
             for key in (FAST_INJECTION, "injection"):
                 inj_model = models.get(key)
                 inj_embedder = injection_embedder(embedder, inj_model)
@@ -579,7 +511,6 @@ def load_boundary(
             scorer=ft.injection_scores if ft.scores_injection else None,
         )
     elif embedder is not None:
-        models, _ = load_artifact(artifact or DEFAULT_ARTIFACT)
         if "harm" not in models:
             raise ConfigError("the safety artifact has no 'harm' model")
         checkers.append(ClassifierChecker(embedder, models["harm"], policy=policy))

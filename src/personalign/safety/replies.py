@@ -15,10 +15,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Iterator
 
+from personalign.safety.scoring import REPLY, REQUEST
 from personalign.safety.verdict import Verdict
-
-REQUEST = "request"
-REPLY = "reply"
 
 
 def _decide(checker: object, text: str, decision: str) -> Verdict | None:
