@@ -23,10 +23,14 @@ whole-source hold-out figures recorded at training time (each source scored by a
 trained without it, thresholds as calibrated on those scores): the honest estimate on the
 shared data.
 
-Baseline in the same run (``baseline_*``, ``--no-baseline`` skips it): the earlier boundary,
-the policy patterns plus the fine-tuned MiniLM/LoRA classifier deciding harm at the policy's
-thresholds for every decision. Latency: one text per ``check``, ``--threads`` onnxruntime
-threads per model, on whatever else the machine runs (``load_average_1min`` beside it).
+The shipped boundary (headline keys): the policy patterns plus the fine-tuned MiniLM/LoRA
+classifier deciding harm at the policy's thresholds per decision (``threshold``,
+``request_threshold``, ``reply_threshold``), injection scored by it and the int8 numpy model.
+Compared in the same run (``broad_*``, ``--no-baseline`` skips it): the same boundary with the
+broad embedded harm model deciding (``load_boundary(..., broad=True)``: trained on every
+source, thresholds calibrated on whole-source hold-out scores). Latency: one text per
+``check``, ``--threads`` onnxruntime threads per model, on whatever else the machine runs
+(``load_average_1min`` beside it).
 
     python benchmarks/boundary.py [--data ../shared/data] [--json] [--report DIR]
 """
@@ -287,18 +291,18 @@ def main() -> int:
     baseline = None
     if not args.no_baseline:
         baseline = load_boundary(
-            embedder, artifact=args.artifact, finetuned=args.finetuned, broad=False, **kw
+            embedder, artifact=args.artifact, finetuned=args.finetuned, broad=True, **kw
         )
         base_figs, _ = evaluate(baseline, sets, set(), detail=False)
         for k in [*HEADLINE, "injection_detection_rate", "injection_false_flag_rate"]:
             if k in base_figs:
-                figs[f"baseline_{k}"] = base_figs[k]
+                figs[f"broad_{k}"] = base_figs[k]
     if pool:
         times = latency([boundary] + ([baseline] if baseline else []), pool)
         figs["admission_p50_ms"] = round(percentile(times[0], 50), 3)
         figs["admission_p95_ms"] = round(percentile(times[0], 95), 3)
         if baseline is not None:
-            figs["baseline_admission_p95_ms"] = round(percentile(times[1], 95), 3)
+            figs["broad_admission_p95_ms"] = round(percentile(times[1], 95), 3)
         figs["load_average_1min"] = round(os.getloadavg()[0], 2)
         figs["cpu_count"] = os.cpu_count() or 0
     harm = models.get("harm")

@@ -245,3 +245,49 @@ def test_thin_keeps_every_kth_item_of_each_source() -> None:
     sets.thin(4)
     assert [it.text for it in sets.decisions[B.REQUEST]["a"]] == ["0", "3", "6", "9"]
     assert len(sets.injection["b"]) == 3
+
+
+def test_the_broad_model_decides_each_decision_at_its_calibrated_threshold() -> None:
+    from personalign.safety.checkers import (
+        DEFAULT_ARTIFACT,
+        ClassifierChecker,
+        FinetunedChecker,
+        is_broad,
+        load_boundary,
+    )
+    from personalign.safety.classifier import load_artifact
+    from personalign.safety.policy import ALWAYS_ON
+
+    models, meta = load_artifact(DEFAULT_ARTIFACT)
+    harm = models["harm"]
+    assert meta["thresholds"] == harm.meta["thresholds"]
+    assert set(harm.meta["thresholds"]) == {"preference", "request", "reply"}
+
+    class Stub:  # MiniLM's name and size, random unit vectors
+        name, dim = "all-MiniLM-L6-v2", 384
+
+        def embed(self, texts: Sequence[str]) -> np.ndarray:
+            rng = np.random.default_rng(len(texts))
+            v = rng.normal(size=(len(texts), 384)).astype(np.float32)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    assert is_broad(harm, Stub())  # type: ignore[arg-type]
+    b = load_boundary(Stub(), broad=True, finetuned=False)  # type: ignore[arg-type]
+    clf = next(c for c in b.checkers if isinstance(c, ClassifierChecker))
+    assert not any(isinstance(c, FinetunedChecker) for c in b.checkers)
+    vectors = Stub().embed(["x"] * 64) * 3.0
+    probs = harm.predict_proba(vectors)
+    benign = harm.classes.index(D.BENIGN)
+    for decision, own in harm.meta["thresholds"].items():
+        for row, v in zip(probs, clf.check_vectors(vectors, decision=decision), strict=True):
+            score = 1.0 - float(row[benign])
+            cat = v.category if v.refused else None
+            limit = own
+            if cat in ALWAYS_ON:
+                limit = min(own, b.policy.threshold_for(cat, decision))
+            if v.refused:
+                assert score >= limit - 1e-6
+            else:
+                assert score < max(own, 0.0) + 1e-6
+    old = load_boundary(Stub(), finetuned=False)  # type: ignore[arg-type]
+    assert any(isinstance(c, ClassifierChecker) for c in old.checkers)

@@ -362,7 +362,7 @@ class Boundary:
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._side is None or self._side_pid != os.getpid():
-            self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="boundary")
+            self._side = ThreadPoolExecutor(max_workers=2, thread_name_prefix="boundary")
             self._side_pid = os.getpid()
         return self._side
 
@@ -431,7 +431,7 @@ def load_boundary(
     num_threads: int | None = None,
     quantize: bool = True,
     injection_embedding: bool = True,
-    broad: bool = True,
+    broad: bool = False,
 ) -> Boundary:
     """The default boundary: patterns, the classifier, then ``guard`` if given.
 
@@ -447,11 +447,10 @@ def load_boundary(
     variants than either (one more model run per check, beside the fine-tuned one: the
     artifact's :data:`FAST_INJECTION` model over the int8 MiniLM, the faster session, when
     ``embedder`` is MiniLM; pass ``False`` for the lowest latency; left out when no embedder
-    fits; see :func:`injection_embedder`). When ``artifact``'s harm model is the broad one
-    (:func:`is_broad`, thresholds calibrated on held-out sources) it decides harm instead
-    (``broad=False``: the fine-tuned classifier does, as before), the fine-tuned classifier
-    only scores injection beside the artifact's float32 injection model, both over the same
-    MiniLM vectors as the harm model. With ``embedder=None`` both classifiers are left out
+    fits; see :func:`injection_embedder`). ``broad=True``: ``artifact``'s harm model (the broad
+    one, :func:`is_broad`, thresholds calibrated on held-out sources) decides harm instead,
+    over ``embedder``'s vectors embedded beside the fine-tuned run; the fine-tuned classifier
+    and the numpy injection as above. With ``embedder=None`` both classifiers are left out
     (patterns only: for tests and emergencies, not for production).
     """
     policy = policy or load_policy()
@@ -479,8 +478,12 @@ def load_boundary(
             )
             checkers.append(ft)
             scorer = ft.injection_scores if ft.scores_injection else None
-        inj = models.get("injection")
-        inj_embedder = injection_embedder(embedder, inj) if injection_embedding else None
+        inj, inj_embedder = None, None
+        if scorer is None:  # no fine-tuned run to overlap: the float32 model, shared vectors
+            inj = models.get("injection")
+            inj_embedder = injection_embedder(embedder, inj)
+        elif injection_embedding:
+            inj, inj_embedder = _pick_injection(models, embedder)
         injection = InjectionDetector(
             inj_embedder,
             inj if inj_embedder is not None else None,
@@ -495,18 +498,12 @@ def load_boundary(
             policy=policy,
         )
         checkers.append(ft)
-        inj_model, inj_embedder = None, None
-        if injection_embedding:
-            # the fast variant (int8 MiniLM vectors) where it fits, else the float32 one; they
-            # read MiniLM vectors only: with other embedders the fine-tuned model suffices
-            for key in (FAST_INJECTION, "injection"):
-                inj_model = models.get(key)
-                inj_embedder = injection_embedder(embedder, inj_model)
-                if inj_embedder is not None:
-                    break
+        inj_model, inj_embedder = (
+            _pick_injection(models, embedder) if injection_embedding else (None, None)
+        )
         injection = InjectionDetector(
             inj_embedder,
-            inj_model if inj_embedder is not None else None,
+            inj_model,
             threshold=policy.injection_threshold,
             scorer=ft.injection_scores if ft.scores_injection else None,
         )
@@ -522,6 +519,21 @@ def load_boundary(
     if guard is not None:
         checkers.append(guard)
     return Boundary(checkers, policy=policy, injection=injection)
+
+
+def _pick_injection(
+    models: dict[str, EmbeddingClassifier], embedder: Embedder
+) -> tuple[EmbeddingClassifier | None, Embedder | None]:
+    """The numpy injection model run beside the fine-tuned classifier and its embedder: the
+    fast variant (int8 MiniLM vectors) where it fits, else the float32 one; (None, None) when
+    neither fits (they read MiniLM vectors only: with other embedders the fine-tuned model
+    suffices)."""
+    for key in (FAST_INJECTION, "injection"):
+        model = models.get(key)
+        inj_embedder = injection_embedder(embedder, model)
+        if model is not None and inj_embedder is not None:
+            return model, inj_embedder
+    return None, None
 
 
 def is_broad(model: EmbeddingClassifier, embedder: Embedder) -> bool:
