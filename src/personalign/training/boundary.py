@@ -159,29 +159,43 @@ def finetune_training_set(
 ) -> tuple[list[str], list[str], np.ndarray, list[str]]:
     """(texts, labels, weights, train keys) of the one fine-tuned boundary classifier.
 
-    The harm set of :func:`harm_training_set` (its CyberSecEval attacks relabelled
-    ``injection``) plus the texts of :func:`injection_training_set` it lacks (positives as
-    ``injection``, negatives as ``benign``). Weights
-    give benign, harmful and injection texts :data:`GROUP_WEIGHTS` of the total each.
+    The broad harm model's rows (:func:`~personalign.training.boundary_sources.training_rows`
+    over every source, weighted by source; CyberSecEval's attacks relabelled ``injection``)
+    plus the texts of :func:`injection_training_set` they lack (positives as ``injection``,
+    negatives as ``benign``). Weights keep each row's source weight and give benign, harmful
+    and injection texts :data:`GROUP_WEIGHTS` of the total each.
     """
-    examples, harm_keys = harm_training_set(data, seed)
+    from personalign.training import boundary_sources as S
+
+    config = BoundaryConfig(seed=seed)
+    sets = S.harm_sources(data, config.max_per_source, seed)
+    rows = S.training_rows(
+        sets, templates=config.train_templates, source_power=config.source_power, seed=seed
+    )
     pos, neg, inj_keys = injection_training_set(data)
     pos_set = set(pos)
-    texts = [e.text for e in examples]  # repeats kept (the contrast pairs weigh triple)
+    texts = [r.text for r in rows]
     labels = [
-        INJECTION if e.text in pos_set or e.source == "cyberseceval" else e.label for e in examples
+        INJECTION if r.text in pos_set or r.source == "cyberseceval" else r.label for r in rows
     ]
+    raw = [r.weight for r in rows]
     seen = set(texts)
     for text, label in [(t, INJECTION) for t in pos] + [(t, D.BENIGN) for t in neg]:
         if text not in seen:
             seen.add(text)
             texts.append(text)
             labels.append(label)
+            raw.append(1.0)
     group = [lab if lab in (D.BENIGN, INJECTION) else "harm" for lab in labels]
-    counts = Counter(group)
-    weights = np.array([GROUP_WEIGHTS[g] / counts[g] for g in group], dtype=np.float64)
+    totals: dict[str, float] = {}
+    for g, w in zip(group, raw, strict=True):
+        totals[g] = totals.get(g, 0.0) + w
+    weights = np.array(
+        [GROUP_WEIGHTS[g] * w / totals[g] for g, w in zip(group, raw, strict=True)],
+        dtype=np.float64,
+    )
     weights *= len(texts) / weights.sum()  # mean weight 1
-    keys = sorted(set(harm_keys) | set(inj_keys))
+    keys = sorted({D.text_key(r.text) for s in sets for r in s.requests + s.texts} | set(inj_keys))
     return texts, labels, weights, keys
 
 
@@ -327,7 +341,8 @@ def train_finetuned(
         log_every=100,
         extra_meta={
             "purpose": "personalign safety boundary: harm categories + prompt injection",
-            "heldout_protocol": D.HELDOUT_PROTOCOL,
+            "heldout_protocol": "trained on every source (no source held out); "
+            + D.HELDOUT_PROTOCOL,
             "train_keys": " ".join(keys),
             "group_weights": GROUP_WEIGHTS,
             "recipe": recipe_meta(train_finetuned, config),
