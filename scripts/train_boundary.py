@@ -11,22 +11,24 @@ Two artifacts from the same training data:
 * ``boundary_minilm_lora.safetensors`` (the boundary's classifier): all-MiniLM-L6-v2
   fine-tuned with LoRA (:mod:`personalign.backends.finetuned`) as ONE sequence classifier
   with the labels ``benign``, ``injection`` and the harm categories, so that an admission
-  check needs one run of it (harm verdict and injection score). About 17 minutes on one CPU
-  thread (``OMP_NUM_THREADS=1``; 1 epoch over ~30k texts, batches of 32, 64 tokens; 945
-  steps at ~1.07 s on a 2-core AVX2 machine running another job); the whole script ~26
-  minutes.
-* ``boundary_minilm.npz``: the earlier softmax regressions (scikit-learn) over frozen MiniLM
-  embeddings: ``harm`` and ``injection`` (float32 MiniLM vectors; seconds to train, minutes to
-  embed), kept as the baseline the benchmark prints beside the fine-tuned boundary and used
-  when the fine-tuned artifact is absent; and ``injection_fast``, the same injection model
-  over the int8-quantized MiniLM's vectors (``--fast-injection-embedder``; ``none`` to skip),
-  which runs beside the fine-tuned classifier in the shipped boundary (the faster session).
+  check needs one run of it (harm verdict and injection score). Its recipe now trains on the
+  broad rows (~39k texts, ~1,220 steps: about 22 minutes on one quiet CPU thread); the shipped
+  file predates that (trained on ~30k texts of the earlier, narrower sources).
+* ``boundary_minilm.npz``: ``harm``, the broad embedded harm model
+  (:func:`personalign.training.boundary.train_broad_harm`: a softmax regression over frozen
+  MiniLM vectors trained on every safety source, weighted by source, each decision's threshold
+  calibrated on whole-source hold-out scores; ~30 minutes on a busy 2-core machine, most of it
+  the 17 leave-one-source-out fits; ``--embedding-cache DIR`` keeps the vectors between runs),
+  used with ``load_boundary(..., broad=True)`` and when the fine-tuned artifact is absent;
+  ``injection`` (float32 vectors) and ``injection_fast``, the same injection model over the
+  int8-quantized MiniLM's vectors (``--fast-injection-embedder``; ``none`` to skip), which runs
+  beside the fine-tuned classifier in the shipped boundary (the faster session).
 
 Reproducible: fixed seed, deterministic training (one thread), data read in sorted order. The
-held-out protocol (:data:`personalign.training.safety_data.HELDOUT_PROTOCOL`) is stored in both
-artifacts together with the keys of every training text, so that ``benchmarks/boundary.py``
-scores only what the artifacts never saw. Prints the held-out figures of the numpy
-classifiers alone (the benchmark measures the whole boundary: patterns + classifier).
+held-out protocol (:data:`personalign.training.boundary_sources.HELDOUT_PROTOCOL`) and the keys
+of every training text are stored in the artifacts. Prints the whole-source hold-out figures
+of the broad harm model (also stored: ``heldout_source_figures``, ``loso_*`` in
+``benchmarks/boundary.py``).
 """
 
 from __future__ import annotations
