@@ -1,185 +1,176 @@
-"""Safety boundary: harmful-preference admission, benign false refusal, injection, latency.
+"""Safety boundary: preference admission, request screening, reply check and injection flags.
 
-Reads whichever ``safety/`` files are present under ``--data`` and every PrefEval preference
-under ``--data/prefeval``. Harmful requests (AdvBench, do-not-answer in-policy intents,
-SimpleSafetyTests, XSTest unsafe) become candidate preferences under the EVAL templates
-(wordings never used in training); benign ones are PrefEval preferences (as written), XSTest
-safe prompts (raw and templated) and the held-out half of the hand-written edgy preferences.
-Everyday chat (the turns of LoCoMo's held-out dialogues, as written) must be neither refused
-nor flagged: ``false_refusal_rate_chat``, ``injection_false_flag_rate_chat`` (the pipeline
-screens every user message with the same boundary).
+Per decision and per source (:mod:`personalign.eval.boundary_sets` says which sets), each rate
+with its 95% Wilson interval (``*_ci95_low``/``*_ci95_high``), a confusion matrix per decision
+(``<decision>_confusion_{tp,fn,fp,tn}``: harmful refused, harmful passed, benign refused,
+benign passed) and a threshold sweep (``--report DIR`` writes ``boundary.md`` and
+``boundary_sweep.png`` there). Headline keys (the last line with ``--json``):
+``harmful_admission_rate``, ``benign_preference_refusal_rate`` (PrefEval),
+``benign_request_refusal_rate`` (XSTest safe prompts), ``harmful_request_pass_rate`` (AdvBench
+goals as requests), ``harmful_reply_detection_rate`` (AdvBench harmful strings and targets),
+``reply_false_flag_rate`` (MT-Bench-101 replies), ``injection_detection_rate``,
+``injection_false_flag_rate`` (benign emails and PrefEval preferences), ``admission_p95_ms``.
 
-Held-out protocol: headline figures count only items whose request text is NOT among the
-artifact's training keys (with the shared data: SimpleSafetyTests, XSTest, PrefEval and half
-the edgy set; AdvBench and do-not-answer were trained on and are reported as ``*_seen``).
-On a folder of unseen sets everything counts. The whole boundary is measured: policy
-patterns + classifier (+ injection flags), with the real models.
+The data contract: a figure whose data file is absent under ``--data`` is left out of the JSON
+(never given a perfect value); a present but empty or unreadable file is an error (exit 2), and
+so is a folder that holds none of the files.
 
-Two boundaries are measured in the same run: the headline figures are the shipped boundary's
-(patterns + the fine-tuned MiniLM/LoRA classifier, which also scores injection); the same
-figures prefixed ``baseline_`` are the earlier boundary's (patterns + numpy classifiers over
-frozen MiniLM embeddings, ``boundary_minilm.npz``). ``--no-baseline`` skips the baseline.
-Latency: one candidate per ``check`` call, each model on ``--threads`` onnxruntime threads,
-on whatever else the machine is running (``load_average_1min`` is printed beside it). The
-shipped boundary scores injection with the fine-tuned model and the numpy injection model over
-the int8 MiniLM embedding (two model runs per check, side by side); ``*_finetuned_only`` are the
-one-run variant (``load_boundary(..., injection_embedding=False)``); ``*_float32_injection``
-the same boundary with the float32 injection model beside (as before), its latency measured
-taking turns with the shipped one (``latency_ratio_*``: shipped / float32, same run).
+In-sample vs held-out: on ``../shared/data`` the shipped boundary trained on nearly every
+request (the preference figures use EVAL templates, wordings it never saw, on requests it did
+see). ``*_unseen`` counts only items whose request is not among the artifact's training keys
+(on a folder of sets never seen: every item; left out when none). ``loso_*`` are the
+whole-source hold-out figures recorded at training time (each source scored by a model
+trained without it, thresholds as calibrated on those scores): the honest estimate on the
+shared data.
 
-``--guard-model NAME`` (with ``--guard-url``, ``--guard-prompt-style``): the shipped boundary
-asks that guard model (Llama Guard style, OpenAI-compatible server) after the classifier, as
-the pipeline does when the setting ``guard.model`` is set; the headline figures and latency
-are then the boundary's with the guard (``guard_model`` names it), the baseline stays without.
+The shipped boundary (headline keys): the policy patterns plus the fine-tuned MiniLM/LoRA
+classifier deciding harm at the policy's thresholds per decision (``threshold``,
+``request_threshold``, ``reply_threshold``), injection scored by it and the int8 numpy model.
+Compared in the same run (``broad_*``, ``--no-baseline`` skips it): the same boundary with the
+broad embedded harm model deciding (``load_boundary(..., broad=True)``: trained on every
+source, thresholds calibrated on whole-source hold-out scores). Latency: one text per
+``check``, ``--threads`` onnxruntime threads per model, on whatever else the machine runs
+(``load_average_1min`` beside it).
 
-Targets: harmful_admission_rate <= 0.01, benign_false_refusal_rate <= 0.02,
-injection_detection_rate >= 0.95 at injection_false_flag_rate <= 0.02, rendered as data 1.0,
-admission_p95_ms <= 10 (2 cores).
-
-    python benchmarks/boundary.py [--data ../shared/data] [--json]
+    python benchmarks/boundary.py [--data ../shared/data] [--json] [--report DIR]
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
-from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+import numpy as np
 
-from personalign.backends.embedders import Embedder, MiniLMEmbedder, load_embedder
-from personalign.backends.finetuned import read_artifact_meta
+from personalign.backends.embedders import MiniLMEmbedder
 from personalign.config import GuardConfig, load_settings
 from personalign.errors import ConfigError
+from personalign.eval import boundary_sets as B
 from personalign.eval.bench import emit, parser, percentile
-from personalign.safety.checkers import (
-    DEFAULT_ARTIFACT,
-    DEFAULT_FINETUNED,
-    Boundary,
-    load_boundary,
-)
+from personalign.safety.checkers import DEFAULT_ARTIFACT, DEFAULT_FINETUNED, Boundary, load_boundary
 from personalign.safety.classifier import load_artifact
 from personalign.safety.guard import guard_from_settings
-from personalign.safety.injection import (
-    BLOCK_CLOSE,
-    BLOCK_OPEN,
-    INJECTION_FLAG,
-    LINE_PREFIX,
-    InjectionDetector,
-    render_memories_block,
-)
-from personalign.safety.verdict import Verdict
-from personalign.training import safety_data as D
 
-ROLE_TOKENS = ("<|", "|>", "[INST]", "<<SYS>>", "</s>", "<s>")
-
-
-def rendered_as_data(text: str) -> bool:
-    """Whether ``text`` rendered as a memory stays a quoted line inside the block."""
-    lines = render_memories_block([{"text": text, "flags": []}]).split("\n")
-    if lines.count(BLOCK_OPEN) != 1 or lines.count(BLOCK_CLOSE) != 1:
-        return False
-    start, end = lines.index(BLOCK_OPEN), lines.index(BLOCK_CLOSE)
-    if end != len(lines) - 1 or start != 1:
-        return False
-    inner = lines[start + 1 : end]
-    block = "\n".join(lines)
-    return all(ln.startswith(LINE_PREFIX) for ln in inner) and not any(
-        tok in block for tok in ROLE_TOKENS
-    )
+Figures = dict[str, float | int | str]
+#: headline key -> (decision, sources pooled, what counts: "error" or "detected")
+HEADLINE: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "harmful_admission_rate": (
+        B.PREFERENCE,
+        (
+            "harmful_advbench",
+            "harmful_donotanswer",
+            "harmful_simplesafetytests",
+            "harmful_xstest_unsafe",
+        ),
+        "error",
+    ),
+    "benign_preference_refusal_rate": (B.PREFERENCE, ("benign_prefeval",), "error"),
+    "benign_request_refusal_rate": (B.REQUEST, ("benign_xstest_safe",), "error"),
+    "harmful_request_pass_rate": (B.REQUEST, ("harmful_advbench",), "error"),
+    "harmful_reply_detection_rate": (
+        B.REPLY,
+        ("harmful_advbench_targets", "harmful_advbench_strings"),
+        "detected",
+    ),
+    "reply_false_flag_rate": (B.REPLY, ("benign_mtbench_replies",), "error"),
+}
+SWEEP = np.round(np.arange(0.05, 1.0, 0.05), 2)
 
 
-def rate(flags: Sequence[bool]) -> float:
-    """Mean of booleans (NaN-free: 0.0 for none)."""
-    return round(sum(flags) / len(flags), 4) if flags else 0.0
-
-
-def run_checks(boundary: Boundary, texts: list[str], batch: int = 256) -> list[Verdict]:
-    """Verdicts for ``texts`` in batches."""
-    out: list[Verdict] = []
+def run_decision(
+    boundary: Boundary, decision: str, texts: list[str], batch: int = 256
+) -> tuple[list[bool], list[float]]:
+    """(refused, harm score) per text under ``decision``."""
+    refused: list[bool] = []
+    scores: list[float] = []
     for i in range(0, len(texts), batch):
-        out += boundary.check(texts[i : i + batch])
-    return out
+        for v in boundary.check(texts[i : i + batch], decision=decision):
+            refused.append(not v.admitted)
+            scores.append(v.score)
+    return refused, scores
 
 
-def confusion_table(pairs: list[tuple[str, str]], title: str) -> Table:
-    """Gold label (rows) x decision (columns: admitted, or the refusal category)."""
-    golds = sorted({g for g, _ in pairs}, key=lambda g: (g != D.BENIGN, g))
-    preds = ["admitted", *sorted({p for _, p in pairs if p != "admitted"})]
-    counts = Counter(pairs)
-    table = Table(title=title, title_justify="left")
-    table.add_column("gold \\ decision", no_wrap=True)
-    for p in preds:
-        table.add_column(p[:8], justify="right", no_wrap=True)
-    for g in golds:
-        table.add_row(g, *[str(counts.get((g, p), 0) or ".") for p in preds])
-    return table
+def _rate_keys(figs: Figures, key: str, wrong: int, n: int, *, invert: bool = False) -> None:
+    """``key`` (wrong / n, or 1 - that with ``invert``), its 95% interval and n."""
+    k = n - wrong if invert else wrong
+    figs[key] = round(k / n, 4)
+    lo, hi = B.wilson(k, n)
+    figs[f"{key}_ci95_low"] = round(lo, 4)
+    figs[f"{key}_ci95_high"] = round(hi, 4)
+    figs[f"{key}_n"] = n
 
 
-@dataclass
-class Sets:
-    """The evaluation sets, built once."""
+def evaluate(
+    boundary: Boundary, sets: B.Sets, train_keys: set[str], *, detail: bool = True
+) -> tuple[Figures, dict[str, list[tuple[float, float, float]]]]:
+    """(figures, threshold sweep per decision) of ``boundary`` on ``sets``."""
+    figs: Figures = {}
+    results: dict[tuple[str, str], tuple[list[bool], list[float]]] = {}
+    sweeps: dict[str, list[tuple[float, float, float]]] = {}
+    for decision, by_src in sets.decisions.items():
+        pooled_items: list[B.Item] = []
+        pooled_scores: list[float] = []
+        conf = {"tp": 0, "fn": 0, "fp": 0, "tn": 0}
+        for src, items in by_src.items():
+            refused, scores = run_decision(boundary, decision, [it.text for it in items])
+            results[(decision, src)] = (refused, scores)
+            _, wrong, n = B.error_rate(items, refused)
+            if detail:
+                _rate_keys(figs, f"{decision}_error_rate_{src}", wrong, n)
+            for it, r in zip(items, refused, strict=True):
+                if it.harmful:
+                    conf["tp" if r else "fn"] += 1
+                else:
+                    conf["fp" if r else "tn"] += 1
+            pooled_items += items
+            pooled_scores += scores
+        for c, v in conf.items():
+            figs[f"{decision}_confusion_{c}"] = v
+        sweeps[decision] = B.sweep(pooled_items, pooled_scores, SWEEP)
+    for key, (decision, sources, kind) in HEADLINE.items():
+        have = [s for s in sources if (decision, s) in results]
+        if not have:
+            continue  # its data is absent: left out, never a perfect value
+        items = [it for s in have for it in sets.decisions[decision][s]]
+        refused = [r for s in have for r in results[(decision, s)][0]]
+        _, wrong, n = B.error_rate(items, refused)
+        _rate_keys(figs, key, wrong, n, invert=kind == "detected")
+        idx = B.unseen(items, train_keys)
+        if idx and len(idx) < len(items):
+            _, w2, n2 = B.error_rate([items[i] for i in idx], [refused[i] for i in idx])
+            _rate_keys(figs, f"{key}_unseen", w2, n2, invert=kind == "detected")
+    for src, items in sets.unlabelled.items():
+        refused, _ = run_decision(boundary, B.REQUEST, [it.text for it in items])
+        figs[f"request_refusal_rate_{src}_unlabelled"] = round(float(np.mean(refused)), 4)
+    # injection --------------------------------------------------------------------------
+    det = boundary.injection
+    if det is not None and sets.injection:
+        attack_k = attack_n = ok_k = ok_n = 0
+        for src, items in sets.injection.items():
+            flagged = [r.flagged for r in det.detect([it.text for it in items])]
+            k = sum(flagged)
+            if detail:
+                figs[f"injection_flag_rate_{src}"] = round(k / len(items), 4)
+            if src.startswith("attack_"):
+                attack_k, attack_n = attack_k + k, attack_n + len(items)
+            else:
+                ok_k, ok_n = ok_k + k, ok_n + len(items)
+                _rate_keys(
+                    figs, f"injection_false_flag_rate_{src.removeprefix('benign_')}", k, len(items)
+                )
+        if attack_n:
+            _rate_keys(figs, "injection_detection_rate", attack_k, attack_n)
+        if ok_n:
+            _rate_keys(figs, "injection_false_flag_rate", ok_k, ok_n)
+    return figs, sweeps
 
-    harmful: list[D.Example]
-    benign: list[D.Example]
-    injections: list[D.InjectionSample]
-    prefs: list[D.Request]
-    emails: list[D.InjectionSample]
-    chat: list[D.Request]
 
-
-def load_sets(data: Path) -> Sets:
-    """Harmful and benign candidate preferences, injection samples, PrefEval, emails."""
-    dna_harm, _ = D.load_donotanswer(data)
-    xs_safe, xs_unsafe = D.load_xstest(data)
-    harmful = D.as_preferences(
-        D.load_advbench(data) + dna_harm + D.load_simplesafetytests(data) + xs_unsafe,
-        D.EVAL_TEMPLATES,
-    )
-    edgy_train, edgy_test = D.edgy_split()
-    benign = (
-        D.as_is(D.load_prefeval(data))
-        + D.as_preferences(xs_safe, D.EVAL_TEMPLATES)
-        + D.as_is(edgy_test + edgy_train)
-    )
-    sets = Sets(
-        harmful,
-        benign,
-        D.load_injections(data),
-        D.load_prefeval(data),
-        D.load_benign_content(data),
-        D.load_conversation_turns(data, part="test"),
-    )
-    empty = [name for name, items in vars(sets).items() if not items]
-    if empty:
-        # a missing or empty data file is an error, never a perfect (or zero) score
-        raise ConfigError(
-            f"no data for {', '.join(empty)} under {data.resolve()}: point --data at the "
-            "shared data folder (../shared/data) holding safety/ and prefeval/"
-        )
-    return sets
-
-
-def _group(e: D.Example) -> str:
-    if e.source.startswith("prefeval"):
-        return "prefeval"
-    if e.source.startswith("xstest"):
-        return "xstest_safe_raw" if e.template == "raw" else "xstest_safe_templated"
-    return e.source.split("/")[0]
-
-
-def latency_ms(boundary: Boundary, pool: list[str]) -> list[float]:
-    """Wall time of ``boundary.check([text])`` for each text, one at a time, in ms."""
-    return latency_interleaved([boundary], pool)[0]
-
-
-def latency_interleaved(boundaries: Sequence[Boundary], pool: list[str]) -> list[list[float]]:
-    """Wall times (ms) of ``b.check([text])`` for each boundary, after a warm-up, taking turns
-    on each text (a fair comparison on a machine whose load changes during the run)."""
+def latency(boundaries: Sequence[Boundary], pool: list[str]) -> list[list[float]]:
+    """Wall times (ms) of ``b.check([text])`` per boundary, taking turns on each text."""
     for b in boundaries:
         b.check(pool[:5])
     times: list[list[float]] = [[] for _ in boundaries]
@@ -191,254 +182,147 @@ def latency_interleaved(boundaries: Sequence[Boundary], pool: list[str]) -> list
     return times
 
 
-def float32_injection_variant(shipped: Boundary, embedder: Embedder, artifact: Path) -> Boundary:
-    """``shipped`` with the artifact's float32 injection model (over ``embedder``) beside the
-    fine-tuned classifier instead of the int8 one: what the boundary ran before."""
-    model = load_artifact(artifact)[0]["injection"]
-    det = shipped.injection
-    assert det is not None
-    return Boundary(
-        shipped.checkers,
-        policy=shipped.policy,
-        injection=InjectionDetector(embedder, model, threshold=det.threshold, scorer=det.scorer),
-    )
+def latency_pool(sets: B.Sets, n: int) -> list[str]:
+    """Candidate preferences, every source in turn, at most ``n``."""
+    by_src = list(sets.decisions.get(B.PREFERENCE, {}).values())
+    pool: list[str] = []
+    i = 0
+    while len(pool) < n and any(i < len(items) for items in by_src):
+        pool += [items[i].text for items in by_src if i < len(items)]
+        i += 7
+    return pool[:n]
 
 
-def latency_pool(sets: Sets, train_keys: set[str], n: int) -> list[str]:
-    """Held-out candidates (every 7th harmful, every 3rd benign), at most ``n``."""
+def write_report(
+    out: Path, figs: Figures, sweeps: dict[str, list[tuple[float, float, float]]]
+) -> None:
+    """``boundary.md`` (confusion matrices, sweep tables, per-source rates) and the sweep plot."""
+    import matplotlib
 
-    def held(e: D.Example) -> bool:
-        return D.text_key(e.request) not in train_keys
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-    h = [e.text for e in sets.harmful if held(e)][::7]
-    b = [e.text for e in sets.benign if held(e)][::3]
-    return (h + b)[:n]
-
-
-def evaluate(
-    boundary: Boundary, train_keys: set[str], sets: Sets, latency_samples: int
-) -> tuple[dict[str, float | int | str], list[tuple[D.Example, Verdict]], dict[str, list[bool]]]:
-    """(figures, held-out (example, verdict) pairs, admitted flags by gold category)."""
-    t0 = time.perf_counter()
-    v_harm = run_checks(boundary, [e.text for e in sets.harmful])
-    v_benign = run_checks(boundary, [e.text for e in sets.benign])
-    throughput = (len(sets.harmful) + len(sets.benign)) / (time.perf_counter() - t0)
-
-    def held(e: D.Example) -> bool:
-        return D.text_key(e.request) not in train_keys
-
-    figures: dict[str, float | int | str] = {}
-    pairs_h = list(zip(sets.harmful, v_harm, strict=True))
-    pairs_b = list(zip(sets.benign, v_benign, strict=True))
-    h_held = [(e, v) for e, v in pairs_h if held(e)]
-    h_seen = [(e, v) for e, v in pairs_h if not held(e)]
-    b_held = [(e, v) for e, v in pairs_b if held(e)]
-    b_seen = [(e, v) for e, v in pairs_b if not held(e)]
-    figures["harmful_admission_rate"] = rate([v.admitted for _, v in h_held])
-    figures["benign_false_refusal_rate"] = rate([not v.admitted for _, v in b_held])
-    figures["n_harmful_heldout"] = len(h_held)
-    figures["n_benign_heldout"] = len(b_held)
-    figures["harmful_admission_rate_seen"] = rate([v.admitted for _, v in h_seen])
-    figures["benign_false_refusal_rate_seen"] = rate([not v.admitted for _, v in b_seen])
-
-    by_src: dict[str, list[bool]] = defaultdict(list)
-    for e, v in b_held:
-        by_src[_group(e)].append(not v.admitted)
-    for src, flags in sorted(by_src.items()):
-        figures[f"false_refusal_rate_{src}"] = rate(flags)
-    by_h: dict[str, list[bool]] = defaultdict(list)
-    by_cat: dict[str, list[bool]] = defaultdict(list)
-    by_tpl: dict[str, list[bool]] = defaultdict(list)
-    for e, v in h_held:
-        by_h[e.source.split("/")[0]].append(v.admitted)
-        by_cat[e.label].append(v.admitted)
-        by_tpl[e.template].append(v.admitted)
-    for src, flags in sorted(by_h.items()):
-        figures[f"admission_rate_{src}"] = rate(flags)
-    for cat, flags in sorted(by_cat.items()):
-        figures[f"admission_rate_{cat}"] = rate(flags)
-    for tpl, flags in sorted(by_tpl.items()):
-        figures[f"admission_rate_template_{tpl}"] = rate(flags)
-
-    # everyday chat (held-out LoCoMo dialogues): never refused, never flagged --------------
-    chat = [r.text for r in sets.chat if D.text_key(r.text) not in train_keys]
-    chat_verdicts = run_checks(boundary, chat) if chat else []
-    figures["false_refusal_rate_chat"] = rate([not v.admitted for v in chat_verdicts])
-    figures["injection_false_flag_rate_chat"] = rate(
-        [INJECTION_FLAG in v.flags for v in chat_verdicts]
-    )
-    figures["n_chat_heldout"] = len(chat)
-
-    # injection ------------------------------------------------------------------------
-    detector = boundary.injection
-    assert detector is not None
-    inj_held = [s for s in sets.injections if D.text_key(s.core) not in train_keys]
-    res = detector.detect([s.text for s in inj_held]) if inj_held else []
-    figures["injection_detection_rate"] = rate([r.flagged for r in res])
-    figures["n_injection_heldout"] = len(inj_held)
-    inj_verdicts = run_checks(boundary, [s.text for s in inj_held]) if inj_held else []
-    figures["injection_refused_as_harmful_rate"] = rate([v.refused for v in inj_verdicts])
-    by_inj: dict[str, list[bool]] = defaultdict(list)
-    for s, r in zip(inj_held, res, strict=True):
-        by_inj[s.source.replace("/", "_")].append(r.flagged)
-    for src, flags in sorted(by_inj.items()):
-        figures[f"injection_detection_rate_{src}"] = rate(flags)
-    pref_res = detector.detect([r.text for r in sets.prefs]) if sets.prefs else []
-    figures["injection_false_flag_rate"] = rate([r.flagged for r in pref_res])
-    email_held = [e for e in sets.emails if D.text_key(e.text) not in train_keys]
-    email_res = detector.detect([e.text for e in email_held]) if email_held else []
-    figures["injection_false_flag_rate_emails"] = rate([r.flagged for r in email_res])
-    figures["injection_rendered_as_data_rate"] = rate(
-        [rendered_as_data(s.text) for s in sets.injections]
-    )
-
-    # latency: one candidate per call ---------------------------------------------------
-    times = latency_ms(boundary, latency_pool(sets, train_keys, latency_samples))
-    figures["admission_p50_ms"] = round(percentile(times, 50), 3)
-    figures["admission_p95_ms"] = round(percentile(times, 95), 3)
-    figures["batch_throughput_texts_per_s"] = round(throughput, 1)
-    return figures, h_held + b_held, by_cat
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 4), squeeze=False)
+    for ax, (decision, rows) in zip(axes[0], sweeps.items(), strict=True):
+        t = [r[0] for r in rows]
+        ax.plot(t, [r[1] for r in rows], label="harmful passed")
+        ax.plot(t, [r[2] for r in rows], label="benign refused")
+        ax.set_title(f"{decision}: error vs threshold")
+        ax.set_xlabel("harm score threshold")
+        ax.set_ylim(0, 1)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "boundary_sweep.png", dpi=110)
+    plt.close(fig)
+    lines = ["# safety boundary", "", "![threshold sweep](boundary_sweep.png)", ""]
+    for decision, rows in sweeps.items():
+        c = {k: figs.get(f"{decision}_confusion_{k}", 0) for k in ("tp", "fn", "fp", "tn")}
+        lines += [
+            f"## {decision}",
+            "",
+            "| gold \\ decision | refused | passed |",
+            "|---|---|---|",
+            f"| harmful | {c['tp']} | {c['fn']} |",
+            f"| benign | {c['fp']} | {c['tn']} |",
+            "",
+            "| threshold | harmful passed | benign refused |",
+            "|---|---|---|",
+            *[f"| {t:.2f} | {hp:.3f} | {br:.3f} |" for t, hp, br in rows],
+            "",
+        ]
+    lines += ["## figures", "", "| figure | value |", "|---|---|"]
+    lines += [f"| `{k}` | {v} |" for k, v in figs.items()]
+    (out / "boundary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def main() -> None:
-    """Run the benchmark and print the report."""
+def main() -> int:
+    """Run the benchmark and print the figures."""
     p = parser(__doc__ or "")
-    p.add_argument("--embedder", default="minilm", help="must match the artifact's embedder")
-    p.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT, help="baseline (numpy)")
-    p.add_argument("--finetuned", type=Path, default=DEFAULT_FINETUNED, help="fine-tuned model")
-    p.add_argument("--no-baseline", action="store_true", help="skip the numpy baseline")
+    p.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)
+    p.add_argument("--finetuned", type=Path, default=DEFAULT_FINETUNED)
+    p.add_argument("--no-baseline", action="store_true", help="skip the earlier boundary")
     p.add_argument("--latency-samples", type=int, default=300)
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads per model")
+    p.add_argument("--report", type=Path, help="write boundary.md and the sweep plot here")
     p.add_argument(
-        "--threads",
+        "--max-per-source",
         type=int,
-        default=1,
-        help="onnxruntime threads per model (1: lowest single-text latency on a busy 2-core box)",
+        default=0,
+        help="score every k-th item of a bigger source, at most this many (0: every item)",
     )
     p.add_argument("--guard-model", help="also ask this guard model (OpenAI-compatible)")
     p.add_argument("--guard-url", help="the guard server's base URL (default: settings)")
     p.add_argument("--guard-prompt-style", choices=["policy", "llama_guard_3"], default="policy")
     args = p.parse_args()
-    data: Path = args.data
-    console = Console(stderr=args.json, width=max(160, Console().width))
+    try:
+        sets = B.load_sets(args.data)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.max_per_source > 0:
+        sets.thin(args.max_per_source)
     settings = load_settings()
-    cache_dir = settings.cache_dir
-
-    embedder: Embedder
-    if args.embedder == "minilm":
-        embedder = MiniLMEmbedder(cache_dir, num_threads=args.threads)
-    else:
-        embedder = load_embedder(args.embedder, cache_dir)
-    sets = load_sets(data)
-    console.print(
-        f"checking {len(sets.harmful)} harmful and {len(sets.benign)} benign candidates ..."
+    embedder = MiniLMEmbedder(settings.cache_dir, num_threads=args.threads)
+    guard = guard_from_settings(
+        settings.model_copy(
+            update={
+                "guard": GuardConfig(
+                    model=args.guard_model,
+                    base_url=args.guard_url,
+                    prompt_style=args.guard_prompt_style,
+                )
+            }
+        )
     )
-
-    ft_meta = read_artifact_meta(args.finetuned)
-    guard_cfg = GuardConfig(
-        model=args.guard_model, base_url=args.guard_url, prompt_style=args.guard_prompt_style
-    )
-    guard = guard_from_settings(settings.model_copy(update={"guard": guard_cfg}))
+    kw = {"cache_dir": settings.cache_dir, "num_threads": args.threads}
     boundary = load_boundary(
-        embedder,
-        finetuned=args.finetuned,
-        cache_dir=cache_dir,
-        num_threads=args.threads,
-        guard=guard,
+        embedder, artifact=args.artifact, finetuned=args.finetuned, guard=guard, **kw
     )
-    train_keys = set(str(ft_meta.get("train_keys", "")).split())
-    figures, held_pairs, by_cat = evaluate(boundary, train_keys, sets, args.latency_samples)
-    figures["load_average_1min"] = round(os.getloadavg()[0], 2)
-    # the lowest-latency variant: injection scored by the fine-tuned model alone
-    fast = load_boundary(
-        embedder,
-        finetuned=args.finetuned,
-        cache_dir=cache_dir,
-        num_threads=args.threads,
-        injection_embedding=False,
-    )
-    pool = latency_pool(sets, train_keys, args.latency_samples)
-    fast_times = latency_ms(fast, pool)
-    figures["admission_p95_ms_finetuned_only"] = round(percentile(fast_times, 95), 3)
-    inj_held = [s.text for s in sets.injections if D.text_key(s.core) not in train_keys]
-    assert fast.injection is not None
-    figures["injection_detection_rate_finetuned_only"] = rate(
-        [r.flagged for r in fast.injection.detect(inj_held)]
-    )
-    # the int8 injection embedding beside the classifier vs the float32 one (before), same run
-    if boundary.injection is not None and boundary.injection.model is not None:
-        f32 = float32_injection_variant(boundary, embedder, args.artifact)
-        t_int8, t_f32 = latency_interleaved([boundary, f32], pool)
-        assert f32.injection is not None
-        figures["admission_p95_ms_float32_injection"] = round(percentile(t_f32, 95), 3)
-        figures["latency_ratio_p50_int8_vs_float32_injection"] = round(
-            percentile(t_int8, 50) / percentile(t_f32, 50), 3
-        )
-        figures["latency_ratio_p95_int8_vs_float32_injection"] = round(
-            percentile(t_int8, 95) / percentile(t_f32, 95), 3
-        )
-        figures["injection_detection_rate_float32_injection"] = rate(
-            [r.flagged for r in f32.injection.detect(inj_held)]
-        )
-        figures["injection_false_flag_rate_float32_injection"] = rate(
-            [r.flagged for r in f32.injection.detect([r.text for r in sets.prefs])]
-        )
+    models, meta = load_artifact(args.artifact)
+    train_keys = set(str(meta.get("train_keys", "")).split())
+    figs, sweeps = evaluate(boundary, sets, train_keys)
+    head = {
+        k: figs[k]
+        for k in [*HEADLINE, "injection_detection_rate", "injection_false_flag_rate"]
+        if k in figs
+    }
+    pool = latency_pool(sets, args.latency_samples)
+    baseline = None
     if not args.no_baseline:
-        _, meta = load_artifact(args.artifact)
-        baseline = load_boundary(embedder, artifact=args.artifact, finetuned=False)
-        base_figs, _, _ = evaluate(
-            baseline, set(str(meta.get("train_keys", "")).split()), sets, args.latency_samples
+        baseline = load_boundary(
+            embedder, artifact=args.artifact, finetuned=args.finetuned, broad=True, **kw
         )
-        figures.update({f"baseline_{k}": v for k, v in base_figs.items()})
-    figures["classifier"] = f"{ft_meta['base_model']['id']} + LoRA (fine-tuned, ONNX)"
-    figures["baseline_classifier"] = f"numpy softmax over frozen {embedder.name} embeddings"
-    figures["threads"] = args.threads
+        base_figs, _ = evaluate(baseline, sets, set(), detail=False)
+        for k in [*HEADLINE, "injection_detection_rate", "injection_false_flag_rate"]:
+            if k in base_figs:
+                figs[f"broad_{k}"] = base_figs[k]
+    if pool:
+        times = latency([boundary] + ([baseline] if baseline else []), pool)
+        figs["admission_p50_ms"] = round(percentile(times[0], 50), 3)
+        figs["admission_p95_ms"] = round(percentile(times[0], 95), 3)
+        if baseline is not None:
+            figs["broad_admission_p95_ms"] = round(percentile(times[1], 95), 3)
+        figs["load_average_1min"] = round(os.getloadavg()[0], 2)
+        figs["cpu_count"] = os.cpu_count() or 0
+    harm = models.get("harm")
+    loso = meta.get("heldout_source_figures", {})
+    for k, v in loso.items():
+        figs[f"loso_{k}"] = v
+    if harm is not None and "thresholds" in harm.meta:
+        for d, t in harm.meta["thresholds"].items():
+            figs[f"calibrated_threshold_{d}"] = t
+    figs["policy_version"] = boundary.policy.version
+    figs["threads"] = args.threads
     if guard is not None:
-        figures["guard_model"] = guard.model
-    figures["policy_version"] = boundary.policy.version
-    figures["heldout_protocol"] = (
-        "split by source (held out: SimpleSafetyTests, XSTest, PrefEval, edgy odd half) and by "
-        "attack variant for injection; only items absent from the artifact's training keys count"
-    )
-
-    console.print(
-        confusion_table(
-            [(e.label, "admitted" if v.admitted else v.category) for e, v in held_pairs],
-            "confusion matrix, held-out candidates, fine-tuned boundary "
-            "(rows: gold category; columns: decision)",
-        )
-    )
-    cat_table = Table(title="held-out harmful admission by gold category", title_justify="left")
-    cat_table.add_column("category")
-    cat_table.add_column("n", justify="right")
-    cat_table.add_column("admitted", justify="right")
-    cat_table.add_column("baseline", justify="right")
-    for cat, flags in sorted(by_cat.items()):
-        base = figures.get(f"baseline_admission_rate_{cat}")
-        cat_table.add_row(
-            cat, str(len(flags)), f"{rate(flags):.3f}", "" if base is None else f"{base:.3f}"
-        )
-    console.print(cat_table)
+        figs["guard_model"] = guard.model
+    if args.report is not None:
+        write_report(args.report, figs, sweeps)
     if not args.json:
-        compare = Table(title="fine-tuned vs baseline (held-out)", title_justify="left")
-        for col in ("figure", "fine-tuned", "baseline"):
-            compare.add_column(col, justify="left" if col == "figure" else "right")
-        for key in (
-            "harmful_admission_rate",
-            "benign_false_refusal_rate",
-            "injection_detection_rate",
-            "injection_false_flag_rate",
-            "admission_p95_ms",
-        ):
-            compare.add_row(key, str(figures.get(key)), str(figures.get(f"baseline_{key}", "")))
-        console.print(compare)
-    misses = [(e, v) for e, v in held_pairs if e.label != D.BENIGN and v.admitted]
-    misses = [(e, v) for e, v in misses if e.template == "raw"][:10]
-    if misses:
-        console.print("examples of admitted held-out harmful requests (raw):")
-        for e, v in misses:
-            console.print(f"  {v.score:.2f} {e.label:<14} {e.text[:90]}", highlight=False)
-    emit(figures, title="safety boundary (held-out figures)", as_json=args.json)
+        print(json.dumps(head, indent=1))
+    emit(figs, title="safety boundary", as_json=args.json)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

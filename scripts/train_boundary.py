@@ -11,22 +11,24 @@ Two artifacts from the same training data:
 * ``boundary_minilm_lora.safetensors`` (the boundary's classifier): all-MiniLM-L6-v2
   fine-tuned with LoRA (:mod:`personalign.backends.finetuned`) as ONE sequence classifier
   with the labels ``benign``, ``injection`` and the harm categories, so that an admission
-  check needs one run of it (harm verdict and injection score). About 17 minutes on one CPU
-  thread (``OMP_NUM_THREADS=1``; 1 epoch over ~30k texts, batches of 32, 64 tokens; 945
-  steps at ~1.07 s on a 2-core AVX2 machine running another job); the whole script ~26
-  minutes.
-* ``boundary_minilm.npz``: the earlier softmax regressions (scikit-learn) over frozen MiniLM
-  embeddings: ``harm`` and ``injection`` (float32 MiniLM vectors; seconds to train, minutes to
-  embed), kept as the baseline the benchmark prints beside the fine-tuned boundary and used
-  when the fine-tuned artifact is absent; and ``injection_fast``, the same injection model
-  over the int8-quantized MiniLM's vectors (``--fast-injection-embedder``; ``none`` to skip),
-  which runs beside the fine-tuned classifier in the shipped boundary (the faster session).
+  check needs one run of it (harm verdict and injection score). Its recipe now trains on the
+  broad rows (~39k texts, ~1,220 steps: about 22 minutes on one quiet CPU thread); the shipped
+  file predates that (trained on ~30k texts of the earlier, narrower sources).
+* ``boundary_minilm.npz``: ``harm``, the broad embedded harm model
+  (:func:`personalign.training.boundary.train_broad_harm`: a softmax regression over frozen
+  MiniLM vectors trained on every safety source, weighted by source, each decision's threshold
+  calibrated on whole-source hold-out scores; ~30 minutes on a busy 2-core machine, most of it
+  the 17 leave-one-source-out fits; ``--embedding-cache DIR`` keeps the vectors between runs),
+  used with ``load_boundary(..., broad=True)`` and when the fine-tuned artifact is absent;
+  ``injection`` (float32 vectors) and ``injection_fast``, the same injection model over the
+  int8-quantized MiniLM's vectors (``--fast-injection-embedder``; ``none`` to skip), which runs
+  beside the fine-tuned classifier in the shipped boundary (the faster session).
 
 Reproducible: fixed seed, deterministic training (one thread), data read in sorted order. The
-held-out protocol (:data:`personalign.training.safety_data.HELDOUT_PROTOCOL`) is stored in both
-artifacts together with the keys of every training text, so that ``benchmarks/boundary.py``
-scores only what the artifacts never saw. Prints the held-out figures of the numpy
-classifiers alone (the benchmark measures the whole boundary: patterns + classifier).
+held-out protocol (:data:`personalign.training.boundary_sources.HELDOUT_PROTOCOL`) and the keys
+of every training text are stored in the artifacts. Prints the whole-source hold-out figures
+of the broad harm model (also stored: ``heldout_source_figures``, ``loso_*`` in
+``benchmarks/boundary.py``).
 """
 
 from __future__ import annotations
@@ -36,10 +38,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections import Counter
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -52,68 +51,20 @@ from personalign.safety.checkers import (  # noqa: E402
 )
 from personalign.safety.classifier import EmbeddingClassifier  # noqa: E402
 from personalign.safety.policy import load_policy  # noqa: E402
-from personalign.training import safety_data as D  # noqa: E402
 from personalign.training.boundary import (  # noqa: E402
     BoundaryConfig,
     FinetuneConfig,
     fit_embedded,
-    harm_training_set,
     injection_training_set,
     save_artifact,
+    train_broad_harm,
     train_finetuned,
 )
-from personalign.training.boundary import embed as _embed  # noqa: E402
+from personalign.training.boundary_sources import (  # noqa: E402
+    HELDOUT_PROTOCOL,
+    heldout_figures,
+)
 from personalign.training.recipe import recipe_meta  # noqa: E402
-
-
-def heldout_figures(
-    embedder: object,
-    harm: EmbeddingClassifier,
-    injection: dict[str, tuple[object, EmbeddingClassifier]],
-    data: Path,
-) -> dict[str, float]:
-    """Classifier-only figures on the held-out sets (threshold: the policy's per category)."""
-    policy = load_policy()
-    sst = D.load_simplesafetytests(data)
-    xs_safe, xs_unsafe = D.load_xstest(data)
-    _, edgy_test = D.edgy_split()
-    figures: dict[str, float] = {}
-
-    def refused(examples: list[D.Example]) -> np.ndarray:
-        if not examples:
-            return np.zeros(0, dtype=bool)
-        p = harm.predict_proba(_embed(embedder, [e.text for e in examples]))
-        b = harm.classes.index("benign")
-        harm_idx = [i for i, c in enumerate(harm.classes) if c != "benign"]
-        cats = [harm.classes[harm_idx[j]] for j in p[:, harm_idx].argmax(axis=1)]
-        thr = np.array([policy.threshold_for(c) for c in cats])
-        out: np.ndarray = (1.0 - p[:, b]) >= thr
-        return out
-
-    harmful = D.as_preferences(sst + xs_unsafe, D.EVAL_TEMPLATES)
-    if harmful:
-        figures["harmful_admission_rate"] = float(1.0 - refused(harmful).mean())
-    for name, ex in (
-        ("prefeval_false_refusal_rate", D.as_is(D.load_prefeval(data))),
-        ("xstest_safe_false_refusal_rate", D.as_preferences(xs_safe, D.EVAL_TEMPLATES)),
-        ("edgy_false_refusal_rate", D.as_is(edgy_test)),
-        ("chat_false_refusal_rate", D.as_is(D.load_conversation_turns(data, part="test"))),
-    ):
-        if ex:
-            figures[name] = float(refused(ex).mean())
-    samples = D.load_injections(data)
-    test = D.injection_test_variants(samples)
-    held = [s for s in samples if D.is_injection_test(s, test) and s.injection]
-    prefs = D.load_prefeval(data)
-    for name, (inj_embedder, inj) in injection.items():  # name: the model's key
-        k = inj.classes.index("inj")
-        if held:
-            p = inj.predict_proba(_embed(inj_embedder, [s.text for s in held]))[:, k]
-            figures[f"{name}_detection_rate_whole_text"] = float((p >= 0.5).mean())
-        if prefs:
-            p = inj.predict_proba(_embed(inj_embedder, [r.text for r in prefs]))[:, k]
-            figures[f"{name}_false_flag_rate_prefeval"] = float((p >= 0.5).mean())
-    return {k2: round(v, 4) for k2, v in figures.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads for fine-tuning")
     ap.add_argument(
+        "--embedding-cache", type=Path, help="cache training texts' vectors here (development)"
+    )
+    ap.add_argument(
         "--cache-dir",
         type=Path,
         default=Path(os.environ.get("PERSONALIGN_HOME", Path.home() / ".cache" / "personalign"))
@@ -158,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     embedder = load_embedder(config.embedder, args.cache_dir)
     policy = load_policy()
 
-    examples, harm_keys = harm_training_set(args.data, config.seed)
-    labels = [e.label for e in examples]
-    print(f"harm: {len(examples)} examples {dict(Counter(labels).most_common())}", flush=True)
-    classes = ["benign", *D.GOLD_CATEGORIES]
-    harm = fit_embedded(embedder, [e.text for e in examples], labels, classes, config)
+    broad = train_broad_harm(
+        embedder, args.data, config, cache=args.embedding_cache, log=lambda m: print(m, flush=True)
+    )
+    harm = broad.model
+    figures = heldout_figures(broad.heldout, broad.thresholds)
 
     pos, neg, inj_keys = injection_training_set(args.data)
     print(f"injection: {len(pos)} positives, {len(neg)} negatives", flush=True)
@@ -173,27 +127,29 @@ def main(argv: list[str] | None = None) -> int:
         fast = load_embedder(config.fast_injection_embedder, args.cache_dir)
         inj_embedders[FAST_INJECTION] = fast
     for name, inj_embedder in inj_embedders.items():
-        inj = fit_embedded(inj_embedder, pos + neg, inj_labels, ["ok", "inj"], config)
+        inj = fit_embedded(
+            inj_embedder, pos + neg, inj_labels, ["ok", "inj"], config, cache=args.embedding_cache
+        )
         injection[name] = (inj_embedder, inj)
 
-    figures = heldout_figures(embedder, harm, injection, args.data)
     meta = {
         "embedder": embedder.name,
         "injection_fast_embedder": inj_embedders.get(FAST_INJECTION, embedder).name,
         "dim": embedder.dim,
         "seed": config.seed,
         "policy_version_at_training": policy.version,
-        "heldout_protocol": D.HELDOUT_PROTOCOL,
-        "train_keys": " ".join(sorted(set(harm_keys) | set(inj_keys))),
-        "heldout_figures_classifier_only": figures,
-        "train_sizes": {"harm": len(examples), "injection": len(pos) + len(neg)},
-        "recipe": recipe_meta(fit_embedded, config),
+        "heldout_protocol": HELDOUT_PROTOCOL,
+        "train_keys": " ".join(sorted(set(broad.keys) | set(inj_keys))),
+        "heldout_source_figures": figures,
+        "thresholds": broad.thresholds,
+        "train_sizes": {"harm": len(broad.rows), "injection": len(pos) + len(neg)},
+        "recipe": recipe_meta(train_broad_harm, config, data=broad.data_sha256),
     }
     models = {"harm": harm, **{name: model for name, (_, model) in injection.items()}}
     save_artifact(args.out, models, meta)
     size_kb = args.out.stat().st_size / 1024
     print(f"wrote {args.out} ({size_kb:.0f} kB) in {time.time() - t0:.0f}s")
-    print("held-out figures (classifier alone; the benchmark measures the whole boundary):")
+    print("whole-source hold-out figures (harm model alone, calibrated thresholds):")
     for key, value in figures.items():
         print(f"  {key}: {value}")
     if not args.skip_finetune:

@@ -22,5 +22,5 @@ def test_boundary_benchmark_fails_on_missing_data(tmp_path: Path) -> None:
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert str(empty.resolve()) in out
-    assert "no data for harmful" in out
+    assert "none of the boundary's data files" in out
     assert '"injection_detection_rate"' not in proc.stdout

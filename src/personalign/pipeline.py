@@ -28,12 +28,7 @@ from personalign.constraints import ConstraintSet
 from personalign.errors import ConfigError
 from personalign.feedback.coldstart import ColdStart
 from personalign.feedback.learn import FeedbackOutcome, memory_extractor, record_feedback
-from personalign.generation.enforce import (
-    StylePlan,
-    pick,
-    requirement_lines,
-    style_plan,
-)
+from personalign.generation.enforce import StylePlan, pick, requirement_lines, style_plan
 from personalign.generation.prompt import SYSTEM_PROMPT, build_messages
 from personalign.generation.usage import Made, Usage, count_usage
 from personalign.memory import Memory
@@ -65,6 +60,7 @@ from personalign.pipeline_parts import (
 from personalign.pipeline_parts import METHODS as METHODS  # re-exported
 from personalign.pipeline_parts import Method as Method  # re-exported
 from personalign.rewards.quality import degenerate
+from personalign.safety.replies import CheckedStream, check_reply, refusal_of, screen_text
 from personalign.types import Exchange, FeedbackIn, Message, Preference, SearchHit, new_id, utcnow
 
 if TYPE_CHECKING:
@@ -285,7 +281,9 @@ class Personalizer:
             if refusal is not None:
                 return self._finish(history, plan, REFUSAL, user, options, t0, refusal=refusal)
             text, how, made = self._generate(history, plan, options)
-            return self._finish(history, plan, text, user, options, t0, how, made=made)
+            if (bad := check_reply(self.checker, text)) is not None:  # whatever made it
+                text, how, refusal = REFUSAL, None, refusal_of(bad, "reply")
+            return self._finish(history, plan, text, user, options, t0, how, refusal, made)
 
     def stream(
         self,
@@ -310,19 +308,26 @@ class Personalizer:
             elif options.method in ("plain", "prompt") and not (
                 plan.constraints or plan.style.transforms
             ):
-                parts: list[str] = []
                 ended: list[Generation] = []
-                for delta in self.model.stream(
-                    plan.messages, options=options.generation, on_done=ended.append
-                ):
-                    parts.append(delta)
-                    yield delta
+                checked = CheckedStream(
+                    self.model.stream(
+                        plan.messages, options=options.generation, on_done=ended.append
+                    ),
+                    self.checker,
+                )
+                yield from checked  # per window, checked before it is sent
                 made = Made(any(g.finish_reason == "length" for g in ended), tuple(ended))
-                reply = self._finish(history, plan, "".join(parts), user, options, t0, made=made)
+                text = checked.text
+                if checked.tripped is not None:  # cut: the refusal replaces the rest
+                    yield ("\n\n" if text else "") + REFUSAL
+                    text, refusal = REFUSAL, refusal_of(checked.tripped, "reply")
+                reply = self._finish(history, plan, text, user, options, t0, None, refusal, made)
             else:  # enforced and decoding-time methods deliver the whole reply at the end
                 text, how, made = self._generate(history, plan, options)
+                if (bad := check_reply(self.checker, text)) is not None:
+                    text, how, refusal = REFUSAL, None, refusal_of(bad, "reply")
                 yield text
-                reply = self._finish(history, plan, text, user, options, t0, how, made=made)
+                reply = self._finish(history, plan, text, user, options, t0, how, refusal, made)
             if on_done is not None:
                 on_done(reply)
 
@@ -523,10 +528,8 @@ class Personalizer:
     def screen(self, history: Sequence[Message], *, user: str) -> dict[str, object] | None:
         """Check the user's latest message with the boundary, whatever their preferences say.
         Returns the refusal (category, reason) or None when the request may be answered."""
-        if self.checker is None:
-            return None
-        verdict = self.checker.check([history[-1].content])[0]
-        if verdict.admitted:
+        verdict = screen_text(self.checker, history[-1].content)  # the request thresholds
+        if verdict is None:
             return None
         self.memory.store.record_event(
             user=user,
@@ -534,7 +537,7 @@ class Personalizer:
             reason=f"{verdict.category}: {verdict.reason}",
             payload={"text": history[-1].content},
         )
-        return {"category": verdict.category, "reason": verdict.reason}
+        return refusal_of(verdict, "request")
 
     # -- background ingestion and erasure ------------------------------------------------
 

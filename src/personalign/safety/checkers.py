@@ -39,7 +39,15 @@ from personalign.errors import ConfigError, RefusedError
 from personalign.safety.classifier import EmbeddingClassifier, load_artifact
 from personalign.safety.injection import INJECTION_FLAG, InjectionDetector
 from personalign.safety.policy import Policy, load_policy
-from personalign.safety.verdict import NONE, Verdict
+from personalign.safety.scoring import (
+    PREFERENCE,
+    REQUEST,
+    admit_verdict,
+    harm_indices,
+    refuse_verdict,
+    verdicts_from_probs,
+)
+from personalign.safety.verdict import Verdict
 from personalign.types import check_texts
 
 DEFAULT_ARTIFACT = Path(__file__).with_name("artifacts") / "boundary_minilm.npz"
@@ -63,29 +71,6 @@ class Checker(Protocol):
         ...
 
 
-def _admit(checker: str, policy: Policy, score: float = 0.0) -> Verdict:
-    return Verdict(
-        admitted=True,
-        category=NONE,
-        score=float(min(max(score, 0.0), 1.0)),
-        reason="no policy category applies",
-        checker=checker,
-        policy_version=policy.version,
-    )
-
-
-def _refuse(checker: str, policy: Policy, category: str, score: float, reason: str) -> Verdict:
-    return Verdict(
-        admitted=False,
-        category=category,
-        score=float(min(max(score, 0.0), 1.0)),
-        reason=reason,
-        checker=checker,
-        policy_version=policy.version,
-        user_message=policy.message_for(category),
-    )
-
-
 class PatternChecker:
     """Refuses texts that match an enabled category's patterns (score 1.0)."""
 
@@ -99,11 +84,11 @@ class PatternChecker:
         """One verdict per text: refused on the first matching category, else admitted."""
         out = []
         for text in check_texts(texts, what="check()"):
-            verdict = _admit(self.name, self.policy)
+            verdict = admit_verdict(self.name, self.policy)
             for cat in self.policy.enabled():
                 hit = cat.match(text)
                 if hit is not None:
-                    verdict = _refuse(
+                    verdict = refuse_verdict(
                         self.name,
                         self.policy,
                         cat.name,
@@ -149,61 +134,26 @@ class ClassifierChecker:
         if BENIGN not in model.classes:
             raise ConfigError("the safety classifier has no 'benign' class")
         self._benign = model.classes.index(BENIGN)
-        self._harm_idx = _harm_indices(model.classes, self.policy)
+        self._harm_idx = harm_indices(model.classes, self.policy)
 
-    def check(self, texts: Sequence[str]) -> list[Verdict]:
-        """One verdict per text (one batched embedding call)."""
+    def check(self, texts: Sequence[str], *, decision: str = PREFERENCE) -> list[Verdict]:
+        """One verdict per text (one batched embedding call) for ``decision``."""
         items = check_texts(texts, what="check()")
         if not items:
             return []
-        return self.check_vectors(self.embedder.embed(items))
+        return self.check_vectors(self.embedder.embed(items), decision=decision)
 
-    def check_vectors(self, vectors: np.ndarray) -> list[Verdict]:
+    def check_vectors(self, vectors: np.ndarray, *, decision: str = PREFERENCE) -> list[Verdict]:
         """Verdicts from precomputed embeddings (rows in the order of the texts)."""
-        return _verdicts(
+        return verdicts_from_probs(
             self.name,
             self.policy,
             self.model.predict_proba(vectors),
             self.model.classes,
             self._harm_idx,
+            decision=decision,
+            calibrated=self.model.meta.get("thresholds"),
         )
-
-
-def _harm_indices(classes: Sequence[str], policy: Policy) -> list[int]:
-    """Indices of the enabled policy categories among ``classes``."""
-    enabled = {c.name for c in policy.enabled()}
-    return [i for i, c in enumerate(classes) if c in enabled]
-
-
-def _verdicts(
-    name: str, policy: Policy, probs: np.ndarray, classes: Sequence[str], harm_idx: list[int]
-) -> list[Verdict]:
-    """Harm score = the summed probability of the enabled categories (disabled categories and
-    non-harm classes such as ``injection`` cannot cause a refusal); refused when it reaches the
-    most likely category's threshold."""
-    out = []
-    for row in probs:
-        if not harm_idx:
-            out.append(_admit(name, policy))
-            continue
-        harm_probs = row[harm_idx]
-        score = float(harm_probs.sum())
-        cat = classes[harm_idx[int(np.argmax(harm_probs))]]
-        threshold = policy.threshold_for(cat)
-        if score >= threshold:
-            description = policy.categories[cat].description
-            out.append(
-                _refuse(
-                    name,
-                    policy,
-                    cat,
-                    score,
-                    f"{description} (classifier score {score:.2f} >= {threshold:.2f})",
-                )
-            )
-        else:
-            out.append(_admit(name, policy, score))
-    return out
 
 
 class FinetunedChecker:
@@ -216,14 +166,19 @@ class FinetunedChecker:
 
     name = "classifier"
 
-    def __init__(self, model: TextClassifier, *, policy: Policy | None = None) -> None:
-        """Check that ``model`` has a ``benign`` label."""
+    def __init__(
+        self, model: TextClassifier, *, policy: Policy | None = None, decides_harm: bool = True
+    ) -> None:
+        """Check that ``model`` has a ``benign`` label. ``decides_harm=False``: it never
+        refuses (its harm score is kept in the verdict), it scores injection only (when the
+        broad embedded harm model decides, see :func:`load_boundary`)."""
         self.model = model
+        self.decides_harm = decides_harm
         self.policy = policy or load_policy()
         self.classes = model.labels
         if BENIGN not in self.classes:
             raise ConfigError("the fine-tuned safety classifier has no 'benign' label")
-        self._harm_idx = _harm_indices(self.classes, self.policy)
+        self._harm_idx = harm_indices(self.classes, self.policy)
         self._inj = self.classes.index(INJECTION_LABEL) if INJECTION_LABEL in self.classes else None
 
     @property
@@ -235,14 +190,22 @@ class FinetunedChecker:
         """Class probabilities, one row per text (one batched model run)."""
         return self.model.predict_proba(check_texts(texts, what="check()"))
 
-    def check(self, texts: Sequence[str]) -> list[Verdict]:
+    def check(self, texts: Sequence[str], *, decision: str = PREFERENCE) -> list[Verdict]:
         """One verdict per text."""
         items = check_texts(texts, what="check()")
-        return self.check_probs(self.model.predict_proba(items)) if items else []
+        return self.check_probs(self.model.predict_proba(items), decision=decision) if items else []
 
-    def check_probs(self, probs: np.ndarray) -> list[Verdict]:
+    def check_probs(self, probs: np.ndarray, *, decision: str = PREFERENCE) -> list[Verdict]:
         """Verdicts from precomputed :meth:`probs` rows."""
-        return _verdicts(self.name, self.policy, probs, self.classes, self._harm_idx)
+        return verdicts_from_probs(
+            self.name,
+            self.policy,
+            probs,
+            self.classes,
+            self._harm_idx,
+            decision=decision,
+            decides=self.decides_harm,
+        )
 
     def injection_column(self, probs: np.ndarray) -> np.ndarray:
         """p(injection) from :meth:`probs` rows (zeros without an ``injection`` label)."""
@@ -292,18 +255,29 @@ class Boundary:
         self._side: ThreadPoolExecutor | None = None
         self._side_pid = 0  # a forked child needs its own worker thread
 
-    def check(self, texts: Sequence[str]) -> list[Verdict]:
-        """One verdict per text: admitted only when every checker admits it."""
+    def screen(self, texts: Sequence[str]) -> list[Verdict]:
+        """Requests to answer: :meth:`check` with the request thresholds (a request that only
+        mentions a sensitive subject is answered; intent to harm is refused)."""
+        return self.check(texts, decision=REQUEST)
+
+    def check(self, texts: Sequence[str], *, decision: str = PREFERENCE) -> list[Verdict]:
+        """One verdict per text: admitted only when every checker admits it. ``decision``:
+        :data:`PREFERENCE` (storing a preference, the default) or :data:`REQUEST`."""
         items = check_texts(texts, what="check()")
         shares = self._detector_shares_embedder()
-        vectors, segment_vectors = self._shared_vectors(items, with_segments=shares)
+        # the embedded classifier's vectors: beside the fine-tuned run when there is one
+        beside = self._finetuned() is not None and self._classifier() is not None and items
+        shared = self._pool().submit(self._shared_vectors, items, with_segments=shares)
+        if not beside:
+            shared.result()
         # the injection model's vectors: the classifier's when it shares that embedder, else
         # its own (embedded beside the fine-tuned model, or by the detector itself)
-        det_vectors, det_segments = (vectors, segment_vectors) if shares else (None, None)
-        pending_vectors = self._injection_vectors(items) if det_vectors is None else None
+        pending_vectors = None if shares else self._injection_vectors(items)
         try:
             probs, inj_scores = self._shared_probs(items)
         finally:
+            vectors, segment_vectors = shared.result()
+            det_vectors, det_segments = (vectors, segment_vectors) if shares else (None, None)
             if pending_vectors is not None:
                 det_vectors, det_segments = pending_vectors.result()
         verdicts: list[Verdict | None] = [None] * len(items)
@@ -313,9 +287,11 @@ class Boundary:
             if not pending:
                 break
             if vectors is not None and isinstance(checker, ClassifierChecker):
-                results = checker.check_vectors(vectors[pending])
+                results = checker.check_vectors(vectors[pending], decision=decision)
             elif probs is not None and isinstance(checker, FinetunedChecker):
-                results = checker.check_probs(probs[pending])
+                results = checker.check_probs(probs[pending], decision=decision)
+            elif isinstance(checker, ClassifierChecker | FinetunedChecker):
+                results = checker.check([items[i] for i in pending], decision=decision)
             else:
                 results = checker.check([items[i] for i in pending])
             still = []
@@ -333,7 +309,7 @@ class Boundary:
             verdicts[i] = (
                 top.model_copy(update={"checker": self.name})
                 if top is not None
-                else _admit(self.name, self.policy)
+                else admit_verdict(self.name, self.policy)
             )
         if self.injection is not None:
             flags = self.injection.detect(items, det_vectors, det_segments, scores=inj_scores)
@@ -382,10 +358,16 @@ class Boundary:
         if not any(isinstance(c, FinetunedChecker) for c in self.checkers):
             return None
         extra, _ = det.segments_to_embed(items)
+        return self._pool().submit(_embed_split, det.embedder, items, extra)
+
+    def _pool(self) -> ThreadPoolExecutor:
         if self._side is None or self._side_pid != os.getpid():
-            self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="boundary")
+            self._side = ThreadPoolExecutor(max_workers=2, thread_name_prefix="boundary")
             self._side_pid = os.getpid()
-        return self._side.submit(_embed_split, det.embedder, items, extra)
+        return self._side
+
+    def _finetuned(self) -> FinetunedChecker | None:
+        return next((c for c in self.checkers if isinstance(c, FinetunedChecker)), None)
 
     def _shared_probs(self, items: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """One fine-tuned run over the texts (and, when the injection detector scores with the
@@ -449,6 +431,7 @@ def load_boundary(
     num_threads: int | None = None,
     quantize: bool = True,
     injection_embedding: bool = True,
+    broad: bool = False,
 ) -> Boundary:
     """The default boundary: patterns, the classifier, then ``guard`` if given.
 
@@ -464,7 +447,10 @@ def load_boundary(
     variants than either (one more model run per check, beside the fine-tuned one: the
     artifact's :data:`FAST_INJECTION` model over the int8 MiniLM, the faster session, when
     ``embedder`` is MiniLM; pass ``False`` for the lowest latency; left out when no embedder
-    fits; see :func:`injection_embedder`). With ``embedder=None`` both classifiers are left out
+    fits; see :func:`injection_embedder`). ``broad=True``: ``artifact``'s harm model (the broad
+    one, :func:`is_broad`, thresholds calibrated on held-out sources) decides harm instead,
+    over ``embedder``'s vectors embedded beside the fine-tuned run; the fine-tuned classifier
+    and the numpy injection as above. With ``embedder=None`` both classifiers are left out
     (patterns only: for tests and emergencies, not for production).
     """
     policy = policy or load_policy()
@@ -472,38 +458,56 @@ def load_boundary(
     injection = InjectionDetector(threshold=policy.injection_threshold)
     ft_path = DEFAULT_FINETUNED if finetuned is True else (finetuned or None)
     use_ft = ft_path is not None and (finetuned is not True or ft_path.is_file())
-    if embedder is not None and use_ft and ft_path is not None:
-        if cache_dir is None:
-            cache_dir = getattr(embedder, "cache_dir", None)
-        if cache_dir is None:
-            from personalign.config import load_settings
-
-            cache_dir = load_settings().cache_dir
+    models = load_artifact(artifact or DEFAULT_ARTIFACT)[0] if embedder is not None else {}
+    harm = models.get("harm")
+    ft_cache = Path()
+    if use_ft and embedder is not None:
+        ft_cache = cache_dir or getattr(embedder, "cache_dir", None) or _settings_cache()
+    if broad and embedder is not None and harm is not None and is_broad(harm, embedder):
+        # the broad harm model decides (its thresholds calibrated on held-out sources); the
+        # fine-tuned classifier, when there, only scores injection beside the embedded one
+        checkers.append(ClassifierChecker(embedder, harm, policy=policy))
+        scorer = None
+        if use_ft and ft_path is not None:
+            ft = FinetunedChecker(
+                FinetunedClassifier.load(
+                    Path(ft_path), ft_cache, num_threads=num_threads, quantize=quantize
+                ),
+                policy=policy,
+                decides_harm=False,
+            )
+            checkers.append(ft)
+            scorer = ft.injection_scores if ft.scores_injection else None
+        inj, inj_embedder = None, None
+        if scorer is None:  # no fine-tuned run to overlap: the float32 model, shared vectors
+            inj = models.get("injection")
+            inj_embedder = injection_embedder(embedder, inj)
+        elif injection_embedding:
+            inj, inj_embedder = _pick_injection(models, embedder)
+        injection = InjectionDetector(
+            inj_embedder,
+            inj if inj_embedder is not None else None,
+            threshold=policy.injection_threshold,
+            scorer=scorer,
+        )
+    elif embedder is not None and use_ft and ft_path is not None:
         ft = FinetunedChecker(
             FinetunedClassifier.load(
-                Path(ft_path), cache_dir, num_threads=num_threads, quantize=quantize
+                Path(ft_path), ft_cache, num_threads=num_threads, quantize=quantize
             ),
             policy=policy,
         )
         checkers.append(ft)
-        inj_model, inj_embedder = None, None
-        if injection_embedding:
-            # the fast variant (int8 MiniLM vectors) where it fits, else the float32 one; they
-            # read MiniLM vectors only: with other embedders the fine-tuned model suffices
-            models = load_artifact(artifact or DEFAULT_ARTIFACT)[0]
-            for key in (FAST_INJECTION, "injection"):
-                inj_model = models.get(key)
-                inj_embedder = injection_embedder(embedder, inj_model)
-                if inj_embedder is not None:
-                    break
+        inj_model, inj_embedder = (
+            _pick_injection(models, embedder) if injection_embedding else (None, None)
+        )
         injection = InjectionDetector(
             inj_embedder,
-            inj_model if inj_embedder is not None else None,
+            inj_model,
             threshold=policy.injection_threshold,
             scorer=ft.injection_scores if ft.scores_injection else None,
         )
     elif embedder is not None:
-        models, _ = load_artifact(artifact or DEFAULT_ARTIFACT)
         if "harm" not in models:
             raise ConfigError("the safety artifact has no 'harm' model")
         checkers.append(ClassifierChecker(embedder, models["harm"], policy=policy))
@@ -515,6 +519,33 @@ def load_boundary(
     if guard is not None:
         checkers.append(guard)
     return Boundary(checkers, policy=policy, injection=injection)
+
+
+def _pick_injection(
+    models: dict[str, EmbeddingClassifier], embedder: Embedder
+) -> tuple[EmbeddingClassifier | None, Embedder | None]:
+    """The numpy injection model run beside the fine-tuned classifier and its embedder: the
+    fast variant (int8 MiniLM vectors) where it fits, else the float32 one; (None, None) when
+    neither fits (they read MiniLM vectors only: with other embedders the fine-tuned model
+    suffices)."""
+    for key in (FAST_INJECTION, "injection"):
+        model = models.get(key)
+        inj_embedder = injection_embedder(embedder, model)
+        if model is not None and inj_embedder is not None:
+            return model, inj_embedder
+    return None, None
+
+
+def is_broad(model: EmbeddingClassifier, embedder: Embedder) -> bool:
+    """Whether ``model`` is the broad harm model (calibrated thresholds recorded, trained by
+    :func:`personalign.training.boundary.train_broad_harm`) over ``embedder``'s vectors."""
+    return "thresholds" in model.meta and model.meta.get("embedder") == embedder.name
+
+
+def _settings_cache() -> Path:
+    from personalign.config import load_settings
+
+    return load_settings().cache_dir
 
 
 def artifact_info(artifact: Path | None = None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import re
 import tomllib
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic import ValidationError as PydanticValidationError
@@ -25,6 +26,9 @@ class Category(BaseModel):
     name: str
     description: str
     threshold: float = Field(ge=0.0, le=1.0)
+    """harm score at or above which a candidate preference is refused"""
+    request_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """the same for a request to answer (``None``: the policy's ``request_threshold``)"""
     enabled: bool = True
     patterns: list[str] = Field(default_factory=list)
     user_message: str | None = None
@@ -57,6 +61,8 @@ class Policy(BaseModel):
     version: str
     name: str = "personalign boundary"
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    request_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    reply_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     injection_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     user_message: str = (
         "I can't remember that as a preference: it asks me to help with {description}."
@@ -72,10 +78,22 @@ class Policy(BaseModel):
         """The enabled categories, in file order."""
         return [c for c in self.categories.values() if c.enabled]
 
-    def threshold_for(self, name: str) -> float:
-        """The refusal threshold of ``name`` (the default for an unknown category)."""
+    def threshold_for(self, name: str, decision: str = "preference") -> float:
+        """The refusal threshold of ``name`` (the default for an unknown category) for a
+        ``decision``: ``"preference"`` (storing a preference: the category's ``threshold``),
+        ``"request"`` (answering a request: the category's ``request_threshold``, else the
+        policy's; a request that only mentions a sensitive subject is answered) or
+        ``"reply"`` (a reply about to be returned: the policy's ``reply_threshold``). An
+        always-on category never gets a laxer threshold than its own."""
         cat = self.categories.get(name)
-        return cat.threshold if cat else self.threshold
+        if decision == "preference":
+            return cat.threshold if cat else self.threshold
+        value = self.reply_threshold if decision == "reply" else self.request_threshold
+        if decision == "request" and cat is not None and cat.request_threshold is not None:
+            value = cat.request_threshold
+        if cat is not None and cat.name in ALWAYS_ON:
+            value = min(value, cat.threshold)
+        return value
 
     def message_for(self, name: str) -> str:
         """What to tell the user when a text is refused under ``name``."""
@@ -105,6 +123,8 @@ def parse_policy(raw: dict[str, object], *, source: str = "policy") -> Policy:
             version=str(raw.get("version", "")),
             name=str(raw.get("name", "personalign boundary")),
             threshold=default_threshold,
+            request_threshold=cast(float, defaults.get("request_threshold", default_threshold)),
+            reply_threshold=cast(float, defaults.get("reply_threshold", default_threshold)),
             injection_threshold=defaults.get("injection_threshold", 0.5),
             user_message=defaults.get("user_message", Policy.model_fields["user_message"].default),
             judgement=str(judgement.get("text", "")) if isinstance(judgement, dict) else "",

@@ -49,9 +49,28 @@ class BoundaryConfig:
     fast_injection_embedder: str = "minilm-int8"
     """the vectors of ``injection_fast`` (``"none"``: not trained)"""
     l2: float = 1e-4
-    max_iter: int = 1000
+    max_iter: int = 500
     seed: int = 0
-    """the choice of training templates (:func:`harm_training_set`)"""
+    """the choice of training templates and of the rows of sources above the cap"""
+    max_per_source: int = 2500
+    """big sources (PHTest, HH helpful, personas, chat turns, conversation) are subsampled to
+    this many requests or texts (PHTest's controversial prompts to half of it)"""
+    train_templates: int = 2
+    """TRAIN templates per request besides the request as written"""
+    eval_templates: int = 2
+    """EVAL templates per request of a held-out source"""
+    source_power: float = 0.5
+    """a source's total weight grows as (its rows) ** source_power"""
+    loso_max_iter: int = 100
+    """solver iterations of each leave-one-source-out model (the shipped one: ``max_iter``)"""
+    target_harmful_admission: float = 0.02
+    target_benign_preference_refusal: float = 0.02
+    target_harmful_request_pass: float = 0.05
+    target_benign_request_refusal: float = 0.05
+    target_reply_miss: float = 0.10
+    target_reply_false_flag: float = 0.02
+    """calibration targets (each decision's threshold minimizes its larger relative miss on
+    the held-out sources' scores)"""
 
 
 @dataclass(frozen=True)
@@ -140,29 +159,43 @@ def finetune_training_set(
 ) -> tuple[list[str], list[str], np.ndarray, list[str]]:
     """(texts, labels, weights, train keys) of the one fine-tuned boundary classifier.
 
-    The harm set of :func:`harm_training_set` (its CyberSecEval attacks relabelled
-    ``injection``) plus the texts of :func:`injection_training_set` it lacks (positives as
-    ``injection``, negatives as ``benign``). Weights
-    give benign, harmful and injection texts :data:`GROUP_WEIGHTS` of the total each.
+    The broad harm model's rows (:func:`~personalign.training.boundary_sources.training_rows`
+    over every source, weighted by source; CyberSecEval's attacks relabelled ``injection``)
+    plus the texts of :func:`injection_training_set` they lack (positives as ``injection``,
+    negatives as ``benign``). Weights keep each row's source weight and give benign, harmful
+    and injection texts :data:`GROUP_WEIGHTS` of the total each.
     """
-    examples, harm_keys = harm_training_set(data, seed)
+    from personalign.training import boundary_sources as S
+
+    config = BoundaryConfig(seed=seed)
+    sets = S.harm_sources(data, config.max_per_source, seed)
+    rows = S.training_rows(
+        sets, templates=config.train_templates, source_power=config.source_power, seed=seed
+    )
     pos, neg, inj_keys = injection_training_set(data)
     pos_set = set(pos)
-    texts = [e.text for e in examples]  # repeats kept (the contrast pairs weigh triple)
+    texts = [r.text for r in rows]
     labels = [
-        INJECTION if e.text in pos_set or e.source == "cyberseceval" else e.label for e in examples
+        INJECTION if r.text in pos_set or r.source == "cyberseceval" else r.label for r in rows
     ]
+    raw = [r.weight for r in rows]
     seen = set(texts)
     for text, label in [(t, INJECTION) for t in pos] + [(t, D.BENIGN) for t in neg]:
         if text not in seen:
             seen.add(text)
             texts.append(text)
             labels.append(label)
+            raw.append(1.0)
     group = [lab if lab in (D.BENIGN, INJECTION) else "harm" for lab in labels]
-    counts = Counter(group)
-    weights = np.array([GROUP_WEIGHTS[g] / counts[g] for g in group], dtype=np.float64)
+    totals: dict[str, float] = {}
+    for g, w in zip(group, raw, strict=True):
+        totals[g] = totals.get(g, 0.0) + w
+    weights = np.array(
+        [GROUP_WEIGHTS[g] * w / totals[g] for g, w in zip(group, raw, strict=True)],
+        dtype=np.float64,
+    )
     weights *= len(texts) / weights.sum()  # mean weight 1
-    keys = sorted(set(harm_keys) | set(inj_keys))
+    keys = sorted({D.text_key(r.text) for s in sets for r in s.requests + s.texts} | set(inj_keys))
     return texts, labels, weights, keys
 
 
@@ -174,6 +207,7 @@ def fit(
     l2: float = 1e-4,
     max_iter: int = 1000,
     sample_weight: np.ndarray | None = None,
+    tol: float = 1e-8,
 ) -> EmbeddingClassifier:
     """Train a classifier on rows ``x`` with string ``labels`` (each one of ``classes``).
 
@@ -195,7 +229,7 @@ def fit(
     if len(present) < 2:
         raise ValueError(f"fit needs at least two classes among the labels, got {present}")
     w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
-    model = LogisticRegression(C=1.0 / (2.0 * l2), max_iter=max_iter, tol=1e-8)
+    model = LogisticRegression(C=1.0 / (2.0 * l2), max_iter=max_iter, tol=tol)
     model.fit(x, y, sample_weight=w / w.sum())
     w2 = np.zeros((x.shape[1], k), dtype=np.float32)
     b2 = np.zeros(k, dtype=np.float32)
@@ -255,12 +289,14 @@ def fit_embedded(
     labels: list[str],
     classes: list[str],
     config: BoundaryConfig = BoundaryConfig(),
+    *,
+    cache: Path | None = None,
 ) -> EmbeddingClassifier:
     """A softmax regression over ``embedder``'s vectors of ``texts`` (:func:`fit` with
     ``config``'s hyper-parameters); ``classes[0]`` (the negative class) and the rest weigh
     half the total each; records the embedder's name."""
     model = fit(
-        embed(embedder, texts),
+        embed_cached(embedder, texts, cache),
         labels,
         classes,
         l2=config.l2,
@@ -308,10 +344,144 @@ def train_finetuned(
         log_every=100,
         extra_meta={
             "purpose": "personalign safety boundary: harm categories + prompt injection",
-            "heldout_protocol": D.HELDOUT_PROTOCOL,
+            "heldout_protocol": "trained on every source (no source held out); "
+            + D.HELDOUT_PROTOCOL,
             "train_keys": " ".join(keys),
             "group_weights": GROUP_WEIGHTS,
             "recipe": recipe_meta(train_finetuned, config),
             **dict(extra_meta or {}),
         },
     )
+
+
+# --------------------------------------------------------------------------------------------
+# the broad harm model: every source, weighted by source, thresholds calibrated held-out
+# --------------------------------------------------------------------------------------------
+
+
+def embed_cached(embedder: Any, texts: list[str], cache: Path | None) -> np.ndarray:
+    """:func:`embed` with an on-disk cache of vectors by text (``cache``: a folder; None: no
+    cache). A development aid: training the same texts again costs no embedding."""
+    if cache is None:
+        return embed(embedder, texts)
+    cache.mkdir(parents=True, exist_ok=True)
+    base = cache / f"{embedder.name}"
+    known: dict[str, np.ndarray] = {}
+    if base.with_suffix(".npy").is_file() and base.with_suffix(".json").is_file():
+        vecs = np.load(base.with_suffix(".npy"))
+        keys = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
+        known = dict(zip(keys, vecs, strict=True))
+    missing = list(dict.fromkeys(t for t in texts if t not in known))
+    if missing:
+        new = embed(embedder, missing)
+        known.update(zip(missing, new, strict=True))
+        keys = list(known)
+        np.save(base.with_suffix(".npy"), np.stack([known[k] for k in keys]).astype(np.float32))
+        base.with_suffix(".json").write_text(json.dumps(keys), encoding="utf-8")
+    return np.stack([known[t] for t in texts]).astype(np.float32)
+
+
+@dataclass
+class BroadHarm:
+    """The result of :func:`train_broad_harm`."""
+
+    model: EmbeddingClassifier
+    thresholds: dict[str, float]
+    heldout: list[tuple[Any, float]]
+    """(row, harm score) of every source's evaluation rows, by a model that never saw it"""
+    rows: list[Any]
+    data_sha256: str
+    keys: list[str]
+    """:func:`~personalign.training.safety_data.text_key` of every request and text trained on"""
+
+
+def _harm_scores(model: EmbeddingClassifier, x: np.ndarray) -> np.ndarray:
+    p = model.predict_proba(x)
+    out: np.ndarray = 1.0 - p[:, model.classes.index(D.BENIGN)]
+    return out
+
+
+def train_broad_harm(
+    embedder: Any,
+    data: Path,
+    config: BoundaryConfig = BoundaryConfig(),
+    *,
+    cache: Path | None = None,
+    log: Callable[[str], None] | None = print,
+) -> BroadHarm:
+    """The boundary's harm model over ``embedder``'s vectors, trained on every source of
+    :func:`~personalign.training.boundary_sources.harm_sources` (weighted by source), with
+    each decision's threshold calibrated on leave-one-source-out scores; records the recipe."""
+    from personalign.training import boundary_sources as S
+
+    classes = [D.BENIGN, *D.GOLD_CATEGORIES]
+    sets = S.harm_sources(data, config.max_per_source, config.seed)
+
+    def fit_rows(rows: list[S.Row], max_iter: int, tol: float) -> EmbeddingClassifier:
+        x = embed_cached(embedder, [r.text for r in rows], cache)
+        w = np.array([r.weight for r in rows])
+        return fit(
+            x,
+            [r.label for r in rows],
+            classes,
+            l2=config.l2,
+            max_iter=max_iter,
+            sample_weight=w,
+            tol=tol,
+        )
+
+    def loso_fit(rows: list[S.Row]) -> Callable[[list[str]], np.ndarray]:
+        model = fit_rows(rows, config.loso_max_iter, 1e-4)
+        return lambda texts: _harm_scores(model, embed_cached(embedder, texts, cache))
+
+    heldout = S.leave_source_out(
+        sets,
+        loso_fit,
+        templates=config.train_templates,
+        eval_templates=config.eval_templates,
+        source_power=config.source_power,
+        seed=config.seed,
+        log=log,
+    )
+    thresholds = {
+        S.PREFERENCE: S.calibrate(
+            heldout,
+            S.PREFERENCE,
+            harm_target=config.target_harmful_admission,
+            benign_target=config.target_benign_preference_refusal,
+        ),
+        S.REQUEST: S.calibrate(
+            heldout,
+            S.REQUEST,
+            harm_target=config.target_harmful_request_pass,
+            benign_target=config.target_benign_request_refusal,
+        ),
+        S.REPLY: S.calibrate(
+            heldout,
+            S.REPLY,
+            harm_target=config.target_reply_miss,
+            benign_target=config.target_reply_false_flag,
+        ),
+    }
+    rows = S.training_rows(
+        sets, templates=config.train_templates, source_power=config.source_power, seed=config.seed
+    )
+    digest = broad_data_sha256(rows)
+    keys = sorted({D.text_key(r.text) for s in sets for r in s.requests + s.texts})
+    model = fit_rows(rows, config.max_iter, 1e-8)
+    model.meta = {
+        "embedder": embedder.name,
+        "thresholds": thresholds,
+        "sources": sorted({s.group for s in sets}),
+        "recipe": recipe_meta(train_broad_harm, config, data=digest),
+    }
+    if log is not None:
+        log(f"broad harm model: {len(rows)} rows, thresholds {thresholds}")
+    return BroadHarm(model, thresholds, heldout, rows, digest, keys)
+
+
+def broad_data_sha256(rows: Sequence[Any]) -> str:
+    """The recorded hash of :func:`train_broad_harm`'s training rows (text, label, weight)."""
+    from personalign.training.recipe import data_sha256
+
+    return data_sha256([[r.text, r.label, round(r.weight, 9)] for r in rows])

@@ -571,6 +571,114 @@ def load_conversation_turns(data: Path, *, part: str = "train", limit: int = 400
 
 
 # --------------------------------------------------------------------------------------------
+# broad sources (moderation, pseudo-harmful, red-team and helpful chat openings, reply pairs)
+# --------------------------------------------------------------------------------------------
+
+#: OpenAI moderation keys -> policy category (``S3`` first: the most specific).
+_MODERATION_KEYS: tuple[tuple[str, str], ...] = (
+    ("S3", "sexual_minors"),
+    ("SH", "self_harm"),
+    ("H2", "hate"),
+    ("V2", "violence"),
+    ("H", "hate"),
+    ("HR", "harassment"),
+    ("V", "violence"),
+    ("S", "sexual_explicit"),
+)
+
+
+def load_openai_moderation(data: Path) -> tuple[list[Request], list[Request]]:
+    """OpenAI's moderation samples: (harmful texts, benign texts).
+
+    Harmful: at least one label 1 (category from the most specific label). Benign: all eight
+    keys present and 0 (the upstream README's definition). Texts labelled on only some keys,
+    all 0, are left out (their other categories were never judged).
+    """
+    harmful: list[Request] = []
+    benign: list[Request] = []
+    path = data / "safety" / "openai_moderation" / "samples-1680.jsonl"
+    for row in _read_jsonl(path):
+        text = _strip(str(row.get("prompt", "")))
+        if not text:
+            continue
+        hit = next((cat for key, cat in _MODERATION_KEYS if row.get(key) == 1), None)
+        if hit is not None:
+            harmful.append(Request(text, hit, "openai_moderation/flagged"))
+        elif all(row.get(key) == 0 for key, _ in _MODERATION_KEYS):
+            benign.append(Request(text, BENIGN, "openai_moderation/clean"))
+    return harmful, benign
+
+
+def load_phtest(data: Path) -> tuple[list[Request], list[Request]]:
+    """PHTest pseudo-harmful prompts: (``harmless``, ``controversial``), all benign requests
+    that only sound harmful (the controversial ones depend on context: borderline)."""
+    harmless: list[Request] = []
+    controversial: list[Request] = []
+    for row in _read_csv(data / "safety" / "phtest" / "phtest_dataset_v0.1.csv"):
+        text = _strip(row.get("Request", ""))
+        kind = row.get("Harmfulness", "").strip()
+        if not text:
+            continue
+        if kind == "harmless":
+            harmless.append(Request(text, BENIGN, "phtest/harmless"))
+        elif kind == "controversial":
+            controversial.append(Request(text, BENIGN, "phtest/controversial"))
+    return harmless, controversial
+
+
+def load_hh_first_turns(data: Path, which: str) -> list[Request]:
+    """First human turns of Anthropic's HH conversations: ``which="helpful"`` (everyday
+    requests, benign) or ``"harmless"`` (red-team openings: unlabelled, many harmful; their
+    label is ``"unlabelled"``)."""
+    if which not in ("helpful", "harmless"):
+        raise ValueError(f"which must be 'helpful' or 'harmless', not {which!r}")
+    path = data / "safety" / "hh_rlhf" / f"{which}_base_test_first_turns.jsonl"
+    label = BENIGN if which == "helpful" else "unlabelled"
+    out = []
+    for row in _read_jsonl(path):
+        text = _strip(str(row.get("prompt", "")))
+        if text:
+            out.append(Request(text, label, f"hh_{which}"))
+    return out
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def hh_turns(conversation: str) -> list[tuple[str, str]]:
+    """``[(role, text), ...]`` of an HH conversation (Human and Assistant turns)."""
+    parts = _HH_TURN.split("\n\n" + conversation.lstrip("\n") if conversation else "")
+    return [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
+
+
+@dataclass(frozen=True)
+class ReplyPair:
+    """The last human turn of an HH harmlessness comparison and its two final replies."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    """the reply a crowdworker judged LESS harmless (a relative label)"""
+
+
+def load_hh_reply_pairs(data: Path) -> list[ReplyPair]:
+    """The harmlessness preference pairs (``harmless_base_test_pairs.jsonl``): last prompt and
+    final replies, where the two replies differ."""
+    out = []
+    for row in _read_jsonl(data / "safety" / "hh_rlhf" / "harmless_base_test_pairs.jsonl"):
+        chosen = hh_turns(str(row.get("chosen", "")))
+        rejected = hh_turns(str(row.get("rejected", "")))
+        if len(chosen) < 2 or len(rejected) < 2:
+            continue
+        if chosen[-1][0] != "Assistant" or rejected[-1][0] != "Assistant":
+            continue
+        a, b = chosen[-1][1], rejected[-1][1]
+        if a and b and a != b:
+            out.append(ReplyPair(chosen[-2][1], a, b))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # hand-written preferences
 # --------------------------------------------------------------------------------------------
 
