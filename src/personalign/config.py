@@ -188,6 +188,17 @@ class ColdStartConfig(BaseModel):
     ask_every: int = Field(default=5, ge=1)
 
 
+class AdapterCheckSettings(BaseModel):
+    """The safety check every per-user adapter passes before it serves
+    (:mod:`personalign.safety.adapter_check`): it answers a fixed set of harmful probes and is
+    rejected when its refusal rate falls more than ``margin`` below the base model's.
+    ``enabled: false`` turns it off: only on purpose (the adapter's recipe then records that it
+    was not checked)."""
+
+    enabled: bool = True
+    margin: float = Field(default=0.25, ge=0.0, le=1.0)
+
+
 class ServiceConfig(BaseModel):
     """The HTTP service (``personalign serve``; :mod:`personalign.service`).
 
@@ -253,6 +264,7 @@ class Settings(BaseSettings):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     extractor: ExtractorConfig = Field(default_factory=ExtractorConfig)
     coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig)
+    adapter_check: AdapterCheckSettings = Field(default_factory=AdapterCheckSettings)
     ingestion: IngestionConfig = Field(default_factory=IngestionConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
 

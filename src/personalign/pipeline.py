@@ -408,8 +408,8 @@ class Personalizer:
 
     def _adapter_meta(self, options: PersonalizeOptions, user: str) -> dict[str, object]:
         name = options.generation.adapter
-        if name is None:
-            return {}
+        if name is None:  # the base model serves; say so when the safety check rejected it
+            return self.adapters.rejected_meta(user) if self.adapters is not None else {}
         info = self.adapters.latest(user) if self.adapters is not None else None
         return {"adapter": info.label if info is not None and info.name == name else name}
 

@@ -102,6 +102,13 @@ def why_table(reply: Reply) -> Table:
         table.caption = (table.caption or "") + (
             f"\nanswered with your own adapter {x.meta['adapter']}, trained on your feedback"
         )
+    rejected = x.meta.get("adapter_rejected")
+    if rejected:
+        table.caption = (table.caption or "") + (
+            f"\nanswered by the base model: your adapter {rejected['adapter']} was rejected by "
+            f"the safety check (it refused {rejected['adapter_rate']:.2f} of the harmful probes, "
+            f"the base model {rejected['base_rate']:.2f}; allowed drop {rejected['margin']:.2f})"
+        )
     return table
 
 

@@ -379,17 +379,36 @@ def train_users_cmd(
             "preferences too (not only by their style weights)."
         ),
     ] = True,
+    adapter_check: Annotated[
+        bool | None,
+        typer.Option(
+            help="Check each adapter on harmful probes before it serves (default: the "
+            "adapter_check.enabled setting, on). --no-adapter-check: only on purpose."
+        ),
+    ] = None,
+    check_margin: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="Allowed drop in refusal rate (default: the setting, 0.25)."
+        ),
+    ] = None,
     json_out: Json = False,
 ) -> None:
     """Train per-user LoRA adapters with DPO on their preference pairs (resumable: users
-    whose data did not change keep their adapter)."""
+    whose data did not change keep their adapter). Each new adapter must pass the safety
+    check before it serves; a rejected one is kept but never served."""
     from personalign.feedback.adapters import AdapterStore
     from personalign.feedback.train import TrainConfig, train_users
+    from personalign.safety.adapter_check import AdapterCheckConfig
 
     if executor not in ("local", "ray"):
         raise fail(f"--executor must be local or ray, got {executor!r}")
     settings = state.settings()
     base = settings.model if settings.model != "fake" else "smollm2"
+    check = AdapterCheckConfig(
+        enabled=settings.adapter_check.enabled if adapter_check is None else adapter_check,
+        margin=settings.adapter_check.margin if check_margin is None else check_margin,
+    )
     with _memory() as mem, errors():
         cfg = TrainConfig(
             base_model=base,
@@ -412,6 +431,7 @@ def train_users_cmd(
             scorer_factory=_reward_model_factory(settings) if reward_model else None,
             force=force,
             progress=not json_out,
+            check=check,
         )
     if json_out:
         print_json(
@@ -437,6 +457,33 @@ def _reward_model_factory(settings: Settings) -> Callable[[], RewardScorer] | No
     from personalign.rewards.preference_rm import shipped_reward_model
 
     return functools.partial(shipped_reward_model, settings.cache_dir)
+
+
+@train_app.command("adapters")
+def adapters_cmd(
+    user: Annotated[str, typer.Option("--user", "-u", help="The user.")],
+    json_out: Json = False,
+) -> None:
+    """List a user's adapter versions: which one serves, and the safety check's verdicts."""
+    from personalign.feedback.adapters import AdapterStore
+    from personalign.safety.adapter_check import verdict_message
+
+    with errors():
+        st = AdapterStore.for_home(state.settings().home)
+        rows = st.listing(user)
+    if json_out:
+        print_json(rows)
+        return
+    table = Table(title=f"adapters of {user}", title_justify="left")
+    for col in ("adapter", "created", "serves", "check", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        detail = verdict_message(r["safety_check"]) if r["safety_check"] else ""
+        serves = "yes" if r["serves"] else ""
+        table.add_row(r["adapter"], r["created_at"], serves, r["check"], detail)
+    out.print(table)
+    if rows and not any(r["serves"] for r in rows):
+        out.print("no adapter serves: the base model answers", highlight=False)
 
 
 @train_app.command("export")

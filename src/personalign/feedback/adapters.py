@@ -12,6 +12,11 @@ also the name the model backends take in ``GenerationOptions.adapter``; ``versio
 so a crash never leaves half an adapter. :meth:`AdapterStore.adapter_path` resolves a name to
 the newest version (the local backend's hook; it keeps an LRU cache of loaded adapters).
 
+A version the safety check rejected (:mod:`personalign.safety.adapter_check`; its verdict is
+the recipe's ``safety_check``) stays on disk but never serves: :meth:`AdapterStore.latest`
+(and so ``adapter_path``, the pipeline and the vLLM export) returns None for the user until a
+newer version passes, and the base model answers.
+
 Serving many users from one GPU: :meth:`AdapterStore.export_vllm` writes one directory per
 user in the layout vLLM loads (``--lora-modules name=path``, or on demand through its
 filesystem LoRA resolver); the OpenAI-compatible backend then selects a user's adapter by
@@ -68,6 +73,28 @@ class AdapterInfo:
         return f"{self.name}@v{self.version:04d}"
 
     @property
+    def check(self) -> dict[str, Any] | None:
+        """The safety check's verdict (:mod:`personalign.safety.adapter_check`), or None when
+        the version was never checked (saved before the check existed, or by hand)."""
+        c = self.recipe.get("safety_check")
+        return c if isinstance(c, dict) else None
+
+    @property
+    def rejected(self) -> bool:
+        """Whether the safety check rejected this version: it is kept on disk, never served."""
+        return self.check is not None and self.check.get("passed") is False
+
+    @property
+    def status(self) -> str:
+        """``rejected``, ``passed``, ``unchecked`` (disabled on purpose) or ``not checked``."""
+        c = self.check
+        if c is None:
+            return "not checked"
+        if c.get("enabled") is False:
+            return "unchecked"
+        return "rejected" if c.get("passed") is False else "passed"
+
+    @property
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
 
@@ -105,11 +132,48 @@ class AdapterStore:
         """Every complete version of the user's adapter, oldest first."""
         return [self._info(user, v, d) for v, d in self._complete(user)]
 
-    def latest(self, user: str) -> AdapterInfo | None:
-        """The newest version, or None when the user has no adapter (reads one recipe: this
-        runs on every request of the pipeline)."""
+    def newest(self, user: str) -> AdapterInfo | None:
+        """The newest version, served or not, or None when the user has no adapter."""
         done = self._complete(user)
         return self._info(user, *done[-1]) if done else None
+
+    def latest(self, user: str) -> AdapterInfo | None:
+        """The version that serves: the newest one, unless the safety check rejected it (then
+        None: the base model serves until a newer version passes); None when the user has no
+        adapter. Reads one recipe: this runs on every request of the pipeline."""
+        info = self.newest(user)
+        return None if info is None or info.rejected else info
+
+    def rejected(self, user: str) -> AdapterInfo | None:
+        """The newest version when the safety check rejected it (what ``/why`` and the
+        user's adapter listing report), else None."""
+        info = self.newest(user)
+        return info if info is not None and info.rejected else None
+
+    def rejected_meta(self, user: str) -> dict[str, object]:
+        """The exchange's meta about a rejected adapter (``{}`` when none was rejected)."""
+        info = self.rejected(user)
+        if info is None:
+            return {}
+        c = info.check or {}
+        keys = ("base_rate", "adapter_rate", "margin", "probes")
+        return {"adapter_rejected": {"adapter": info.label, **{k: c.get(k) for k in keys}}}
+
+    def listing(self, user: str) -> list[dict[str, Any]]:
+        """Each version of ``user``'s adapter, oldest first, for the user and the operator:
+        its label, creation time, whether it is the one that serves, and the safety check's
+        status (:attr:`AdapterInfo.status`) and verdict."""
+        serving = self.latest(user)
+        return [
+            {
+                "adapter": a.label,
+                "created_at": str(a.recipe.get("created_at", "")),
+                "serves": serving is not None and a.version == serving.version,
+                "check": a.status,
+                "safety_check": a.check,
+            }
+            for a in self.versions(user)
+        ]
 
     def find(self, user: str, data_hash: str) -> AdapterInfo | None:
         """The newest version trained on data with this hash (for resuming), or None."""
@@ -146,7 +210,7 @@ class AdapterStore:
             for fname in ADAPTER_FILES:
                 (tmp / fname).write_bytes(files[fname])
             while True:
-                latest = self.latest(user)
+                latest = self.newest(user)
                 version = (latest.version if latest else 0) + 1
                 full = {
                     **recipe,
@@ -199,8 +263,10 @@ class AdapterStore:
         entries = []
         for user in users if users is not None else self.users():
             info = self.latest(user)
+            if info is None and users is None:
+                continue  # its newest version was rejected by the safety check
             if info is None:
-                raise NotFoundError(f"user {user!r} has no adapter to export")
+                raise NotFoundError(f"user {user!r} has no adapter to export (or it was rejected)")
             out = dest / info.name
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()

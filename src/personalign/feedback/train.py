@@ -17,12 +17,13 @@ Every knob is in :class:`TrainConfig`, validated on construction.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,9 +41,12 @@ from personalign.feedback.pairs import (
 
 if TYPE_CHECKING:
     from personalign.backends.stores.base import MemoryStore
+    from personalign.safety.adapter_check import AdapterCheckConfig
+
+log = logging.getLogger(__name__)
 
 Executor = Literal["local", "ray"]
-Status = Literal["trained", "skipped", "exists", "failed"]
+Status = Literal["trained", "rejected", "skipped", "exists", "failed"]
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -141,6 +145,9 @@ class UserJob:
     config: TrainConfig
     cache_dir: str
     work_dir: str
+    check: AdapterCheckConfig | None = None
+    """The safety check the trained adapter must pass before it is saved as servable (None:
+    not checked; :func:`train_users` always sets it). Not part of :attr:`data_hash`."""
 
     @property
     def data_hash(self) -> str:
@@ -171,6 +178,46 @@ class JobResult:
     recipe: dict[str, Any] = field(default_factory=dict)
     adapter: str | None = None
     """``<name>@v0003`` once saved in the store."""
+
+
+class _OneAdapter:
+    """An adapter source holding one directory (the trained adapter, before it is saved)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def adapter_path(self, name: str) -> Path:
+        return self.path
+
+
+def _default_checker(cache_dir: str) -> Any:
+    """The default boundary (over MiniLM) whose reply check judges the probes' replies."""
+    from personalign.backends.embedders import load_embedder
+    from personalign.safety.checkers import load_boundary
+
+    return load_boundary(load_embedder("minilm", Path(cache_dir)), cache_dir=Path(cache_dir))
+
+
+def check_trained(job: UserJob, base_dir: Path, adapter_dir: Path) -> dict[str, Any]:
+    """Run the safety check (:mod:`personalign.safety.adapter_check`) on the adapter in
+    ``adapter_dir`` against the base model; return the recipe's ``safety_check``."""
+    from personalign.backends.models.local import TransformersLM
+    from personalign.safety.adapter_check import check_adapter, unchecked
+
+    cfg = job.check
+    if cfg is None or not cfg.enabled:
+        return unchecked()
+    lm = TransformersLM(
+        base_dir, dtype="float32", name=job.config.base_model, adapters=_OneAdapter(adapter_dir)
+    )
+    try:
+        checker = _default_checker(job.cache_dir) if cfg.reply_check else None
+        verdict = check_adapter(
+            lm, "candidate", config=cfg, checker=checker, cache_dir=job.cache_dir
+        )
+    finally:
+        lm.close()
+    return verdict.to_dict()
 
 
 def resolve_base_model(spec: str, cache_dir: str | Path) -> Path:
@@ -371,6 +418,8 @@ def run_job(job: UserJob, scorer_factory: Callable[[], RewardScorer] | None = No
             )
         metrics = train_pairs(pairs, base_dir=base_dir, out_dir=work, config=cfg)
         files = {f: (work / "final" / f).read_bytes() for f in ADAPTER_FILES}
+        # checked before it is saved, so no version is ever servable without its verdict
+        safety = check_trained(job, base_dir, work / "final") if job.check is not None else None
     except Exception as e:  # reported per user; the other users' jobs go on
         return JobResult(job.user, "failed", f"{type(e).__name__}: {e}", h, 0, 0.0)
     sources: dict[str, int] = {}
@@ -388,6 +437,8 @@ def run_job(job: UserJob, scorer_factory: Callable[[], RewardScorer] | None = No
         "metrics": metrics,
         "seconds": round(seconds, 2),
     }
+    if safety is not None:
+        recipe["safety_check"] = safety
     shutil.rmtree(work, ignore_errors=True)
     return JobResult(job.user, "trained", "", h, len(pairs), seconds, metrics, files, recipe)
 
@@ -473,9 +524,18 @@ def train_users(
     scorer_factory: Callable[[], RewardScorer] | None = None,
     force: bool = False,
     progress: bool = True,
+    check: AdapterCheckConfig | None = None,
 ) -> list[JobResult]:
     """Train (or skip) every user's adapter; see the module doc. ``users`` defaults to every
-    user in ``store``; ``force`` retrains even when an adapter with the same hash exists."""
+    user in ``store``; ``force`` retrains even when an adapter with the same hash exists.
+
+    Each trained adapter passes the safety check ``check`` (None: the default
+    :class:`~personalign.safety.adapter_check.AdapterCheckConfig`; ``enabled=False`` turns it
+    off) before it is saved: a rejected one is saved marked rejected (never served), its
+    result has status ``rejected`` and a warning is logged for the operator."""
+    from personalign.safety.adapter_check import AdapterCheckConfig
+
+    check = check or AdapterCheckConfig()
     if executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {tuple(EXECUTORS)}, got {executor!r}")
     config = config or TrainConfig()
@@ -483,14 +543,15 @@ def train_users(
     jobs = plan_jobs(
         store, users=list(users or store.users()), config=config, cache_dir=cache_dir, work_dir=work
     )
+    jobs = [replace(j, check=check) for j in jobs]
     results: list[JobResult] = []
     todo: list[UserJob] = []
     for job in jobs:
         found = None if force else adapters.find(job.user, job.data_hash)
         if found is not None:
-            results.append(
-                JobResult(job.user, "exists", "up to date", job.data_hash, adapter=found.label)
-            )
+            status: Status = "rejected" if found.rejected else "exists"
+            note = "up to date" + (" but rejected by the safety check" if found.rejected else "")
+            results.append(JobResult(job.user, status, note, job.data_hash, adapter=found.label))
         else:
             todo.append(job)
     if todo:
@@ -499,8 +560,19 @@ def train_users(
     with _progress(progress, len(todo), results) as advance:
         for res in EXECUTORS[executor](todo, workers, address, scorer_factory):
             if res.status == "trained":
-                res.adapter = adapters.save(res.user, res.files, res.recipe).label
-                res.files = {}
+                info = adapters.save(res.user, res.files, res.recipe)
+                res.adapter, res.files = info.label, {}
+                if info.rejected:
+                    from personalign.safety.adapter_check import verdict_message
+
+                    res.status = "rejected"
+                    res.message = verdict_message(info.check or {})
+                    log.warning(
+                        "adapter %s of user %s is rejected and will not serve: %s",
+                        info.label,
+                        res.user,
+                        res.message,
+                    )
             results.append(res)
             advance(res)
     return results

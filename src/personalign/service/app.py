@@ -345,6 +345,15 @@ def create_app(personalizer: Personalizer, keys: KeyStore, *, dashboard: bool = 
         """All of the user's data as JSON."""
         return svc.store(p).export(user=user)
 
+    @app.get("/v1/users/{user}/adapters", tags=["users"])
+    def adapters(user: str, p: Auth) -> dict[str, Any]:
+        """The user's adapter versions, oldest first: which one serves (``serving``; None: the
+        base model answers) and each one's safety check (``rejected`` versions never serve)."""
+        st = svc.personalizer.adapters
+        rows = st.listing(p.resolve(user)) if st is not None else []
+        serving = next((r["adapter"] for r in rows if r["serves"]), None)
+        return {"user": user, "serving": serving, "versions": rows}
+
     @app.delete("/v1/users/{user}", tags=["users"])
     def erase(user: str, p: Auth) -> dict[str, Any]:
         """Hard-delete everything of the user (history and logs too) and their adapters, once
