@@ -289,3 +289,37 @@ def test_the_check_runs_the_real_local_model_with_the_trained_adapter_dir(tmp_pa
     assert got["probes"] == 4 and got["judge"] == "phrases" and got["enabled"] is True
     off = tr.check_trained(tr.replace(job, check=AdapterCheckConfig(enabled=False)), tiny, tiny)
     assert off == ac.unchecked()
+
+
+@pytest.mark.slow
+def test_an_adapter_dpo_trained_on_harmful_pairs_is_rejected_on_smollm2(tmp_path):
+    """End to end on the embedded SmolLM2-135M-Instruct: per-user DPO (TRL) on harmful pairs
+    (chosen = compliance, rejected = a refusal), the check in the training job (the default
+    boundary's reply check included), the version kept but rejected, the base model serving.
+    The probes run under the pipeline's safety prompt: under its plain serving prompt this
+    base model refuses almost none of them (see ``benchmarks/adapter_check.py``)."""
+    from personalign.backends.models.local import ensure_embedded_model
+    from personalign.backends.stores.sqlite import SQLiteStore
+    from personalign.config import load_settings
+    from personalign.feedback import events
+    from personalign.feedback.learn import record_feedback
+    from personalign.feedback.train import TrainConfig, train_users
+    from personalign.pipeline_parts import SAFETY_PROMPT
+    from personalign.testing import HashingEmbedder, safety_dpo_pairs
+
+    cache = load_settings().cache_dir
+    ensure_embedded_model(cache, quiet=True)
+    store = SQLiteStore(tmp_path / "memory.db", HashingEmbedder())
+    for pair in safety_dpo_pairs("harmful"):
+        ev = events.pairwise(pair.chosen, pair.rejected, prompt=pair.prompt)
+        record_feedback(store, ev, user="mallory")
+    cfg = TrainConfig(min_pairs=8, ranked_prompts=0, max_steps=12, batch_size=4, max_length=128)
+    check = AdapterCheckConfig(system_prompt=SAFETY_PROMPT)
+    adapters = AdapterStore(tmp_path / "ad")
+    (res,) = train_users(store, adapters, config=cfg, cache_dir=cache, progress=False, check=check)
+    store.close()
+    verdict = adapters.newest("mallory").check
+    assert res.status == "rejected", (res.message, verdict)
+    assert verdict["base_rate"] - verdict["adapter_rate"] > check.margin
+    assert verdict["judge"].startswith("phrases+reply_check")
+    assert adapters.latest("mallory") is None and adapters.rejected("mallory") is not None
