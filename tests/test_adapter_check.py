@@ -327,3 +327,31 @@ def test_an_adapter_dpo_trained_on_harmful_pairs_is_rejected_on_smollm2(tmp_path
     assert verdict["adapter_rate"] < verdict["base_rate"]
     assert verdict["judge"].startswith("phrases+reply_check")
     assert adapters.latest("mallory") is None and adapters.rejected("mallory") is not None
+
+
+def test_the_setting_and_the_cli_flags_reach_training(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import personalign.feedback.train as tr
+    from personalign.cli.main import app
+
+    seen: list[AdapterCheckConfig] = []
+    monkeypatch.setattr(tr, "train_users", lambda *a, **kw: seen.append(kw["check"]) or [])
+    monkeypatch.setenv("PERSONALIGN_HOME", str(tmp_path))
+    monkeypatch.setenv("PERSONALIGN_EMBEDDER", "hashing")
+    monkeypatch.setenv("PERSONALIGN_MODEL", "fake")
+    run = CliRunner().invoke
+    assert run(app, ["train", "users"]).exit_code == 0
+    monkeypatch.setenv("PERSONALIGN_ADAPTER_CHECK__MARGIN", "0.1")
+    assert run(app, ["train", "users"]).exit_code == 0
+    assert (
+        run(app, ["train", "users", "--no-adapter-check", "--check-margin", "0.3"]).exit_code == 0
+    )
+    monkeypatch.setenv("PERSONALIGN_ADAPTER_CHECK__ENABLED", "false")
+    assert run(app, ["train", "users"]).exit_code == 0
+    assert [(c.enabled, c.margin) for c in seen] == [
+        (True, 0.25),
+        (True, 0.1),
+        (False, 0.3),
+        (False, 0.1),
+    ]
