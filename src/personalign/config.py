@@ -216,6 +216,10 @@ class Settings(BaseSettings):
     openai_api_key: str | None = None
     """The key for ``openai_base_url`` (``env:NAME``: read from that variable). Unset: the
     environment's ``OPENAI_API_KEY`` is sent only when the server is OpenAI's own."""
+    openai_lora_dir: str | None = None
+    """Where the OpenAI-compatible (vLLM) server sees the adapter store (``<home>/adapters``):
+    users' adapters are loaded from ``<openai_lora_dir>/<name>/<version>``. Unset: the local
+    path (the server runs on this machine)."""
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     contexts: ContextConfig = Field(default_factory=ContextConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
