@@ -130,3 +130,16 @@ def test_best_of_n_candidates_all_use_the_adapter(tmp_path):
     assert out.text == "from ann@v0001"
     assert [m for m, _ in server.requests] == ["ann@v0001"] * 4
     assert server.calls.count(LOAD) == 1
+
+
+def test_erasing_a_user_unloads_their_adapter_from_the_server(tmp_path):
+    server = ScriptedOpenAIServer(reply, models=["base"], check_models=True)
+    with server, opened(tmp_path, server) as pz:
+        pz.adapters.save("ann", FILES, {})  # type: ignore[union-attr]
+        pz.respond("Hello", user="ann", options=PersonalizeOptions(ingest=False))
+        assert server.loaded == ["ann@v0001"]
+        assert pz.erase_user("ann")["adapters"] == 1
+        assert server.lora_unloads == [{"lora_name": "ann@v0001"}] and server.loaded == []
+        assert pz.respond("Hello", user="ann", options=PersonalizeOptions(ingest=False)).text == (
+            "from base"
+        )

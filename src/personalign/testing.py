@@ -178,7 +178,9 @@ class ScriptedOpenAIServer:
 
     vLLM's runtime LoRA endpoints: ``POST /v1/load_lora_adapter {lora_name, lora_path}``
     records the body in ``lora_loads`` and adds ``lora_name`` to ``loaded`` (listed by
-    ``GET /v1/models`` after ``models``; HTTP 400 when already loaded). With ``runtime_lora``
+    ``GET /v1/models`` after ``models``; HTTP 400 when already loaded);
+    ``POST /v1/unload_lora_adapter {lora_name}`` records the body in ``lora_unloads`` and
+    removes it (HTTP 404 when not loaded). With ``runtime_lora``
     False the endpoint answers HTTP 404, as vLLM does without
     ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``. With ``check_models`` a completion for a model
     neither served nor loaded gets HTTP 404. ``calls`` records ``"METHOD /path"`` of every
@@ -198,6 +200,7 @@ class ScriptedOpenAIServer:
         self.runtime_lora = runtime_lora
         self.check_models = check_models
         self.lora_loads: list[dict[str, Any]] = []
+        self.lora_unloads: list[dict[str, Any]] = []
         self.loaded: list[str] = []
         self.calls: list[str] = []
         self.models = list(models)
@@ -235,7 +238,7 @@ class ScriptedOpenAIServer:
             bad = denied(request)
             if bad is not None:
                 return bad
-            data = [{"id": m, "object": "model"} for m in self.models]
+            data: list[dict[str, Any]] = [{"id": m, "object": "model"} for m in self.models]
             parent = self.models[0] if self.models else None
             data += [{"id": m, "object": "model", "parent": parent} for m in self.loaded]
             return JSONResponse({"object": "list", "data": data})
@@ -257,6 +260,22 @@ class ScriptedOpenAIServer:
                 return error(f"The lora adapter '{name}' has already been loaded.", 400)
             self.loaded.append(name)
             return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
+        async def unload_lora(request: Any) -> Any:
+            from starlette.responses import PlainTextResponse
+
+            bad = denied(request)
+            if bad is not None:
+                return bad
+            if not self.runtime_lora:
+                return PlainTextResponse("Not Found", status_code=404)
+            body = await request.json()
+            self.lora_unloads.append(body)
+            name = str(body.get("lora_name", ""))
+            if name not in self.loaded:
+                return error(f"The lora adapter '{name}' cannot be found.", 404)
+            self.loaded.remove(name)
+            return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
 
         async def chat(request: Any) -> JSONResponse:
             bad = denied(request)
@@ -297,6 +316,7 @@ class ScriptedOpenAIServer:
                 Route("/v1/models", list_models, methods=["GET"]),
                 Route("/v1/chat/completions", chat, methods=["POST"]),
                 Route("/v1/load_lora_adapter", load_lora, methods=["POST"]),
+                Route("/v1/unload_lora_adapter", unload_lora, methods=["POST"]),
             ]
         )
 

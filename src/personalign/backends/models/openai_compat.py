@@ -11,8 +11,9 @@ backend asks ``GET /models`` whether the server lists it and, when not, loads it
 local path. Runtime loading needs vLLM started with ``--enable-lora`` and
 ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=true``; a server without it answers HTTP 404 there, and the
 request fails with a :class:`BackendError` that says so: a user with an adapter is never
-silently answered by the base model. Without a store, ``adapter`` is sent as the model name
-as given (an adapter the server already serves under that name).
+silently answered by the base model. Erasing a user unloads their adapters from the server
+(:meth:`OpenAICompatLM.unload_missing_adapters`). Without a store, ``adapter`` is sent as
+the model name as given (an adapter the server already serves under that name).
 
 ``logprobs`` needs a server whose ``/v1/completions`` returns correct prompt log-probabilities
 with ``echo`` (vLLM does); the chat API cannot score a given reply. It is therefore opt-in
@@ -27,6 +28,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from personalign.backends.models.adapters import AdapterSource
@@ -92,7 +94,7 @@ class OpenAICompatLM(LanguageModel):
         self.prompt_format = prompt_format
         self.adapters = adapters
         self.lora_dir = lora_dir
-        self._served: set[str] = set()  # adapters known to be loaded on the server
+        self._served: dict[str, Path] = {}  # adapters known loaded on the server -> local dir
         self._lora_lock = threading.Lock()
         # the key configured for this server, or $OPENAI_API_KEY for OpenAI's own only
         url, key = server_and_key(base_url, api_key, what="openai_api_key")
@@ -150,10 +152,28 @@ class OpenAICompatLM(LanguageModel):
         with self._lora_lock:
             if served not in self._served:
                 self._load_lora(served, path.parent.name, path)
-                self._served.add(served)
+                self._served[served] = path
         return served
 
-    def _load_lora(self, served: str, name: str, path: Any) -> None:
+    def unload_missing_adapters(self) -> int:
+        """Unload from the server (``POST /unload_lora_adapter``) every adapter this backend
+        loaded whose directory is gone from the store (an erased user's); return how many."""
+        import httpx
+
+        with self._lora_lock:
+            gone = [s for s, path in self._served.items() if not path.is_dir()]
+            for served in gone:
+                del self._served[served]
+                try:
+                    body = {"lora_name": served}
+                    self._client.post("/unload_lora_adapter", body=body, cast_to=httpx.Response)
+                except self._openai.NotFoundError:
+                    pass  # no runtime LoRA updating, or already unloaded
+                except self._openai.OpenAIError as e:
+                    raise self._error(e) from e
+        return len(gone)
+
+    def _load_lora(self, served: str, name: str, path: Path) -> None:
         import httpx
 
         try:
