@@ -148,7 +148,7 @@ def test_why_names_the_adapter_only_when_used(tiny: Path, store: AdapterStore, t
     with Personalizer(memory, model, adapters=store) as pz:
         for user in ("ann", "bob"):
             pz.memory.add("I prefer tea over coffee", user=user)
-        for method in ("contrastive", "reward_guided"):
+        for method in ("plain", "prompt", "contrastive", "mod", "reward_guided"):
             opts = PersonalizeOptions(
                 method=method,  # type: ignore[arg-type]
                 generation=GenerationOptions(max_new_tokens=6),
@@ -157,4 +157,5 @@ def test_why_names_the_adapter_only_when_used(tiny: Path, store: AdapterStore, t
             without = pz.respond("Should I have tea?", user="bob", options=opts)
             assert with_adapter.exchange.meta["adapter"] == "ann@v0001"
             assert "adapter" not in without.exchange.meta
-            assert with_adapter.exchange.meta["decoding"]["method"] == method
+            assert with_adapter.exchange.method == method
+            assert with_adapter.text != without.text  # the adapter made ann's reply

@@ -18,6 +18,7 @@ from personalign.generation.decoding import DecodingConfig, personalized_generat
 from personalign.pipeline import PersonalizeOptions, Personalizer
 from personalign.testing import HashingEmbedder, ScriptedOpenAIServer
 from personalign.types import Message
+from service_helpers import live_server
 
 FILES = {"adapter_model.safetensors": b"weights", "adapter_config.json": b'{"peft_type": "LORA"}'}
 MSGS = [Message(role="user", content="Hello")]
@@ -143,3 +144,23 @@ def test_erasing_a_user_unloads_their_adapter_from_the_server(tmp_path):
         assert pz.respond("Hello", user="ann", options=PersonalizeOptions(ingest=False)).text == (
             "from base"
         )
+
+
+def test_the_services_why_names_the_adapter_only_for_the_user_it_answered(tmp_path):
+    import openai
+
+    store = AdapterStore(tmp_path / "adapters")
+    store.save("ann", FILES, {})
+    with ScriptedOpenAIServer(reply, models=["base"], check_models=True) as backend:
+        lm = OpenAICompatLM("base", base_url=backend.base_url, adapters=store)
+        with live_server(tmp_path / "home", lm) as server:
+            server.personalizer.adapters = store
+            oc = openai.OpenAI(base_url=server.url + "/v1", api_key=server.admin_key)
+            why = {}
+            for user in ("ann", "bob"):
+                resp = oc.chat.completions.create(
+                    model="base", messages=[{"role": "user", "content": "Hi"}], user=user
+                )
+                why[user] = (resp.choices[0].message.content, resp.model_extra["personalization"])
+    assert why["ann"][0] == "from ann@v0001" and why["ann"][1]["adapter"] == "ann@v0001"
+    assert why["bob"][0] == "from base" and "adapter" not in why["bob"][1]
