@@ -159,3 +159,32 @@ def test_why_names_the_adapter_only_when_used(tiny: Path, store: AdapterStore, t
             assert "adapter" not in without.exchange.meta
             assert with_adapter.exchange.method == method
             assert with_adapter.text != without.text  # the adapter made ann's reply
+
+
+def test_contrastive_amplifies_the_adapted_personal_row_against_the_base_plain_row(lm: Any):
+    """The documented rows: personal with the adapter, plain with the base model."""
+    from personalign.generation.decoding import contrastive, decode, make_rule
+
+    personal, _ = lm.forward([lm.encode_chat(PERSONAL)], adapter="ann")
+    plain_base, _ = lm.forward([lm.encode_chat(PLAIN)])
+    plain_adapted, _ = lm.forward([lm.encode_chat(PLAIN)], adapter="ann")
+    want = int(np.argmax(contrastive(personal[0], plain_base[0], 4.0)))
+    other = int(np.argmax(contrastive(personal[0], plain_adapted[0], 4.0)))
+    assert want != other  # the choice of the plain row's model matters here
+    options = GenerationOptions(max_new_tokens=1, adapter="ann")
+    out = decode(
+        lm,
+        [PERSONAL, PLAIN],
+        make_rule("contrastive", strength=4.0),
+        options,
+        adapters=["ann", None],
+    )
+    default = personalized_generate(
+        lm,
+        PLAIN,
+        PERSONAL,
+        config=DecodingConfig(method="contrastive", strength=4.0),
+        options=options,
+    )
+    assert out.token_ids == [want] or (not out.token_ids and want in lm.eos_token_ids)
+    assert default.text == out.text
