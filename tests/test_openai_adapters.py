@@ -164,3 +164,17 @@ def test_the_services_why_names_the_adapter_only_for_the_user_it_answered(tmp_pa
                 why[user] = (resp.choices[0].message.content, resp.model_extra["personalization"])
     assert why["ann"][0] == "from ann@v0001" and why["ann"][1]["adapter"] == "ann@v0001"
     assert why["bob"][0] == "from base" and "adapter" not in why["bob"][1]
+
+
+def test_the_openai_lora_dir_setting_reaches_the_backend(tmp_path):
+    from personalign.backends.models import load_model
+
+    settings = load_settings(
+        home=tmp_path,
+        model="openai:base",
+        openai_base_url="http://127.0.0.1:9/v1",
+        openai_lora_dir="/srv/adapters",
+    )
+    lm = load_model(settings)
+    assert isinstance(lm, OpenAICompatLM) and lm.lora_dir == "/srv/adapters"
+    lm.close()
