@@ -247,7 +247,8 @@ class ScriptedOpenAIServer:
             data += [{"id": m, "object": "model", "parent": parent} for m in self.loaded]
             return JSONResponse({"object": "list", "data": data})
 
-        async def load_lora(request: Any) -> Any:
+        async def lora_body(request: Any, record: list[dict[str, Any]]) -> Any:
+            """The body of a LoRA load/unload (recorded), or the response that refuses it."""
             from starlette.responses import PlainTextResponse
 
             bad = denied(request)
@@ -256,7 +257,15 @@ class ScriptedOpenAIServer:
             if not self.runtime_lora:
                 return PlainTextResponse("Not Found", status_code=404)
             body = await request.json()
-            self.lora_loads.append(body)
+            record.append(body)
+            return body
+
+        async def load_lora(request: Any) -> Any:
+            from starlette.responses import PlainTextResponse
+
+            body = await lora_body(request, self.lora_loads)
+            if not isinstance(body, dict):
+                return body
             name = str(body.get("lora_name", ""))
             if not name or not body.get("lora_path"):
                 return error("lora_name and lora_path are required", 400)
@@ -268,13 +277,9 @@ class ScriptedOpenAIServer:
         async def unload_lora(request: Any) -> Any:
             from starlette.responses import PlainTextResponse
 
-            bad = denied(request)
-            if bad is not None:
-                return bad
-            if not self.runtime_lora:
-                return PlainTextResponse("Not Found", status_code=404)
-            body = await request.json()
-            self.lora_unloads.append(body)
+            body = await lora_body(request, self.lora_unloads)
+            if not isinstance(body, dict):
+                return body
             name = str(body.get("lora_name", ""))
             if name not in self.loaded:
                 return error(f"The lora adapter '{name}' cannot be found.", 404)
