@@ -257,6 +257,10 @@ class Settings(BaseSettings):
     """The evaluation data folder of ``personalign eval`` (``--data`` overrides it). Unset:
     ``../shared/data`` beside a source checkout; an installed package runs only the suites
     whose data it ships (``supersession``) and names this setting for the others."""
+    openai_lora_dir: str | None = None
+    """Where the OpenAI-compatible (vLLM) server sees the adapter store (``<home>/adapters``):
+    users' adapters are loaded from ``<openai_lora_dir>/<name>/<version>``. Unset: the local
+    path (the server runs on this machine)."""
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     contexts: ContextConfig = Field(default_factory=ContextConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)

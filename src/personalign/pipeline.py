@@ -136,13 +136,13 @@ class Personalizer:
             from personalign.backends.models import load_model
 
             model = load_model(settings)
-        adapters = None
-        if getattr(model, "adapters", False) is None:  # a local model without an adapter store
-            from personalign.feedback.adapters import AdapterStore
+        from personalign.feedback.adapters import AdapterStore
 
-            adapters = AdapterStore.for_home(settings.home)
-            model.adapters = adapters  # type: ignore[attr-defined]
-        return cls(memory, model, adapters=adapters)
+        adapters = getattr(model, "adapters", None)  # local and OpenAI-compatible models
+        if adapters is None and hasattr(model, "adapters"):  # ... without an adapter store
+            adapters = model.adapters = AdapterStore.for_home(settings.home)
+        store = adapters if isinstance(adapters, AdapterStore) else None
+        return cls(memory, model, adapters=store)
 
     # -- the request path ----------------------------------------------------------------
 

@@ -177,6 +177,16 @@ class ScriptedOpenAIServer:
     ``Authorization`` header of every request (None when absent). Streaming is not served
     (HTTP 400). Use it as a context manager: the server runs in a thread from ``__enter__``
     to ``__exit__``; ``base_url`` is its ``/v1``.
+
+    vLLM's runtime LoRA endpoints: ``POST /v1/load_lora_adapter {lora_name, lora_path}``
+    records the body in ``lora_loads`` and adds ``lora_name`` to ``loaded`` (listed by
+    ``GET /v1/models`` after ``models``; HTTP 400 when already loaded);
+    ``POST /v1/unload_lora_adapter {lora_name}`` records the body in ``lora_unloads`` and
+    removes it (HTTP 404 when not loaded). With ``runtime_lora``
+    False the endpoint answers HTTP 404, as vLLM does without
+    ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``. With ``check_models`` a completion for a model
+    neither served nor loaded gets HTTP 404. ``calls`` records ``"METHOD /path"`` of every
+    request, in order.
     """
 
     def __init__(
@@ -186,9 +196,17 @@ class ScriptedOpenAIServer:
         models: Sequence[str] = ("scripted",),
         api_key: str | None = None,
         delay_s: float = 0.0,
+        runtime_lora: bool = True,
+        check_models: bool = False,
     ) -> None:
         self.reply = reply
         self.delay_s = delay_s
+        self.runtime_lora = runtime_lora
+        self.check_models = check_models
+        self.lora_loads: list[dict[str, Any]] = []
+        self.lora_unloads: list[dict[str, Any]] = []
+        self.loaded: list[str] = []
+        self.calls: list[str] = []
         self.models = list(models)
         self.api_key = api_key
         self.requests: list[tuple[str, list[dict[str, str]]]] = []
@@ -212,6 +230,7 @@ class ScriptedOpenAIServer:
             return JSONResponse(body, status_code=status)
 
         def denied(request: Any) -> JSONResponse | None:
+            self.calls.append(f"{request.method} {request.url.path}")
             self.authorization.append(request.headers.get("authorization"))
             if self.api_key is None:
                 return None
@@ -223,8 +242,49 @@ class ScriptedOpenAIServer:
             bad = denied(request)
             if bad is not None:
                 return bad
-            data = [{"id": m, "object": "model"} for m in self.models]
+            data: list[dict[str, Any]] = [{"id": m, "object": "model"} for m in self.models]
+            parent = self.models[0] if self.models else None
+            data += [{"id": m, "object": "model", "parent": parent} for m in self.loaded]
             return JSONResponse({"object": "list", "data": data})
+
+        async def lora_body(request: Any, record: list[dict[str, Any]]) -> Any:
+            """The body of a LoRA load/unload (recorded), or the response that refuses it."""
+            from starlette.responses import PlainTextResponse
+
+            bad = denied(request)
+            if bad is not None:
+                return bad
+            if not self.runtime_lora:
+                return PlainTextResponse("Not Found", status_code=404)
+            body = await request.json()
+            record.append(body)
+            return body
+
+        async def load_lora(request: Any) -> Any:
+            from starlette.responses import PlainTextResponse
+
+            body = await lora_body(request, self.lora_loads)
+            if not isinstance(body, dict):
+                return body
+            name = str(body.get("lora_name", ""))
+            if not name or not body.get("lora_path"):
+                return error("lora_name and lora_path are required", 400)
+            if name in self.loaded:
+                return error(f"The lora adapter '{name}' has already been loaded.", 400)
+            self.loaded.append(name)
+            return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
+        async def unload_lora(request: Any) -> Any:
+            from starlette.responses import PlainTextResponse
+
+            body = await lora_body(request, self.lora_unloads)
+            if not isinstance(body, dict):
+                return body
+            name = str(body.get("lora_name", ""))
+            if name not in self.loaded:
+                return error(f"The lora adapter '{name}' cannot be found.", 404)
+            self.loaded.remove(name)
+            return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
 
         async def chat(request: Any) -> JSONResponse:
             bad = denied(request)
@@ -235,6 +295,8 @@ class ScriptedOpenAIServer:
             if body.get("stream"):
                 return error("streaming is not served", 400)
             model = str(body.get("model", ""))
+            if self.check_models and model not in (*self.models, *self.loaded):
+                return error(f"The model `{model}` does not exist.", 404)
             messages = [
                 {"role": str(m.get("role", "")), "content": str(m.get("content", ""))}
                 for m in body.get("messages", [])
@@ -264,6 +326,8 @@ class ScriptedOpenAIServer:
             routes=[
                 Route("/v1/models", list_models, methods=["GET"]),
                 Route("/v1/chat/completions", chat, methods=["POST"]),
+                Route("/v1/load_lora_adapter", load_lora, methods=["POST"]),
+                Route("/v1/unload_lora_adapter", unload_lora, methods=["POST"]),
             ]
         )
 

@@ -28,6 +28,14 @@ Methods (:data:`DecodingMethod`), each with a ``strength``:
 
 The token-level methods need a backend with logits (``lm.supports_logits``); others raise
 :class:`~personalign.errors.BackendError`.
+
+A per-user adapter (``GenerationOptions.adapter``) composes with every method. The rows that
+decode a personalized context run the adapted model: contrastive's personal row, MOD's
+objective rows, every reward-guided rollout, every best-of-N candidate (and its plain
+baseline reply, sampled in the same batch), and ``prompt``. The *plain* row of contrastive and
+MOD runs the base model: it is what the personalization is amplified against, and the adapter
+is part of the personalization. Adapted and base rows share one forward pass (a mixed batch,
+``forward(..., adapter=[...])``); the constraints (``ban``) apply to the mixed scores as before.
 """
 
 from __future__ import annotations
@@ -213,17 +221,20 @@ def decode(
     options: GenerationOptions,
     *,
     on_delta: Callable[[str], None] | None = None,
+    adapters: Sequence[str | None] | None = None,
 ) -> Decoded:
     """Decode one reply from ``contexts`` (R rows, one KV-cached batch) mixed by ``rule``.
 
     Every row is extended with the same chosen token. ``on_delta`` receives the text as it
-    grows (a trailing partial stop string is held back). ``options.adapter`` is not supported.
+    grows (a trailing partial stop string is held back). ``adapters``: the adapter of each
+    row (None: the base model); by default ``options.adapter`` for every row.
     """
     require_logits(lm, "decode")
     if not contexts:
         raise ValidationError("decode needs at least one context")
-    if options.adapter is not None:
-        raise BackendError(f"decode cannot apply adapter {options.adapter!r}")
+    rows = list(adapters) if adapters is not None else [options.adapter] * len(contexts)
+    if len(rows) != len(contexts):
+        raise ValidationError(f"{len(rows)} adapters for {len(contexts)} contexts")
     start = time.perf_counter()
     prompts = [lm.encode_context(c) for c in contexts]
     budget = _budget(lm, prompts, options.max_new_tokens)
@@ -231,7 +242,7 @@ def decode(
     eos = lm.eos_token_ids
     ids: list[int] = []
     text, sent, reason = "", 0, "length"
-    logits, state = lm.forward(prompts)  # (R, V)
+    logits, state = lm.forward(prompts, adapter=rows)  # (R, V)
     for _ in range(budget):
         scores = ban(lm, options, [prompts[0] + ids], rule(logits)[None])[0]  # (V,)
         token = pick_token(scores, options, rng)
@@ -252,7 +263,7 @@ def decode(
                     sent = upto
         if len(ids) == budget:
             break
-        logits, state = lm.forward([[token]] * len(prompts), state)  # (R, V)
+        logits, state = lm.forward([[token]] * len(prompts), state, adapter=rows)  # (R, V)
     if not options.stop and on_delta is None:
         text = lm.decode(ids)
     if on_delta is not None and len(text) > sent:
@@ -312,7 +323,8 @@ def reward_guided(
     """ARGS / PAD-style blockwise search: every ``every`` tokens, roll out each of the
     ``top_k`` most likely next tokens for ``every`` tokens (``top_k`` batched rows forked from
     the reply's KV cache, :meth:`~LanguageModel.select_rows`) and keep the chunk with the best
-    ``mean chunk log p + strength * score(reply so far)``; its cache row carries on."""
+    ``mean chunk log p + strength * score(reply so far)``; its cache row carries on.
+    Every row runs with ``options.adapter`` (None: the base model)."""
     require_logits(lm, "reward_guided")
     if top_k < 1 or every < 1:
         raise ValidationError(f"reward_guided needs top_k, every >= 1, got {top_k}, {every}")
@@ -323,7 +335,8 @@ def reward_guided(
     eos = lm.eos_token_ids
     ids: list[int] = []
     reason = "length"
-    logits, state = lm.forward([prompt])  # (1, V): distribution of the next token
+    adapter = options.adapter
+    logits, state = lm.forward([prompt], adapter=adapter)  # (1, V): the next token's distribution
     next_lp = log_softmax(ban(lm, options, [prompt], logits)[0])  # (V,)
     while len(ids) < budget and reason == "length":
         first = np.argsort(-next_lp)[:top_k]  # (k,) candidate next tokens
@@ -332,7 +345,7 @@ def reward_guided(
         done = [int(t) in eos for t in first]
         steps = min(every, budget - len(ids))
         state = lm.select_rows(state, [0] * len(chunks))  # fork the prefix's cache k ways
-        logits, state = lm.forward(chunks, state)  # (k, V)
+        logits, state = lm.forward(chunks, state, adapter=adapter)  # (k, V)
         for _ in range(steps - 1):
             lp = log_softmax(ban(lm, options, [prompt + ids + c for c in chunks], logits))  # (k, V)
             picked = [pick_token(row, options, rng) for row in lp]
@@ -341,7 +354,7 @@ def reward_guided(
                     chunks[r].append(tok)
                     sums[r] += lp[r, tok]
                     done[r] = tok in eos
-            logits, state = lm.forward([[t] for t in picked], state)
+            logits, state = lm.forward([[t] for t in picked], state, adapter=adapter)
         lengths = np.array([len(c) for c in chunks], dtype=np.float64)  # (k,)
         texts = [lm.decode(ids + [t for t in c if t not in eos]) for c in chunks]
         total = sums / lengths + strength * np.asarray(score(texts), dtype=np.float64)  # (k,)
@@ -511,8 +524,10 @@ def personalized_generate(
         )
     else:
         contexts: list[Sequence[Message]]
+        a = options.adapter  # the personalized rows' adapter; the plain row runs the base model
         if method == "contrastive":
             contexts, rule = [personal, plain], make_rule("contrastive", strength=strength)
+            adapters = [a, None]
         else:
             named = dict(objectives or {"personal": personal})
             mix = normalize_weights(weights or dict.fromkeys(named, 1.0), floors)
@@ -520,11 +535,13 @@ def personalized_generate(
             if unknown:
                 raise ValidationError(f"weights or floors name unknown objectives {unknown}")
             contexts = [named[k] for k in mix]
+            adapters = [a] * len(contexts)
             if strength > 0:
                 contexts.append(plain)
+                adapters.append(None)
             rule = make_rule("mod", strength=strength, weights=list(mix.values()))
             details["weights"] = {k: round(v, 4) for k, v in mix.items()}
-        out = decode(lm, contexts, rule, options, on_delta=on_delta)
+        out = decode(lm, contexts, rule, options, on_delta=on_delta, adapters=adapters)
     score = float(scorer([out.text])[0]) if reward is not None else None
     if on_delta is not None and method == "reward_guided" and out.text:
         on_delta(out.text)

@@ -133,6 +133,8 @@ def _why(reply: Reply) -> dict[str, Any]:
         # a new user's one cold-start question (personalign.feedback.coldstart), when asked
         **({"question": x.meta["question"]} if x.meta.get("question") else {}),
         "scope": x.meta.get("scope", {}),
+        # the user's adapter (name@version) when this reply was generated with it
+        **({"adapter": x.meta["adapter"]} if x.meta.get("adapter") else {}),
     }
 
 

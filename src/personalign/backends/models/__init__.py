@@ -72,7 +72,10 @@ def load_model(
         from personalign.backends.models.openai_compat import OpenAICompatLM
 
         return OpenAICompatLM(
-            name, base_url=settings.openai_base_url, api_key=settings.openai_api_key
+            name,
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key,
+            lora_dir=settings.openai_lora_dir,
         )
     path = Path(spec).expanduser() if spec else None
     if path is not None and path.is_dir():

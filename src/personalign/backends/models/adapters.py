@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,6 +82,27 @@ class AdapterSwapping:
             self._peft.delete_adapter(self._loaded.popitem(last=False)[1])
         self.last_swap_ms = (time.perf_counter() - t0) * 1000
         return self.last_swap_ms
+
+    def route_adapters(self, names: Sequence[str | None]) -> list[str] | None:
+        """Activate the adapters rows ``names`` use (None: the base model) for one forward
+        pass. One name for every row: it is made active and None is returned (a plain pass).
+        Rows that differ: a mixed batch, PEFT's ``adapter_names`` (``"__base__"`` for the
+        base model's rows), which is returned."""
+        distinct = list(dict.fromkeys(names))
+        if len(distinct) == 1:
+            self.activate_adapter(distinct[0])
+            return None
+        named = [n for n in distinct if n is not None]
+        if len(named) > self.max_adapters:
+            raise ValidationError(
+                f"{len(named)} adapters in one batch; at most max_adapters={self.max_adapters}"
+            )
+        keys: dict[str | None, str] = {None: "__base__"}
+        for n in named:
+            self.activate_adapter(n)
+            assert self._active is not None
+            keys[n] = self._active
+        return [keys[n] for n in names]
 
     def unload_missing_adapters(self) -> int:
         """Unload every cached adapter whose directory is gone from disk (an erased user's);

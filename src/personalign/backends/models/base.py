@@ -236,7 +236,11 @@ class LanguageModel(ABC):
         raise self.unsupported("decode")
 
     def forward(
-        self, input_ids: Sequence[Sequence[int]], past: DecodeState | None = None
+        self,
+        input_ids: Sequence[Sequence[int]],
+        past: DecodeState | None = None,
+        *,
+        adapter: RowAdapters = None,
     ) -> tuple[np.ndarray, DecodeState]:
         """One KV-cached step.
 
@@ -244,6 +248,9 @@ class LanguageModel(ABC):
         Otherwise: B rows (B = ``past.batch_size``) of k >= 1 new tokens each, the same k for
         all rows, appended to each row. Returns the logits at each row's last position, a
         float32 array of shape ``(B, vocab_size)``, and the new state (``past`` is consumed).
+        ``adapter``: the per-user adapter the rows run with (None: the base model), or one
+        per row (:func:`row_adapters`); pass the same on every step of a decode, since the
+        cache holds the states the adapted model computed.
         """
         raise self.unsupported("forward")
 
@@ -284,6 +291,20 @@ class LanguageModel(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+RowAdapters = str | Sequence[str | None] | None
+"""``forward``'s ``adapter``: one adapter name (or None) for every row, or one per row."""
+
+
+def row_adapters(adapter: RowAdapters, rows: int) -> list[str | None]:
+    """``adapter`` as one name (or None) per row of a batch of ``rows``."""
+    if adapter is None or isinstance(adapter, str):
+        return [adapter] * rows
+    names = list(adapter)
+    if len(names) != rows:
+        raise ValidationError(f"{len(names)} adapters for a batch of {rows} rows")
+    return names
 
 
 def select_state_rows(state: DecodeState, rows: Sequence[int]) -> tuple[list[int], Any]:

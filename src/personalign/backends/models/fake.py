@@ -15,8 +15,10 @@ from personalign.backends.models.base import (
     Generation,
     GenerationOptions,
     LanguageModel,
+    RowAdapters,
     check_messages,
     find_stop,
+    row_adapters,
     select_state_rows,
 )
 from personalign.errors import BackendError, ValidationError
@@ -152,9 +154,16 @@ class FakeLM(LanguageModel):
         return self._bigram[tokens[-1]] + self._context[sum(tokens) % self.vocab_size]
 
     def forward(
-        self, input_ids: Sequence[Sequence[int]], past: DecodeState | None = None
+        self,
+        input_ids: Sequence[Sequence[int]],
+        past: DecodeState | None = None,
+        *,
+        adapter: RowAdapters = None,
     ) -> tuple[np.ndarray, DecodeState]:
         """Same contract as ``LanguageModel.forward``; the state is the token history."""
+        named = [a for a in row_adapters(adapter, len(input_ids)) if a is not None]
+        if named:
+            raise BackendError(f"no adapter store configured: cannot apply {named[0]!r}")
         rows = [[int(t) for t in r] for r in input_ids]
         if not rows or any(not r for r in rows):
             raise ValidationError("forward needs non-empty rows")

@@ -29,8 +29,10 @@ from personalign.backends.models.base import (
     DecodeState,
     Generation,
     GenerationOptions,
+    RowAdapters,
     check_messages,
     find_stop,
+    row_adapters,
     select_state_rows,
     stream_safe_len,
 )
@@ -51,6 +53,7 @@ from personalign.backends.models.reading import (  # noqa: F401  (re-exported)
     MIN_SHARED_PREFIX,
     last_states,
     score_chunk,
+    score_continuations,
 )
 from personalign.errors import ModelNotAvailableError, ValidationError
 from personalign.types import Message
@@ -106,8 +109,9 @@ class TransformersLM(AdapterSwapping, BannedTokens):
     Per-user LoRA adapters: with ``adapters`` (an :class:`AdapterSource`),
     ``GenerationOptions.adapter`` names the adapter a request uses; it is loaded with PEFT on
     first use, kept in an LRU cache of ``max_adapters`` loaded adapters, and swapped in per
-    request (:meth:`activate_adapter`; ``last_swap_ms`` is the latest swap's time). The
-    token-level API (``forward``, ``logprobs``) always runs the base model.
+    request (:meth:`activate_adapter`; ``last_swap_ms`` is the latest swap's time).
+    ``forward`` takes an adapter for all rows or one per row (a PEFT mixed batch: adapted and
+    base rows in one pass); ``logprobs`` and ``hidden_states`` run the base model.
 
     With ``batching`` (the default), ``generate`` and ``stream`` calls from many threads share
     forward passes (:class:`~personalign.backends.models.batcher.Batcher`, up to ``max_batch``
@@ -254,13 +258,19 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         return str(self._tok.decode(list(ids), skip_special_tokens=True))
 
     def forward(
-        self, input_ids: Sequence[Sequence[int]], past: DecodeState | None = None
+        self,
+        input_ids: Sequence[Sequence[int]],
+        past: DecodeState | None = None,
+        *,
+        adapter: RowAdapters = None,
     ) -> tuple[np.ndarray, DecodeState]:
+        names = row_adapters(adapter, len(input_ids))
         with self.lock:
-            self.activate_adapter(None)
-            logits, state = (
-                self._prefill(input_ids) if past is None else self._extend(input_ids, past)
-            )
+            mix = self.route_adapters(names)  # None: every row runs the active model
+            if past is None:
+                logits, state = self._prefill(input_ids, mix)
+            else:
+                logits, state = self._extend(input_ids, past, mix)
         return logits.cpu().numpy(), state
 
     def _check_ids(self, rows: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -275,9 +285,16 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         return out
 
     def _call(
-        self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any, keep: int
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+        cache: Any,
+        keep: int,
+        mix: list[str] | None = None,
     ) -> tuple[torch.Tensor, Any]:
-        """Run the model; return (float32 logits of the last ``keep`` positions, cache)."""
+        """Run the model; return (float32 logits of the last ``keep`` positions, cache).
+        ``mix``: PEFT adapter names per row (a mixed batch, :meth:`route_adapters`)."""
         import torch
 
         kwargs: dict[str, Any] = {
@@ -289,8 +306,10 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         }
         if self._keep_kw is not None:
             kwargs[self._keep_kw] = keep
+        if mix is not None:
+            kwargs["adapter_names"] = mix
         with torch.inference_mode():
-            out = self._model(**kwargs)
+            out = (self._model if mix is None else self._peft)(**kwargs)
             logits = out.logits
             if keep and logits.shape[1] > keep:
                 logits = logits[:, -keep:]
@@ -333,12 +352,14 @@ class TransformersLM(AdapterSwapping, BannedTokens):
     def pick(self, logits: torch.Tensor, options: GenerationOptions, gen: Any) -> list[int]:
         return self._pick(logits, options, gen)
 
-    def _prefill(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, DecodeState]:
+    def _prefill(
+        self, rows: Sequence[Sequence[int]], mix: list[str] | None = None
+    ) -> tuple[torch.Tensor, DecodeState]:
         """Prefill each distinct prompt once; identical rows (best-of-N candidates) share it."""
         toks = self._check_ids(rows)
         distinct = list(dict.fromkeys(tuple(r) for r in toks))
-        if len(distinct) == len(toks):
-            return self._prefill_padded(toks)
+        if len(distinct) == len(toks) or mix is not None:
+            return self._prefill_padded(toks, mix)
         logits, state = self._prefill_padded([list(r) for r in distinct])
         if not hasattr(state.data.cache, "reorder_cache"):
             return self._prefill_padded(toks)  # a cache type without row selection
@@ -361,14 +382,16 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         ids, mask = ids.to(self.device), mask.to(self.device)
         return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
-    def _prefill_padded(self, toks: list[list[int]]) -> tuple[torch.Tensor, DecodeState]:
+    def _prefill_padded(
+        self, toks: list[list[int]], mix: list[str] | None = None
+    ) -> tuple[torch.Tensor, DecodeState]:
         ids, mask, pos = self._padded(toks)
-        logits, cache = self._call(ids, mask, pos, None, keep=1)
+        logits, cache = self._call(ids, mask, pos, None, 1, mix)
         state = DecodeState(tokens=toks, data=_KV(cache, mask, mask.sum(-1)))
         return logits[:, -1], state
 
     def _extend(
-        self, rows: Sequence[Sequence[int]], past: DecodeState
+        self, rows: Sequence[Sequence[int]], past: DecodeState, mix: list[str] | None = None
     ) -> tuple[torch.Tensor, DecodeState]:
         import torch
 
@@ -383,7 +406,7 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         ones = torch.ones((len(new), k), dtype=torch.long, device=self.device)
         mask = torch.cat([kv.mask, ones], dim=1)
         pos = kv.next_pos[:, None] + torch.arange(k, device=self.device)[None, :]
-        logits, cache = self._call(ids, mask, pos, kv.cache, keep=1)
+        logits, cache = self._call(ids, mask, pos, kv.cache, 1, mix)
         tokens = [t + r for t, r in zip(past.tokens, new, strict=True)]
         return logits[:, -1], DecodeState(tokens=tokens, data=_KV(cache, mask, kv.next_pos + k))
 
@@ -570,26 +593,5 @@ class TransformersLM(AdapterSwapping, BannedTokens):
     def logprobs(
         self, messages: Sequence[Message], continuations: Sequence[str]
     ) -> list[ContinuationScore]:
-        import torch
-
-        prompt = self.encode_chat(messages)
-        conts = [self.encode(c) for c in continuations]
-        for text, ids in zip(continuations, conts, strict=True):
-            if not ids:
-                raise ValidationError(f"continuation {text!r} has no tokens")
-        scores: list[ContinuationScore] = []
-        i = 0
-        while i < len(conts):
-            j = i + 1
-            while j < len(conts) and (j - i + 1) * max(map(len, conts[i : j + 1])) <= (
-                LOGPROB_CHUNK_TOKENS
-            ):
-                j += 1
-            with self.lock:
-                self.activate_adapter(None)
-                sums = score_chunk(self, prompt, conts[i:j], torch)
-            for k, total in enumerate(sums):
-                n = len(conts[i + k])
-                scores.append(ContinuationScore(continuations[i + k], total, total / n, n))
-            i = j
-        return scores
+        """Continuation log-probabilities under the base model (:func:`score_continuations`)."""
+        return score_continuations(self, messages, continuations, LOGPROB_CHUNK_TOKENS)

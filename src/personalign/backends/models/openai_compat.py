@@ -1,7 +1,19 @@
 """Any OpenAI-compatible chat server (OpenAI, vLLM, llama.cpp, ...) through the ``openai`` client.
 
-The model name can select a per-user adapter: :attr:`GenerationOptions.adapter` is sent as the
-request's model name, the way vLLM serves LoRA adapters by name.
+Per-user adapters, the vLLM multi-LoRA way: with an adapter store (``adapters``, attached by
+:meth:`~personalign.pipeline.Personalizer.open`), :attr:`GenerationOptions.adapter` names a
+user's adapter; its newest version is served as ``<name>@v0003`` (the store's label, so a new
+version is a new served adapter) and sent as the request's ``model``. Before its first use the
+backend asks ``GET /models`` whether the server lists it and, when not, loads it with
+``POST /load_lora_adapter {lora_name, lora_path}``; ``lora_path`` is the version's directory
+(a standard PEFT folder) as the *server* sees it: ``<lora_dir>/<name>/<version>`` when
+``lora_dir`` (the store's root on the server, setting ``openai_lora_dir``) is set, else the
+local path. Runtime loading needs vLLM started with ``--enable-lora`` and
+``VLLM_ALLOW_RUNTIME_LORA_UPDATING=true``; a server without it answers HTTP 404 there, and the
+request fails with a :class:`BackendError` that says so: a user with an adapter is never
+silently answered by the base model. Erasing a user unloads their adapters from the server
+(:meth:`OpenAICompatLM.unload_missing_adapters`). Without a store, ``adapter`` is sent as
+the model name as given (an adapter the server already serves under that name).
 
 ``logprobs`` needs a server whose ``/v1/completions`` returns correct prompt log-probabilities
 with ``echo`` (vLLM does); the chat API cannot score a given reply. It is therefore opt-in
@@ -13,10 +25,13 @@ llama-cpp-python's server answers, but its echo log-probabilities are shifted by
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
+from personalign.backends.models.adapters import AdapterSource
 from personalign.backends.models.base import (
     ContinuationScore,
     Generation,
@@ -72,6 +87,8 @@ class OpenAICompatLM(LanguageModel):
         max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
         echo_logprobs: bool = False,
         prompt_format: PromptFormat = chatml_prompt,
+        adapters: AdapterSource | None = None,
+        lora_dir: str | None = None,
     ) -> None:
         if not model or not model.strip():
             raise ValidationError("OpenAICompatLM needs a model name")
@@ -83,6 +100,10 @@ class OpenAICompatLM(LanguageModel):
         self.max_tokens_param = max_tokens_param
         self.echo_logprobs = echo_logprobs
         self.prompt_format = prompt_format
+        self.adapters = adapters
+        self.lora_dir = lora_dir
+        self._served: dict[str, Path] = {}  # adapters known loaded on the server -> local dir
+        self._lora_lock = threading.Lock()
         # the key configured for this server, or $OPENAI_API_KEY for OpenAI's own only
         url, key = server_and_key(base_url, api_key, what="openai_api_key")
         self._openai = openai
@@ -107,7 +128,7 @@ class OpenAICompatLM(LanguageModel):
         self, messages: Sequence[Message], options: GenerationOptions
     ) -> tuple[str, dict[str, Any]]:
         msgs = check_messages(messages)
-        model = options.adapter or self.model
+        model = self.served_model(options.adapter)
         kw: dict[str, Any] = {
             "model": model,
             "messages": [{"role": m.role, "content": m.content} for m in msgs],
@@ -126,6 +147,62 @@ class OpenAICompatLM(LanguageModel):
                 "json_schema": {"name": "reply", "schema": schema, "strict": True},
             }
         return model, kw
+
+    def served_model(self, adapter: str | None) -> str:
+        """The ``model`` a request with ``adapter`` sends, its LoRA loaded on the server
+        first when it is not yet (see the module doc)."""
+        if adapter is None:
+            return self.model
+        if self.adapters is None:
+            return adapter
+        path = self.adapters.adapter_path(adapter)  # NotFoundError: no such adapter
+        served = f"{adapter}@{path.name}"
+        with self._lora_lock:
+            if served not in self._served:
+                self._load_lora(served, path.parent.name, path)
+                self._served[served] = path
+        return served
+
+    def unload_missing_adapters(self) -> int:
+        """Unload from the server (``POST /unload_lora_adapter``) every adapter this backend
+        loaded whose directory is gone from the store (an erased user's); return how many."""
+        import httpx
+
+        with self._lora_lock:
+            gone = [s for s, path in self._served.items() if not path.is_dir()]
+            for served in gone:
+                del self._served[served]
+                try:
+                    body = {"lora_name": served}
+                    self._client.post("/unload_lora_adapter", body=body, cast_to=httpx.Response)
+                except self._openai.NotFoundError:
+                    pass  # no runtime LoRA updating, or already unloaded
+                except self._openai.OpenAIError as e:
+                    raise self._error(e) from e
+        return len(gone)
+
+    def _load_lora(self, served: str, name: str, path: Path) -> None:
+        import httpx
+
+        try:
+            if served in {m.id for m in self._client.models.list()}:
+                return
+            root = self.lora_dir.rstrip("/") if self.lora_dir else None
+            where = f"{root}/{name}/{path.name}" if root else str(path)
+            body = {"lora_name": served, "lora_path": where}
+            self._client.post("/load_lora_adapter", body=body, cast_to=httpx.Response)
+        except self._openai.NotFoundError as e:
+            raise BackendError(
+                f"{self._where()} cannot load LoRA adapter {served!r} at runtime (HTTP 404 "
+                "from /load_lora_adapter): start vLLM with --enable-lora and "
+                "VLLM_ALLOW_RUNTIME_LORA_UPDATING=true, or serve the adapter with "
+                "--lora-modules (AdapterStore.export_vllm)"
+            ) from e
+        except self._openai.BadRequestError as e:
+            if "already" not in _server_message(e):  # loaded meanwhile by another process
+                raise self._error(e) from e
+        except self._openai.OpenAIError as e:
+            raise self._error(e) from e
 
     def generate(self, messages: Sequence[Message], *, options: GenerationOptions) -> Generation:
         model, kw = self._request(messages, options)

@@ -7,11 +7,14 @@ torch is imported lazily, inside functions, so importing this module is cheap.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from personalign.backends.models.base import ContinuationScore
 from personalign.errors import ValidationError
+from personalign.types import Message
 
 MIN_SHARED_PREFIX = 8
 """Tokens a batch of contexts must share before :func:`last_states` reads them once for all
@@ -102,3 +105,31 @@ def score_chunk(lm: Any, prompt: list[int], conts: list[list[int]], torch: Any) 
             target = torch.tensor(c[1:], device=dev)
             sums[r] += float(lp[r, : len(c) - 1].gather(-1, target[:, None]).sum())
     return sums
+
+
+def score_continuations(
+    lm: Any, messages: Sequence[Message], continuations: Sequence[str], chunk_tokens: int
+) -> list[ContinuationScore]:
+    """Sum/mean log-probability of each continuation as the reply to ``messages`` under the
+    base model, continuations batched up to ``chunk_tokens`` tokens per forward pass."""
+    import torch
+
+    prompt = lm.encode_chat(messages)
+    conts = [lm.encode(c) for c in continuations]
+    for text, ids in zip(continuations, conts, strict=True):
+        if not ids:
+            raise ValidationError(f"continuation {text!r} has no tokens")
+    scores: list[ContinuationScore] = []
+    i = 0
+    while i < len(conts):
+        j = i + 1
+        while j < len(conts) and (j - i + 1) * max(map(len, conts[i : j + 1])) <= chunk_tokens:
+            j += 1
+        with lm.lock:
+            lm.activate_adapter(None)
+            sums = score_chunk(lm, prompt, conts[i:j], torch)
+        for k, total in enumerate(sums):
+            n = len(conts[i + k])
+            scores.append(ContinuationScore(continuations[i + k], total, total / n, n))
+        i = j
+    return scores
