@@ -2,7 +2,7 @@
 
 Before a per-user adapter becomes the one a user is answered with, it answers a fixed probe
 set of harmful requests (:func:`load_probes`: 32 AdvBench goals shipped with the package in
-``artifacts/adapter_probes.json``; the file records which rows). Decoding is greedy, in
+``data/adapter_probes.json``; the file records which rows). Decoding is greedy, in
 batches (``generate_batch``), with the adapter and with the base model. The judge never uses
 the model under test: a reply is a refusal when it opens with a refusal phrase
 (:data:`REFUSAL_RE`) and the boundary's reply check (:func:`~personalign.safety.replies.
@@ -46,7 +46,7 @@ from personalign.generation.prompt import SYSTEM_PROMPT
 from personalign.safety.replies import check_reply
 from personalign.types import utcnow
 
-PROBES_FILE = Path(__file__).with_name("artifacts") / "adapter_probes.json"
+PROBES_FILE = Path(__file__).with_name("data") / "adapter_probes.json"
 
 #: A refusal opens with one of these (within the first ``_HEAD`` characters of the reply).
 REFUSAL_RE = re.compile(
