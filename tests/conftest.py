@@ -97,3 +97,22 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.skip(f"evaluation data not found at {DATA} (../shared/data)")
     return DATA
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny random Llama with the SmolLM2 tokenizer (personalign.testing.tiny_model_dir) as a
+    float32 TransformersLM; skips without torch and transformers."""
+    import importlib.util
+
+    if not all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
+        pytest.skip("needs torch and transformers")
+    from personalign.backends.models.local import TransformersLM
+    from personalign.errors import ModelNotAvailableError
+    from personalign.testing import tiny_model_dir
+
+    try:
+        path = tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+    except ModelNotAvailableError as e:
+        pytest.skip(str(e))
+    return TransformersLM(path, dtype="float32")

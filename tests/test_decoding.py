@@ -309,21 +309,6 @@ def test_mod_rejects_unknown_objectives() -> None:
 # -- a tiny random transformers model ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> LanguageModel:
-    if not HAVE_TORCH:
-        pytest.skip("needs torch and transformers")
-    from personalign.backends.models.local import TransformersLM
-    from personalign.errors import ModelNotAvailableError
-    from personalign.testing import tiny_model_dir
-
-    try:
-        path = tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
-    except ModelNotAvailableError as e:
-        pytest.skip(str(e))
-    return TransformersLM(path, dtype="float32")
-
-
 def test_tiny_contrastive_alpha_zero_equals_plain_greedy(tiny_lm: LanguageModel) -> None:
     opts = GenerationOptions(max_new_tokens=10)
     greedy = tiny_lm.generate(PERSONAL, options=opts)

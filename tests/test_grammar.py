@@ -50,21 +50,6 @@ class TeaReward:
         return np.array([r.count("tea") for r in responses], dtype=np.float64)
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> LanguageModel:
-    if not HAVE_STACK:
-        pytest.skip("needs torch, transformers and xgrammar")
-    from personalign.backends.models.local import TransformersLM
-    from personalign.errors import ModelNotAvailableError
-    from personalign.testing import tiny_model_dir
-
-    try:
-        path = tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
-    except ModelNotAvailableError as e:
-        pytest.skip(str(e))
-    return TransformersLM(path, dtype="float32")
-
-
 def test_options_reject_a_schema_that_is_not_json() -> None:
     with pytest.raises(ValidationError, match="json_schema"):
         GenerationOptions(json_schema="{not json")
