@@ -11,6 +11,7 @@ import pytest
 
 from personalign.backends.models.base import GenerationOptions
 from personalign.config import load_settings
+from personalign.errors import ValidationError
 from personalign.feedback.adapters import AdapterStore
 from personalign.generation.decoding import DecodingConfig, personalized_generate
 from personalign.pipeline import PersonalizeOptions, Personalizer, open_guarded_memory
@@ -66,6 +67,7 @@ def store(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> AdapterStore:
     root = tmp_path_factory.mktemp("adapters")
     st = AdapterStore(root / "store")
     st.save("ann", big_lora(tiny, root / "ann"), {"base": "tiny"})
+    st.save("bob", big_lora(tiny, root / "bob", seed=1), {"base": "tiny"})
     return st
 
 
@@ -188,3 +190,42 @@ def test_contrastive_amplifies_the_adapted_personal_row_against_the_base_plain_r
     )
     assert out.token_ids == [want] or (not out.token_ids and want in lm.eos_token_ids)
     assert default.text == out.text
+
+
+def test_mod_over_experts_runs_each_objective_row_with_its_own_adapter(lm: Any) -> None:
+    """MOD over experts: objective k's row runs adapter k; the mix is sum_k w_k log p_k."""
+    from personalign.generation.decoding import log_softmax
+
+    weights = {"a": 0.7, "b": 0.3}
+    row_a, _ = lm.forward([lm.encode_chat(PLAIN)], adapter="ann")
+    row_b, _ = lm.forward([lm.encode_chat(PLAIN)], adapter="bob")
+    base, _ = lm.forward([lm.encode_chat(PLAIN)])
+    mixed = 0.7 * log_softmax(row_a[0]) + 0.3 * log_softmax(row_b[0])
+    want = int(np.argmax(mixed))
+    options = GenerationOptions(max_new_tokens=1)
+    out = personalized_generate(
+        lm,
+        PLAIN,
+        PLAIN,
+        config=DecodingConfig(method="mod", strength=0.0),
+        options=options,
+        objectives={"a": PLAIN, "b": PLAIN},
+        objective_adapters={"a": "ann", "b": "bob"},
+        weights=weights,
+    )
+    assert out.rows == 2
+    assert out.details["objective_adapters"] == {"a": "ann", "b": "bob"}
+    got = lm.encode(out.text)
+    assert got[:1] == [want] or (not got and want in lm.eos_token_ids)
+    # the same mix over the base model picks differently here: the experts decided the token
+    assert int(np.argmax(log_softmax(base[0]))) != want or row_a.argmax() != base.argmax()
+    with pytest.raises(ValidationError, match="unknown objectives"):
+        personalized_generate(
+            lm,
+            PLAIN,
+            PLAIN,
+            config=DecodingConfig(method="mod", strength=0.0),
+            options=options,
+            objectives={"a": PLAIN},
+            objective_adapters={"z": "ann"},
+        )

@@ -454,6 +454,7 @@ def personalized_generate(
     floors: Mapping[str, float] | None = None,
     on_delta: Callable[[str], None] | None = None,
     baseline: bool = False,
+    objective_adapters: Mapping[str, str | None] | None = None,
 ) -> PersonalizedGeneration:
     """Generate the reply to ``personal`` (the prompt with the user's preferences) with
     ``config.method``; ``plain`` is the same conversation without them.
@@ -464,7 +465,10 @@ def personalized_generate(
     the user's weights cannot lower). ``on_delta`` streams text for the loop methods (the
     others deliver their text in one piece at the end). ``baseline``: best-of-N also decodes
     the plain conversation in its batch (``PersonalizedGeneration.baseline``), so a caller can
-    hold the chosen reply to the plain reply's relevance.
+    hold the chosen reply to the plain reply's relevance. ``objective_adapters``: MOD over
+    experts (Personalized Soups' decoding-time mix): objective name -> the adapter its row runs
+    (e.g. a dimension expert ``"expert:conciseness+"``); objectives not named run
+    ``options.adapter``.
     """
     method, strength = config.method, config.strength
     prompt = _last_user(plain)
@@ -535,12 +539,18 @@ def personalized_generate(
             if unknown:
                 raise ValidationError(f"weights or floors name unknown objectives {unknown}")
             contexts = [named[k] for k in mix]
-            adapters = [a] * len(contexts)
+            per = dict(objective_adapters or {})
+            unknown = sorted(set(per) - set(named))
+            if unknown:
+                raise ValidationError(f"objective_adapters name unknown objectives {unknown}")
+            adapters = [per.get(k, a) for k in mix]
             if strength > 0:
                 contexts.append(plain)
                 adapters.append(None)
             rule = make_rule("mod", strength=strength, weights=list(mix.values()))
             details["weights"] = {k: round(v, 4) for k, v in mix.items()}
+            if per:
+                details["objective_adapters"] = {k: per[k] for k in mix if k in per}
         out = decode(lm, contexts, rule, options, on_delta=on_delta, adapters=adapters)
     score = float(scorer([out.text])[0]) if reward is not None else None
     if on_delta is not None and method == "reward_guided" and out.text:
