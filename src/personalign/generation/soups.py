@@ -212,6 +212,7 @@ class ExpertSet:
         self._lock = threading.Lock()
         self._peft: Any = None  # a PeftModel holding every expert (loaded on the first merge)
         self._peft_names: dict[str, str] = {}  # "<expert folder>@<hash>" -> PEFT adapter name
+        self._listed: tuple[int, dict[str, Expert]] | None = None  # (root's mtime, experts)
         self.merges = 0
         """Soups this instance merged (a cached soup is not merged again)."""
 
@@ -221,6 +222,9 @@ class ExpertSet:
     def experts(self) -> dict[str, Expert]:
         """``{pole: Expert}`` of every complete expert folder (adapter files and recipe), in
         the order of ``DIMENSION_NAMES``, ``+`` before ``-``."""
+        stamp = self.root.stat().st_mtime_ns  # an expert is renamed into place: this changes
+        if self._listed is not None and self._listed[0] == stamp:
+            return dict(self._listed[1])
         found: dict[str, Expert] = {}
         for d in sorted(self.root.iterdir()):
             if not d.is_dir() or d.name.startswith(".") or d.name == SOUPS_DIR:
@@ -231,7 +235,9 @@ class ExpertSet:
             pole = recipe.get("pole")
             if isinstance(pole, str) and _POLE_RE.match(pole) and pole_folder(pole) == d.name:
                 found[pole] = Expert(pole, d, recipe)
-        return {p: found[p] for p in sorted(found, key=_pole_order)}
+        ordered = {p: found[p] for p in sorted(found, key=_pole_order)}
+        self._listed = (stamp, ordered)
+        return dict(ordered)
 
     @property
     def poles(self) -> list[str]:
