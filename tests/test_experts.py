@@ -270,6 +270,15 @@ def test_a_soup_is_the_exact_weighted_sum_of_expert_deltas_and_is_cached(
         _delta(one, layer), _delta(out / "formality-plus", layer), rtol=1e-4, atol=1e-7
     )
     assert es.soup({"formality": 0.0}) is None
+    # experts of different base models do not mix
+    recipe_file = out / "formality-minus" / "recipe.json"
+    recipe = json.loads(recipe_file.read_text())
+    recipe_file.write_text(json.dumps({**recipe, "base_model_dir": "/elsewhere"}))
+    try:
+        with pytest.raises(ValidationError, match="different base models"):
+            ExpertSet(out).soup({"formality": -1.0, "conciseness": 1.0})
+    finally:
+        recipe_file.write_text(json.dumps(recipe))
     with pytest.raises(NotFoundError, match="no expert 'warmth-'"):
         es.soup({"warmth": -1.0})
 

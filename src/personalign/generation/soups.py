@@ -288,6 +288,11 @@ class ExpertSet:
 
     def _soup(self, terms: Mapping[str, float]) -> Path:
         experts = [self.expert(p) for p in terms]  # NotFoundError before any lock or merge
+        bases = {str(e.recipe.get("base_model_dir", "")) for e in experts}
+        if len(bases) > 1:
+            raise ValidationError(
+                f"experts {', '.join(terms)} were trained on different base models: {bases}"
+            )
         key = ",".join(f"{p}{c:.{DECIMALS}f}" for p, c in terms.items())
         meta = {
             "key": key,
