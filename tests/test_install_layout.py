@@ -221,11 +221,12 @@ def build_wheel(out_dir: Path) -> Path:
 
 
 def test_wheel_ships_the_package_data(tmp_path: Path) -> None:
-    """The wheel holds the eval's cases, the adapter check's probes, the artifacts, templates
-    and py.typed; no tests."""
+    """The wheel holds the eval's cases, the adapter check's probes, the experts' prompts, the
+    artifacts, templates and py.typed; no tests."""
     names = set(zipfile.ZipFile(build_wheel(tmp_path)).namelist())
     assert "personalign/eval/data/supersession_cases.json" in names
     assert "personalign/safety/data/adapter_probes.json" in names  # the adapter check's probes
+    assert "personalign/training/data/expert_prompts.json" in names  # the experts' prompts
     assert "personalign/py.typed" in names
     assert any(n.startswith("personalign/service/templates/") for n in names)
     shipped = {p.relative_to(PACKAGE.parent).as_posix() for p in PACKAGE.rglob("artifacts/*")}

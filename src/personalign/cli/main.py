@@ -12,6 +12,7 @@ from personalign import __version__
 from personalign.cli import (
     boundary,
     chat,
+    experts,
     feedback,
     mcp,
     memory,
@@ -45,7 +46,10 @@ app.add_typer(feedback.app, name="feedback", help="Rate, compare, edit or critiq
 feedback.profile_app.command("prior")(prior.prior)
 app.add_typer(feedback.profile_app, name="profile", help="See or set your dimension weights.")
 app.command()(feedback.calibrate)
-app.add_typer(feedback.train_app, name="train", help="Train per-user adapters with DPO.")
+feedback.train_app.command("experts")(experts.experts)
+app.add_typer(
+    feedback.train_app, name="train", help="Train per-user adapters and style experts with DPO."
+)
 
 
 def _version(value: bool) -> None:

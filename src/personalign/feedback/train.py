@@ -320,10 +320,12 @@ def train_pairs(
     out_dir: Path,
     config: TrainConfig,
     resume: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> dict[str, float]:
     """DPO-train a LoRA adapter on ``pairs`` (TRL ``DPOTrainer``, PEFT; the reference model is
     the base with the adapter disabled) and save it to ``out_dir``; return the final metrics.
-    Checkpoints go to ``out_dir/checkpoints`` and are resumed from when ``resume``."""
+    Checkpoints go to ``out_dir/checkpoints`` and are resumed from when ``resume``.
+    ``callbacks`` are ``transformers.TrainerCallback`` s added to the trainer (progress)."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
@@ -377,6 +379,8 @@ def train_pairs(
             ),
         )
         trainer.remove_callback(PrinterCallback)  # logs go to the recipe, not stdout
+        for cb in callbacks:
+            trainer.add_callback(cb)
         last = get_last_checkpoint(str(ckpt)) if resume else None
         trainer.train(resume_from_checkpoint=last)
         trained: Any = trainer.model

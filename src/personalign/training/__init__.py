@@ -20,5 +20,8 @@ as ``recipe``, which ``tests/test_artifacts.py`` checks.
   reward models (``CrossEncoderConfig``, ``EmbeddedConfig``, ``ProbeConfig``).
 * :mod:`personalign.training.extractor` — the memory extractor's sentence classifier
   (:class:`~personalign.training.extractor.ExtractorConfig`).
+* :mod:`personalign.training.experts` — one DPO-trained LoRA expert per style pole
+  (:class:`~personalign.training.experts.ExpertsConfig`), merged into per-user soups by
+  :mod:`personalign.generation.soups`.
 * :mod:`personalign.training.recipe` — what an artifact records about its recipe.
 """
