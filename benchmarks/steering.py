@@ -10,7 +10,7 @@ Hand-written conciseness pairs (a short reply chosen over a long one, and the re
   prefilled prompt, alternating rounds), and of ``generate`` (target: steered <= 1.05x);
 * greedy replies at a few strengths (what steering does to this small model).
 
-    python benchmarks/steering.py [--json] [--scan] [--steps 64] [--rounds 5]
+    python benchmarks/steering.py [--json] [--scan] [--tiny] [--steps 64] [--rounds 5]
 
 The figures print as JSON (one line with ``--json``).
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import numpy as np
 
@@ -125,14 +126,22 @@ def scan(lm: TransformersLM) -> list[dict[str, float]]:
     return out
 
 
-def step_ms(lm: TransformersLM, prompt: list[int], steps: int, steering: object) -> float:
-    """Milliseconds per KV-cached decoding step at batch 1 (token 13 fed each step)."""
-    kw = {"steering": steering} if steering else {}
-    _, state = lm.forward([prompt], **kw)  # type: ignore[arg-type]
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        _, state = lm.forward([[13]], state, **kw)  # type: ignore[arg-type]
-    return (time.perf_counter() - t0) / steps * 1000
+def step_ms(lm: TransformersLM, prompt: list[int], steps: int, steering: Any) -> list[float]:
+    """Median milliseconds of a KV-cached decoding step at batch 1 (token 13 fed each step),
+    plain and steered, the two decodes interleaved step by step (alternating which goes
+    first) so that a busy machine's drift hits both alike."""
+    _, plain = lm.forward([prompt])
+    _, steered = lm.forward([prompt], steering=steering)
+    times: list[list[float]] = [[], []]
+    for i in range(steps):
+        for k in (0, 1) if i % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            if k == 0:
+                _, plain = lm.forward([[13]], plain)
+            else:
+                _, steered = lm.forward([[13]], steered, steering=steering)
+            times[k].append((time.perf_counter() - t0) * 1000)
+    return [float(np.median(t)) for t in times]
 
 
 def main() -> None:
@@ -140,8 +149,18 @@ def main() -> None:
     p.add_argument("--scan", action="store_true", help="report every layer's measures")
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--tiny", action="store_true", help="the tiny random test model instead")
     args = p.parse_args()
-    lm = TransformersLM.embedded(load_settings().cache_dir, quiet=True, batching=False)
+    if args.tiny:
+        import tempfile
+        from pathlib import Path
+
+        from personalign.testing import tiny_model_dir
+
+        tiny = tiny_model_dir(Path(tempfile.mkdtemp(prefix="steering-bench-")) / "tiny-llama")
+        lm = TransformersLM(tiny, dtype="float32", batching=False)
+    else:
+        lm = TransformersLM.embedded(load_settings().cache_dir, quiet=True, batching=False)
     result: dict[str, object] = {"model": lm.name, "dtype": lm.dtype, "device": lm.device}
     if args.scan:
         result["layers"] = scan(lm)
@@ -157,14 +176,25 @@ def main() -> None:
     lm.steering = vectors
     steer = (("conciseness+", 2.0),)
     prompt = lm.encode_chat([Message(role="user", content="Tell me about the sea.")])
-    step_ms(lm, prompt, 8, None)  # warm up
-    plain, steered = [], []
+    step_ms(lm, prompt, 8, steer)  # warm up
+    sp, ss = step_ms(lm, prompt, args.steps * 2, steer)
+    result["step_ms_plain"] = round(sp, 3)
+    result["step_ms_steered"] = round(ss, 3)
+    result["step_ratio"] = round(ss / sp, 3)
+    per_token: dict[str, list[float]] = {"plain": [], "steered": []}
+    tokens: dict[str, int] = {}
+    msgs = [Message(role="user", content="Tell me about the sea.")]
     for _ in range(args.rounds):
-        plain.append(step_ms(lm, prompt, args.steps, None))
-        steered.append(step_ms(lm, prompt, args.steps, steer))
-    result["step_ms_plain"] = round(float(np.median(plain)), 3)
-    result["step_ms_steered"] = round(float(np.median(steered)), 3)
-    result["step_ratio"] = round(float(np.median(steered) / np.median(plain)), 3)
+        for name, spec in (("plain", {}), ("steered", dict(steer))):
+            opts = GenerationOptions(max_new_tokens=args.steps, steering=spec)
+            g = lm.generate(msgs, options=opts)
+            per_token[name].append(g.seconds / max(1, g.completion_tokens) * 1000)
+            tokens[name] = g.completion_tokens
+    gp, gs = (float(np.median(per_token[k])) for k in ("plain", "steered"))
+    result["generate_ms_per_token_plain"] = round(gp, 3)
+    result["generate_ms_per_token_steered"] = round(gs, 3)
+    result["generate_ratio"] = round(gs / gp, 3)
+    result["generate_tokens"] = tokens  # replies of other lengths amortize the prefill otherwise
     msgs = [Message(role="user", content="How do I learn to cook?")]
     replies = {}
     for s in (0.0, 4.0, -4.0, 100.0):

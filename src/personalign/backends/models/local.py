@@ -262,8 +262,10 @@ class TransformersLM(AdapterSwapping, BannedTokens):
     def supports_steering(self) -> bool:
         return self._steering is not None
 
+    @functools.cached_property
     def _decoder_layers(self) -> list[Any]:
-        """The decoder layers (``model.layers``), where steering hooks go."""
+        """The decoder layers (``model.layers``), where steering hooks go (looked up once:
+        ``get_decoder()`` costs tens of microseconds, a decoding step's budget)."""
         layers = getattr(self._model.get_decoder(), "layers", None)
         if layers is None:
             raise BackendError(f"{self.name}: no decoder layers found for activation steering")
@@ -314,7 +316,7 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         if deltas is None:
             yield
             return
-        layers = self._decoder_layers()
+        layers = self._decoder_layers
         handles = []
 
         def hook_for(d: Any) -> Callable[..., Any]:
@@ -357,7 +359,7 @@ class TransformersLM(AdapterSwapping, BannedTokens):
             raise ValidationError("every row needs a reply start inside it")
         means = np.zeros((len(toks), len(picked), self.hidden_size), dtype=np.float32)
         norms: list[np.ndarray] = []
-        decoder = self._decoder_layers()
+        decoder = self._decoder_layers
         kw: dict[str, Any] = {self._keep_kw: 1} if self._keep_kw else {}
         seen: dict[int, Any] = {}  # layer -> (b, T, H) float32 states of the current batch
 
