@@ -363,3 +363,60 @@ def test_bad_steering_input_is_refused(lm: Any, tiny_lm: Any) -> None:
     assert not lm.supports_steering
     with pytest.raises(BackendError, match="no steering vectors"):
         lm.generate(CHAT, options=opts)
+
+
+class _ReplyRecorder:
+    """Admits requests and refuses every reply, recording the replies it was shown."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.replies: list[str] = []
+
+    def check(self, texts: Any, decision: str = "request") -> list[Any]:
+        from personalign.safety.verdict import Verdict
+
+        if decision == "reply":
+            self.replies += list(texts)
+        refuse = decision == "reply"
+        return [
+            Verdict(
+                admitted=not refuse,
+                category="harm" if refuse else "none",
+                score=1.0 if refuse else 0.0,
+                reason="test",
+                checker=self.name,
+                policy_version="test",
+            )
+            for _ in texts
+        ]
+
+
+@pytest.mark.parametrize("method", ["prompt", "contrastive"])
+def test_a_steered_reply_goes_through_the_reply_check(lm: Any, tmp_path: Path, method: str):
+    from personalign.config import load_settings
+    from personalign.pipeline import PersonalizeOptions, Personalizer, open_guarded_memory
+    from personalign.pipeline_parts import REFUSAL
+    from personalign.testing import CueExtractor, HashingEmbedder
+
+    settings = load_settings(home=tmp_path, embedder="hashing")
+    memory = open_guarded_memory(settings, HashingEmbedder(), extractor=CueExtractor())
+    checker = _ReplyRecorder()
+    pz = Personalizer(memory, lm, checker=checker)
+    gen = GenerationOptions(max_new_tokens=6, steering={"conciseness+": 4.0})
+    opts = PersonalizeOptions(method=method, generation=gen, ingest=False)  # type: ignore[arg-type]
+    reply = pz.respond("Tell me about the sea", user="ann", options=opts)
+    assert reply.text == REFUSAL
+    assert reply.exchange.options["steering"] == {"conciseness+": 4.0}  # recorded for /why
+    steered_text = checker.replies[-1]  # the checker saw the steered reply itself
+    plain = pz.respond(
+        "Tell me about the sea",
+        user="ann",
+        options=PersonalizeOptions(
+            method=method,  # type: ignore[arg-type]
+            generation=GenerationOptions(max_new_tokens=6),
+            ingest=False,
+        ),
+    )
+    assert "steering" not in plain.exchange.options
+    assert steered_text.strip() and steered_text != plain.text  # (this plain reply is blank)
