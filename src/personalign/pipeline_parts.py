@@ -227,6 +227,7 @@ def _gen_dict(g: GenerationOptions) -> dict[str, object]:
         "temperature": g.temperature,
         "top_p": g.top_p,
         "seed": g.seed,
+        **({"steering": dict(g.steering)} if g.steering else {}),
     }
 
 

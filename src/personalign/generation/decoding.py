@@ -36,6 +36,13 @@ baseline reply, sampled in the same batch), and ``prompt``. The *plain* row of c
 MOD runs the base model: it is what the personalization is amplified against, and the adapter
 is part of the personalization. Adapted and base rows share one forward pass (a mixed batch,
 ``forward(..., adapter=[...])``); the constraints (``ban``) apply to the mixed scores as before.
+
+Activation steering (``GenerationOptions.steering``, :mod:`personalign.generation.steering`)
+composes the same way and on the same rows as the adapter: the personalized rows (contrastive's
+personal row, MOD's objective rows, reward-guided rollouts, best-of-N candidates and their
+baseline, ``prompt``) run steered, the plain row of contrastive and MOD runs unsteered, in the
+same forward pass (``forward(..., steering=[...])``, per row). Steering and an adapter together
+steer the adapted model. Backends without steering raise :class:`BackendError`.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from personalign.backends.models.base import (
     Generation,
     GenerationOptions,
     LanguageModel,
+    Steering,
     find_stop,
     stream_safe_len,
 )
@@ -222,12 +230,14 @@ def decode(
     *,
     on_delta: Callable[[str], None] | None = None,
     adapters: Sequence[str | None] | None = None,
+    steering: Sequence[Steering] | None = None,
 ) -> Decoded:
     """Decode one reply from ``contexts`` (R rows, one KV-cached batch) mixed by ``rule``.
 
     Every row is extended with the same chosen token. ``on_delta`` receives the text as it
     grows (a trailing partial stop string is held back). ``adapters``: the adapter of each
-    row (None: the base model); by default ``options.adapter`` for every row.
+    row (None: the base model); by default ``options.adapter`` for every row. ``steering``:
+    each row's steering (``()``: none); by default ``options.steering`` for every row.
     """
     require_logits(lm, "decode")
     if not contexts:
@@ -235,6 +245,15 @@ def decode(
     rows = list(adapters) if adapters is not None else [options.adapter] * len(contexts)
     if len(rows) != len(contexts):
         raise ValidationError(f"{len(rows)} adapters for {len(contexts)} contexts")
+    steer = list(steering) if steering is not None else [options.steering] * len(contexts)
+    if len(steer) != len(contexts):
+        raise ValidationError(f"{len(steer)} steering specs for {len(contexts)} contexts")
+    if any(steer) and not lm.supports_steering:
+        raise BackendError(
+            f"activation steering is not supported by the {type(lm).__name__} backend "
+            "(or no steering vectors are set)"
+        )
+    kw: dict[str, Any] = {"steering": steer} if any(steer) else {}
     start = time.perf_counter()
     prompts = [lm.encode_context(c) for c in contexts]
     budget = _budget(lm, prompts, options.max_new_tokens)
@@ -242,7 +261,7 @@ def decode(
     eos = lm.eos_token_ids
     ids: list[int] = []
     text, sent, reason = "", 0, "length"
-    logits, state = lm.forward(prompts, adapter=rows)  # (R, V)
+    logits, state = lm.forward(prompts, adapter=rows, **kw)  # (R, V)
     for _ in range(budget):
         scores = ban(lm, options, [prompts[0] + ids], rule(logits)[None])[0]  # (V,)
         token = pick_token(scores, options, rng)
@@ -263,7 +282,7 @@ def decode(
                     sent = upto
         if len(ids) == budget:
             break
-        logits, state = lm.forward([[token]] * len(prompts), state, adapter=rows)  # (R, V)
+        logits, state = lm.forward([[token]] * len(prompts), state, adapter=rows, **kw)
     if not options.stop and on_delta is None:
         text = lm.decode(ids)
     if on_delta is not None and len(text) > sent:
@@ -324,7 +343,7 @@ def reward_guided(
     ``top_k`` most likely next tokens for ``every`` tokens (``top_k`` batched rows forked from
     the reply's KV cache, :meth:`~LanguageModel.select_rows`) and keep the chunk with the best
     ``mean chunk log p + strength * score(reply so far)``; its cache row carries on.
-    Every row runs with ``options.adapter`` (None: the base model)."""
+    Every row runs with ``options.adapter`` (None: the base model) and ``options.steering``."""
     require_logits(lm, "reward_guided")
     if top_k < 1 or every < 1:
         raise ValidationError(f"reward_guided needs top_k, every >= 1, got {top_k}, {every}")
@@ -336,7 +355,10 @@ def reward_guided(
     ids: list[int] = []
     reason = "length"
     adapter = options.adapter
-    logits, state = lm.forward([prompt], adapter=adapter)  # (1, V): the next token's distribution
+    kw: dict[str, Any] = {"steering": options.steering} if options.steering else {}
+    if kw and not lm.supports_steering:
+        raise BackendError(f"activation steering is not supported by {type(lm).__name__}")
+    logits, state = lm.forward([prompt], adapter=adapter, **kw)  # (1, V): next token's dist.
     next_lp = log_softmax(ban(lm, options, [prompt], logits)[0])  # (V,)
     while len(ids) < budget and reason == "length":
         first = np.argsort(-next_lp)[:top_k]  # (k,) candidate next tokens
@@ -345,7 +367,7 @@ def reward_guided(
         done = [int(t) in eos for t in first]
         steps = min(every, budget - len(ids))
         state = lm.select_rows(state, [0] * len(chunks))  # fork the prefix's cache k ways
-        logits, state = lm.forward(chunks, state, adapter=adapter)  # (k, V)
+        logits, state = lm.forward(chunks, state, adapter=adapter, **kw)  # (k, V)
         for _ in range(steps - 1):
             lp = log_softmax(ban(lm, options, [prompt + ids + c for c in chunks], logits))  # (k, V)
             picked = [pick_token(row, options, rng) for row in lp]
@@ -354,7 +376,7 @@ def reward_guided(
                     chunks[r].append(tok)
                     sums[r] += lp[r, tok]
                     done[r] = tok in eos
-            logits, state = lm.forward([[t] for t in picked], state, adapter=adapter)
+            logits, state = lm.forward([[t] for t in picked], state, adapter=adapter, **kw)
         lengths = np.array([len(c) for c in chunks], dtype=np.float64)  # (k,)
         texts = [lm.decode(ids + [t for t in c if t not in eos]) for c in chunks]
         total = sums / lengths + strength * np.asarray(score(texts), dtype=np.float64)  # (k,)
@@ -529,9 +551,10 @@ def personalized_generate(
     else:
         contexts: list[Sequence[Message]]
         a = options.adapter  # the personalized rows' adapter; the plain row runs the base model
+        st = options.steering  # likewise the personalized rows' steering; the plain row: none
         if method == "contrastive":
             contexts, rule = [personal, plain], make_rule("contrastive", strength=strength)
-            adapters = [a, None]
+            adapters, steer = [a, None], [st, ()]
         else:
             named = dict(objectives or {"personal": personal})
             mix = normalize_weights(weights or dict.fromkeys(named, 1.0), floors)
@@ -544,14 +567,18 @@ def personalized_generate(
             if unknown:
                 raise ValidationError(f"objective_adapters name unknown objectives {unknown}")
             adapters = [per.get(k, a) for k in mix]
+            steer = [st] * len(contexts)
             if strength > 0:
                 contexts.append(plain)
                 adapters.append(None)
+                steer.append(())
             rule = make_rule("mod", strength=strength, weights=list(mix.values()))
             details["weights"] = {k: round(v, 4) for k, v in mix.items()}
             if per:
                 details["objective_adapters"] = {k: per[k] for k in mix if k in per}
-        out = decode(lm, contexts, rule, options, on_delta=on_delta, adapters=adapters)
+        out = decode(
+            lm, contexts, rule, options, on_delta=on_delta, adapters=adapters, steering=steer
+        )
     score = float(scorer([out.text])[0]) if reward is not None else None
     if on_delta is not None and method == "reward_guided" and out.text:
         on_delta(out.text)

@@ -25,8 +25,9 @@ Backends that cannot do something raise :class:`~personalign.errors.BackendError
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -38,6 +39,34 @@ from personalign.types import Message
 Context = Sequence[Message] | str
 """A chat (the chat template is applied, with the generation prompt) or a raw text prompt."""
 
+Steering = tuple[tuple[str, float], ...]
+"""Activation steering of one row: ``((pole, strength), ...)``; ``()`` is none (see
+:mod:`personalign.generation.steering`)."""
+
+
+def steering_spec(spec: Mapping[str, float] | Sequence[tuple[str, float]] | None) -> Steering:
+    """``spec`` (pole -> strength, as a mapping or pairs; None: none) as a :data:`Steering`:
+    a tuple of ``(pole, float strength)``, strengths finite, each pole once."""
+    if spec is None:
+        return ()
+    items = list(spec.items()) if isinstance(spec, Mapping) else list(spec)
+    out: list[tuple[str, float]] = []
+    for item in items:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise ValidationError(f"steering must be (pole, strength) pairs, got {item!r}")
+        pole, strength = item
+        if not isinstance(pole, str) or not pole.strip():
+            raise ValidationError(f"steering pole must be a non-empty string, got {pole!r}")
+        if isinstance(strength, bool) or not isinstance(strength, int | float):
+            raise ValidationError(f"steering strength of {pole!r} must be a number: {strength!r}")
+        if not math.isfinite(strength):
+            raise ValidationError(f"steering strength of {pole!r} must be finite, got {strength}")
+        out.append((pole, float(strength)))
+    poles = [p for p, _ in out]
+    if len(set(poles)) != len(poles):
+        raise ValidationError(f"steering names a pole twice: {poles}")
+    return tuple(out)
+
 
 @dataclass(frozen=True)
 class GenerationOptions:
@@ -46,7 +75,9 @@ class GenerationOptions:
     ``seed`` makes sampling reproducible (same model, same inputs, same batch). ``stop`` strings
     end the reply and are not included in it. ``adapter`` names a per-user adapter: the OpenAI
     backend sends it as the model name (as vLLM serves LoRA adapters); the local backend loads
-    it from its adapter store (:class:`BackendError` when it has none).
+    it from its adapter store (:class:`BackendError` when it has none). ``steering``: pole ->
+    strength pairs of activation steering (:mod:`personalign.generation.steering`), local
+    backend only (``supports_steering``; the others raise :class:`BackendError`).
     """
 
     max_new_tokens: int = 256
@@ -67,6 +98,8 @@ class GenerationOptions:
     "object"}'`` for any object). The local backend masks every token that would leave the
     schema (xgrammar, :mod:`~personalign.backends.models.grammar`); an OpenAI-compatible
     server gets it as ``response_format``; the caller still validates the reply."""
+    steering: Steering = ()
+    """Pole -> strength pairs (a mapping is accepted and stored as pairs); strengths finite."""
 
     @property
     def constrained(self) -> bool:
@@ -80,6 +113,7 @@ class GenerationOptions:
             (self.banned_words,) if isinstance(self.banned_words, str) else tuple(self.banned_words)
         )
         object.__setattr__(self, "banned_words", words)
+        object.__setattr__(self, "steering", steering_spec(self.steering))
         if self.json_schema is not None:
             try:
                 json.loads(self.json_schema)
@@ -175,6 +209,13 @@ class LanguageModel(ABC):
     name: str
     supports_logits: bool = False
     """True when the token-level API (``encode*``, ``forward``, ``next_token_logits``) works."""
+
+    @property
+    def supports_steering(self) -> bool:
+        """True when ``GenerationOptions.steering`` and ``forward(..., steering=...)`` work (the
+        local backend with steering vectors set); the others raise :class:`BackendError`."""
+        return False
+
     concurrent: bool = False
     """True when several threads may call :meth:`generate`, :meth:`stream` and
     :meth:`generate_batch` at once and gain from it (a remote server, a batching local
@@ -241,6 +282,7 @@ class LanguageModel(ABC):
         past: DecodeState | None = None,
         *,
         adapter: RowAdapters = None,
+        steering: RowSteering = None,
     ) -> tuple[np.ndarray, DecodeState]:
         """One KV-cached step.
 
@@ -250,7 +292,8 @@ class LanguageModel(ABC):
         float32 array of shape ``(B, vocab_size)``, and the new state (``past`` is consumed).
         ``adapter``: the per-user adapter the rows run with (None: the base model), or one
         per row (:func:`row_adapters`); pass the same on every step of a decode, since the
-        cache holds the states the adapted model computed.
+        cache holds the states the adapted model computed. ``steering`` likewise: one
+        :data:`Steering` for every row or one per row (:func:`row_steering`).
         """
         raise self.unsupported("forward")
 
@@ -305,6 +348,36 @@ def row_adapters(adapter: RowAdapters, rows: int) -> list[str | None]:
     if len(names) != rows:
         raise ValidationError(f"{len(names)} adapters for a batch of {rows} rows")
     return names
+
+
+RowSteering = Steering | Mapping[str, float] | Sequence[Steering | None] | None
+"""``forward``'s ``steering``: one spec (pairs or a mapping; None or ``()``: none) for every
+row, or one per row (each a spec or None)."""
+
+
+def _is_pair(x: object) -> bool:
+    return isinstance(x, tuple | list) and len(x) == 2 and isinstance(x[0], str)
+
+
+def row_steering(steering: RowSteering, rows: int) -> list[Steering]:
+    """``steering`` as one checked :data:`Steering` per row of a batch of ``rows``."""
+    if steering is None or isinstance(steering, Mapping):
+        return [steering_spec(steering)] * rows
+    items: list[Any] = list(steering)
+    if not items or all(_is_pair(x) for x in items):
+        return [steering_spec(items)] * rows
+    if len(items) != rows:
+        raise ValidationError(f"{len(items)} steering specs for a batch of {rows} rows")
+    return [steering_spec(x) for x in items]
+
+
+def refuse_steering(lm: LanguageModel, steering: RowSteering, rows: int = 1) -> None:
+    """For backends without steering: raise :class:`BackendError` if any row asks for it."""
+    if any(row_steering(steering, rows)):
+        raise BackendError(
+            f"activation steering is not supported by the {type(lm).__name__} backend: "
+            "use the local model (TransformersLM) with steering vectors"
+        )
 
 
 def select_state_rows(state: DecodeState, rows: Sequence[int]) -> tuple[list[int], Any]:

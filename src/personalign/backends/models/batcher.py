@@ -13,7 +13,10 @@ JSON Schema, stop strings and token budget; its text is streamed back through it
 (:meth:`BatchRequest.deltas`). An error while handling one request's tokens fails that request
 only; an error in a shared forward pass fails the requests in that pass, and the worker goes on.
 Requests with different adapters never share a pass: a request whose adapter differs from the
-running batch's waits until that batch drains.
+running batch's waits until that batch drains. Requests with different activation steering
+(``GenerationOptions.steering``) do share passes: every pass gives the engine each row's own
+steering (the rows of that pass, in order), so a row keeps its steering however rows join and
+leave around it.
 
 The model side is the :class:`BatchEngine` protocol (implemented by ``TransformersLM``).
 """
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from personalign.backends.models.base import (
     Generation,
     GenerationOptions,
+    Steering,
     find_stop,
     stream_safe_len,
 )
@@ -53,12 +57,17 @@ class BatchEngine(Protocol):
 
     def activate_adapter(self, name: str | None) -> float: ...
 
-    def batch_prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, Any]:
-        """(float32 next-token logits (B, vocab), batch KV) of left-padded prompts."""
+    def batch_prefill(
+        self, prompts: list[list[int]], steering: Sequence[Steering] | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        """(float32 next-token logits (B, vocab), batch KV) of left-padded prompts, each row
+        with its ``steering``."""
         ...
 
-    def batch_extend(self, tokens: list[int], kv: Any) -> tuple[torch.Tensor, Any]:
-        """Feed one token per row; (logits, KV)."""
+    def batch_extend(
+        self, tokens: list[int], kv: Any, steering: Sequence[Steering] | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        """Feed one token per row (each with its ``steering``); (logits, KV)."""
         ...
 
     def batch_select(self, kv: Any, rows: list[int]) -> Any: ...
@@ -236,13 +245,19 @@ class Batcher:
         with eng.lock:
             if self._active:
                 eng.activate_adapter(self._adapter)
-                step, self._kv = eng.batch_extend([r.last for r in self._active], self._kv)
+                step, self._kv = eng.batch_extend(
+                    [r.last for r in self._active],
+                    self._kv,
+                    [r.options.steering for r in self._active],
+                )
                 logits.append(step)
                 self.passes += 1
             if new:
                 try:
                     eng.activate_adapter(self._adapter)
-                    first, kv = eng.batch_prefill([r.prompt for r in new])
+                    first, kv = eng.batch_prefill(
+                        [r.prompt for r in new], [r.options.steering for r in new]
+                    )
                 except Exception as e:  # e.g. the adapter cannot load: only these requests
                     for r in new:
                         r.fail(e)

@@ -16,8 +16,10 @@ from personalign.backends.models.base import (
     GenerationOptions,
     LanguageModel,
     RowAdapters,
+    RowSteering,
     check_messages,
     find_stop,
+    refuse_steering,
     row_adapters,
     select_state_rows,
 )
@@ -78,6 +80,7 @@ class FakeLM(LanguageModel):
         return f"echo: {last}"
 
     def _finish(self, text: str, options: GenerationOptions) -> tuple[list[str], str]:
+        refuse_steering(self, options.steering)
         if options.adapter is not None:
             raise BackendError(f"no adapter store configured: cannot apply {options.adapter!r}")
         reason = "stop"
@@ -159,8 +162,11 @@ class FakeLM(LanguageModel):
         past: DecodeState | None = None,
         *,
         adapter: RowAdapters = None,
+        steering: RowSteering = None,
     ) -> tuple[np.ndarray, DecodeState]:
-        """Same contract as ``LanguageModel.forward``; the state is the token history."""
+        """Same contract as ``LanguageModel.forward``; the state is the token history.
+        No adapters and no steering (:class:`BackendError`)."""
+        refuse_steering(self, steering, len(input_ids))
         named = [a for a in row_adapters(adapter, len(input_ids)) if a is not None]
         if named:
             raise BackendError(f"no adapter store configured: cannot apply {named[0]!r}")

@@ -10,10 +10,12 @@ torch and transformers are imported lazily, inside functions, so importing this 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +32,12 @@ from personalign.backends.models.base import (
     Generation,
     GenerationOptions,
     RowAdapters,
+    RowSteering,
+    Steering,
     check_messages,
     find_stop,
     row_adapters,
+    row_steering,
     select_state_rows,
     stream_safe_len,
 )
@@ -55,11 +60,13 @@ from personalign.backends.models.reading import (  # noqa: F401  (re-exported)
     score_chunk,
     score_continuations,
 )
-from personalign.errors import ModelNotAvailableError, ValidationError
+from personalign.errors import BackendError, ModelNotAvailableError, ValidationError
 from personalign.types import Message
 
 if TYPE_CHECKING:
     import torch
+
+    from personalign.generation.steering import SteeringVectors
 
 DType = Literal["bfloat16", "float32", "float16"]
 
@@ -113,6 +120,13 @@ class TransformersLM(AdapterSwapping, BannedTokens):
     ``forward`` takes an adapter for all rows or one per row (a PEFT mixed batch: adapted and
     base rows in one pass); ``logprobs`` and ``hidden_states`` run the base model.
 
+    Activation steering: with ``steering`` (a
+    :class:`~personalign.generation.steering.SteeringVectors`, also settable later as
+    ``lm.steering``), ``GenerationOptions.steering`` adds the user-weighted vectors to the
+    rows' hidden states after the vectors' layers (forward hooks; per row, capped: see
+    :mod:`personalign.generation.steering`). ``forward`` takes a steering spec for all rows
+    or one per row, like ``adapter``; the two compose.
+
     With ``batching`` (the default), ``generate`` and ``stream`` calls from many threads share
     forward passes (:class:`~personalign.backends.models.batcher.Batcher`, up to ``max_batch``
     rows) and ``concurrent`` is True; every model call holds ``lock``. ``quantize="int8"``
@@ -135,6 +149,7 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         batching: bool = True,
         max_batch: int = 16,
         quantize: Literal["int8"] | None = None,
+        steering: SteeringVectors | None = None,
     ) -> None:
         import torch
 
@@ -194,6 +209,9 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         self._max_len = int(getattr(self._model.config, "max_position_embeddings", 0) or 1 << 30)
         self._init_adapters(adapters, max_adapters)
         self.lock = threading.RLock()
+        self._steering: SteeringVectors | None = None
+        self._deltas: OrderedDict[tuple[Steering, ...], dict[int, Any]] = OrderedDict()
+        self.steering = steering
         self._batcher = Batcher(self, max_batch=max_batch) if batching else None
         self.concurrent = batching
 
@@ -224,6 +242,163 @@ class TransformersLM(AdapterSwapping, BannedTokens):
     def close(self) -> None:
         if self._batcher is not None:
             self._batcher.close()
+
+    # -- activation steering ----------------------------------------------------------------
+
+    @property
+    def steering(self) -> SteeringVectors | None:
+        """The steering vectors ``GenerationOptions.steering`` names poles of (None: none)."""
+        return self._steering
+
+    @steering.setter
+    def steering(self, vectors: SteeringVectors | None) -> None:
+        if vectors is not None:
+            vectors.check_model(self.hidden_size, self.num_layers)
+        with self.lock:
+            self._steering = vectors
+            self._deltas.clear()
+
+    @property
+    def supports_steering(self) -> bool:
+        return self._steering is not None
+
+    @functools.cached_property
+    def _decoder_layers(self) -> list[Any]:
+        """The decoder layers (``model.layers``), where steering hooks go (looked up once:
+        ``get_decoder()`` costs tens of microseconds, a decoding step's budget)."""
+        layers = getattr(self._model.get_decoder(), "layers", None)
+        if layers is None:
+            raise BackendError(f"{self.name}: no decoder layers found for activation steering")
+        return list(layers)
+
+    def _check_steering(self, specs: Sequence[Steering]) -> None:
+        """Raise unless every spec can be applied (vectors set, known poles)."""
+        if not any(specs):
+            return
+        if self._steering is None:
+            raise BackendError("no steering vectors set on this model: cannot apply steering")
+        for spec in dict.fromkeys(specs):
+            self._steering.delta(spec)  # ValidationError: unknown pole
+
+    def _steer_deltas(self, specs: Sequence[Steering] | None) -> dict[int, Any] | None:
+        """Per steered layer, the ``(B, 1, hidden)`` tensor each row adds (model dtype, on the
+        device); None when no row adds anything. Cached per tuple of row specs, so the rows
+        of a decoding step cost one dictionary look-up."""
+        if not specs or not any(specs):
+            return None
+        key = tuple(specs)
+        hit = self._deltas.get(key)
+        if hit is not None:
+            self._deltas.move_to_end(key)
+            return hit or None
+        self._check_steering(specs)
+        vec = self._steering
+        assert vec is not None
+        import torch
+
+        rows = [vec.delta(s) for s in specs]  # each (L, H) or None
+        out: dict[int, Any] = {}
+        if any(r is not None for r in rows):
+            zero = np.zeros((len(vec.layers), vec.hidden_size), dtype=np.float32)
+            stacked = np.stack([zero if r is None else r for r in rows], axis=1)  # (L, B, H)
+            dt = self._model.get_input_embeddings().weight.dtype
+            t = torch.from_numpy(stacked).to(device=self.device, dtype=dt)
+            out = {layer: t[i][:, None, :] for i, layer in enumerate(vec.layers)}
+        self._deltas[key] = out
+        while len(self._deltas) > 64:
+            self._deltas.popitem(last=False)
+        return out or None
+
+    @contextlib.contextmanager
+    def _steered(self, specs: Sequence[Steering] | None) -> Iterator[None]:
+        """Forward hooks adding each row's delta after the steered layers, for one pass."""
+        deltas = self._steer_deltas(specs)
+        if deltas is None:
+            yield
+            return
+        layers = self._decoder_layers
+        handles = []
+
+        def hook_for(d: Any) -> Callable[..., Any]:
+            def hook(module: Any, args: Any, output: Any) -> Any:
+                if isinstance(output, tuple):
+                    return (output[0] + d, *output[1:])
+                return output + d
+
+            return hook
+
+        try:
+            for layer, d in deltas.items():
+                handles.append(layers[layer].register_forward_hook(hook_for(d)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def reply_states(
+        self,
+        rows: Sequence[Sequence[int]],
+        starts: Sequence[int],
+        layers: Sequence[int],
+        *,
+        batch_size: int = 8,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The base model's residual stream after decoder ``layers``, averaged over each
+        row's tokens from ``starts[i]`` on (its reply): float32 ``(len(rows), len(layers),
+        hidden_size)``; and the L2 norm of every such token's state, ``(tokens,
+        len(layers))`` (for :func:`~personalign.generation.steering.compute_steering`)."""
+        import torch
+
+        toks = self._check_ids(rows)
+        picked = [int(x) for x in layers]
+        if not picked or not all(0 <= x < self.num_layers for x in picked):
+            raise ValidationError(f"layers must be in [0, {self.num_layers}), got {picked}")
+        if len(starts) != len(toks) or not all(
+            0 <= s < len(r) for s, r in zip(starts, toks, strict=True)
+        ):
+            raise ValidationError("every row needs a reply start inside it")
+        means = np.zeros((len(toks), len(picked), self.hidden_size), dtype=np.float32)
+        norms: list[np.ndarray] = []
+        decoder = self._decoder_layers
+        kw: dict[str, Any] = {self._keep_kw: 1} if self._keep_kw else {}
+        seen: dict[int, Any] = {}  # layer -> (b, T, H) float32 states of the current batch
+
+        def grab(layer: int) -> Callable[..., None]:
+            def hook(module: Any, args: Any, output: Any) -> None:
+                h = output[0] if isinstance(output, tuple) else output
+                seen[layer] = h.float()
+
+            return hook
+
+        for i in range(0, len(toks), batch_size):
+            batch = toks[i : i + batch_size]
+            ids, mask, pos = self._padded(batch)
+            width = ids.shape[1]
+            reply = torch.zeros(mask.shape, dtype=torch.bool, device=self.device)
+            for j, (r, s) in enumerate(zip(batch, starts[i : i + batch_size], strict=True)):
+                reply[j, width - len(r) + s :] = True
+            seen.clear()
+            with self.lock:
+                self.activate_adapter(None)
+                handles = [decoder[x].register_forward_hook(grab(x)) for x in picked]
+                try:
+                    with torch.inference_mode():
+                        self._model(
+                            input_ids=ids,
+                            attention_mask=mask,
+                            position_ids=pos,
+                            use_cache=False,
+                            **kw,
+                        )
+                finally:
+                    for h in handles:
+                        h.remove()
+            w = reply.float()[..., None]  # (b, T, 1)
+            stack = torch.stack([seen[x] for x in picked], dim=1)  # (b, L, T, H)
+            mean = (stack * w[:, None]).sum(2) / w[:, None].sum(2)
+            means[i : i + len(batch)] = mean.cpu().numpy()
+            norms.append(stack.norm(dim=-1).permute(0, 2, 1)[reply].cpu().numpy())  # (n, L)
+        return means, np.concatenate(norms)
 
     # -- token level ------------------------------------------------------------------------
 
@@ -263,14 +438,16 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         past: DecodeState | None = None,
         *,
         adapter: RowAdapters = None,
+        steering: RowSteering = None,
     ) -> tuple[np.ndarray, DecodeState]:
         names = row_adapters(adapter, len(input_ids))
+        steer = row_steering(steering, len(input_ids))
         with self.lock:
             mix = self.route_adapters(names)  # None: every row runs the active model
             if past is None:
-                logits, state = self._prefill(input_ids, mix)
+                logits, state = self._prefill(input_ids, mix, steer)
             else:
-                logits, state = self._extend(input_ids, past, mix)
+                logits, state = self._extend(input_ids, past, mix, steer)
         return logits.cpu().numpy(), state
 
     def _check_ids(self, rows: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -292,9 +469,11 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         cache: Any,
         keep: int,
         mix: list[str] | None = None,
+        steer: Sequence[Steering] | None = None,
     ) -> tuple[torch.Tensor, Any]:
         """Run the model; return (float32 logits of the last ``keep`` positions, cache).
-        ``mix``: PEFT adapter names per row (a mixed batch, :meth:`route_adapters`)."""
+        ``mix``: PEFT adapter names per row (a mixed batch, :meth:`route_adapters`);
+        ``steer``: each row's steering (:meth:`_steered`)."""
         import torch
 
         kwargs: dict[str, Any] = {
@@ -308,7 +487,7 @@ class TransformersLM(AdapterSwapping, BannedTokens):
             kwargs[self._keep_kw] = keep
         if mix is not None:
             kwargs["adapter_names"] = mix
-        with torch.inference_mode():
+        with torch.inference_mode(), self._steered(steer):
             out = (self._model if mix is None else self._peft)(**kwargs)
             logits = out.logits
             if keep and logits.shape[1] > keep:
@@ -330,17 +509,23 @@ class TransformersLM(AdapterSwapping, BannedTokens):
 
     # -- the batcher's engine (called with ``lock`` held) ------------------------------------
 
-    def batch_prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, _KV]:
-        logits, state = self._prefill(prompts)
+    def batch_prefill(
+        self, prompts: list[list[int]], steering: Sequence[Steering] | None = None
+    ) -> tuple[torch.Tensor, _KV]:
+        logits, state = self._prefill(prompts, steer=steering)
         return logits, state.data
 
-    def batch_extend(self, tokens: list[int], kv: _KV) -> tuple[torch.Tensor, _KV]:
+    def batch_extend(
+        self, tokens: list[int], kv: _KV, steering: Sequence[Steering] | None = None
+    ) -> tuple[torch.Tensor, _KV]:
         import torch
 
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
         ones = torch.ones((len(tokens), 1), dtype=torch.long, device=self.device)
         mask = torch.cat([kv.mask, ones], dim=1)
-        logits, cache = self._call(ids, mask, kv.next_pos[:, None], kv.cache, keep=1)
+        logits, cache = self._call(
+            ids, mask, kv.next_pos[:, None], kv.cache, keep=1, steer=steering
+        )
         return logits[:, -1], _KV(cache, mask, kv.next_pos + 1)
 
     def batch_select(self, kv: _KV, rows: list[int]) -> _KV:
@@ -353,16 +538,24 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         return self._pick(logits, options, gen)
 
     def _prefill(
-        self, rows: Sequence[Sequence[int]], mix: list[str] | None = None
+        self,
+        rows: Sequence[Sequence[int]],
+        mix: list[str] | None = None,
+        steer: Sequence[Steering] | None = None,
     ) -> tuple[torch.Tensor, DecodeState]:
-        """Prefill each distinct prompt once; identical rows (best-of-N candidates) share it."""
+        """Prefill each distinct prompt once; identical rows (best-of-N candidates) share it
+        (when every row has the same steering)."""
         toks = self._check_ids(rows)
         distinct = list(dict.fromkeys(tuple(r) for r in toks))
-        if len(distinct) == len(toks) or mix is not None:
-            return self._prefill_padded(toks, mix)
-        logits, state = self._prefill_padded([list(r) for r in distinct])
+        one = steer[0] if steer else ()
+        uniform = not steer or all(s == one for s in steer)
+        if len(distinct) == len(toks) or mix is not None or not uniform:
+            return self._prefill_padded(toks, mix, steer)
+        logits, state = self._prefill_padded(
+            [list(r) for r in distinct], None, [one] * len(distinct)
+        )
         if not hasattr(state.data.cache, "reorder_cache"):
-            return self._prefill_padded(toks)  # a cache type without row selection
+            return self._prefill_padded(toks, None, steer)  # a cache type without row selection
         where = {r: i for i, r in enumerate(distinct)}
         picked = [where[tuple(r)] for r in toks]
         return logits[picked], self.select_rows(state, picked)
@@ -383,15 +576,22 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
     def _prefill_padded(
-        self, toks: list[list[int]], mix: list[str] | None = None
+        self,
+        toks: list[list[int]],
+        mix: list[str] | None = None,
+        steer: Sequence[Steering] | None = None,
     ) -> tuple[torch.Tensor, DecodeState]:
         ids, mask, pos = self._padded(toks)
-        logits, cache = self._call(ids, mask, pos, None, 1, mix)
+        logits, cache = self._call(ids, mask, pos, None, 1, mix, steer)
         state = DecodeState(tokens=toks, data=_KV(cache, mask, mask.sum(-1)))
         return logits[:, -1], state
 
     def _extend(
-        self, rows: Sequence[Sequence[int]], past: DecodeState, mix: list[str] | None = None
+        self,
+        rows: Sequence[Sequence[int]],
+        past: DecodeState,
+        mix: list[str] | None = None,
+        steer: Sequence[Steering] | None = None,
     ) -> tuple[torch.Tensor, DecodeState]:
         import torch
 
@@ -406,7 +606,7 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         ones = torch.ones((len(new), k), dtype=torch.long, device=self.device)
         mask = torch.cat([kv.mask, ones], dim=1)
         pos = kv.next_pos[:, None] + torch.arange(k, device=self.device)[None, :]
-        logits, cache = self._call(ids, mask, pos, kv.cache, 1, mix)
+        logits, cache = self._call(ids, mask, pos, kv.cache, 1, mix, steer)
         tokens = [t + r for t, r in zip(past.tokens, new, strict=True)]
         return logits[:, -1], DecodeState(tokens=tokens, data=_KV(cache, mask, kv.next_pos + k))
 
@@ -455,6 +655,7 @@ class TransformersLM(AdapterSwapping, BannedTokens):
 
     def _check_options(self, options: GenerationOptions) -> None:
         with self.lock:
+            self._check_steering([options.steering])
             self.activate_adapter(options.adapter)
 
     def _pick(
@@ -481,9 +682,10 @@ class TransformersLM(AdapterSwapping, BannedTokens):
             gen.seed()
         else:
             gen.manual_seed(options.seed)
+        steer = [options.steering] * len(prompts)
         with self.lock:
             self.activate_adapter(options.adapter)
-            logits, state = self._prefill(prompts)
+            logits, state = self._prefill(prompts, steer=steer)
         active = list(range(len(rows)))  # the rows still decoding, in batch order
         for step in range(budget):
             if options.constrained:
@@ -511,7 +713,9 @@ class TransformersLM(AdapterSwapping, BannedTokens):
                 active, picked = [active[j] for j in keep], [picked[j] for j in keep]
             with self.lock:
                 self.activate_adapter(options.adapter)
-                logits, state = self._extend([[t] for t in picked], state)
+                logits, state = self._extend(
+                    [[t] for t in picked], state, steer=[options.steering] * len(picked)
+                )
         for row in rows:
             if not options.stop and not track_text:
                 row.text = self.decode(row.ids)
@@ -553,6 +757,8 @@ class TransformersLM(AdapterSwapping, BannedTokens):
         assert self._batcher is not None
         if options.adapter is not None and self.adapters is None:
             self._check_options(options)  # raises: no adapter store
+        with self.lock:
+            self._check_steering([options.steering])  # raises: no vectors, unknown pole
         budget = min(options.max_new_tokens, self._max_len - len(prompt))
         if budget <= 0:
             raise ValidationError(

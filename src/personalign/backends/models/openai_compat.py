@@ -38,6 +38,7 @@ from personalign.backends.models.base import (
     GenerationOptions,
     LanguageModel,
     check_messages,
+    refuse_steering,
 )
 from personalign.backends.models.credentials import server_and_key
 from personalign.errors import BackendError, ValidationError
@@ -128,6 +129,7 @@ class OpenAICompatLM(LanguageModel):
         self, messages: Sequence[Message], options: GenerationOptions
     ) -> tuple[str, dict[str, Any]]:
         msgs = check_messages(messages)
+        refuse_steering(self, options.steering)  # a server cannot add vectors to activations
         model = self.served_model(options.adapter)
         kw: dict[str, Any] = {
             "model": model,
