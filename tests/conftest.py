@@ -100,6 +100,15 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory of a tiny random Llama with the SmolLM2 tokenizer
+    (personalign.testing.tiny_model_dir)."""
+    from personalign.testing import tiny_model_dir
+
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A tiny random Llama with the SmolLM2 tokenizer (personalign.testing.tiny_model_dir) as a
     float32 TransformersLM; skips without torch and transformers."""

@@ -56,13 +56,6 @@ def big_lora(tiny: Path, out: Path, seed: int = 0) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from personalign.testing import tiny_model_dir
-
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
-
-
-@pytest.fixture(scope="module")
 def store(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> AdapterStore:
     root = tmp_path_factory.mktemp("adapters")
     st = AdapterStore(root / "store")

@@ -112,11 +112,9 @@ def test_a_missing_experts_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny(tiny: Path) -> Path:
     pytest.importorskip("trl")
-    from personalign.testing import tiny_model_dir
-
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+    return tiny
 
 
 def _config(tiny: Path, prompts: Path, **kw: Any) -> ExpertsConfig:

@@ -367,13 +367,6 @@ def test_train_config_validates():
 # -- tiny-model adapters, DPO, executors (slow: torch, TRL, PEFT, Ray) ---------------------
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
-    from personalign.testing import tiny_model_dir
-
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
-
-
 def _random_adapter(tiny: Path, out: Path, seed: int) -> dict[str, bytes]:
     import torch
     from peft import LoraConfig, get_peft_model

@@ -261,6 +261,10 @@ class Settings(BaseSettings):
     """Where the OpenAI-compatible (vLLM) server sees the adapter store (``<home>/adapters``):
     users' adapters are loaded from ``<openai_lora_dir>/<name>/<version>``. Unset: the local
     path (the server runs on this machine)."""
+    experts_dir: Path | None = None
+    """The dimension experts (``personalign train experts``) that serve the ``soup`` method, the
+    expert rows of ``mod`` and (with the ``steering`` folder beside them) the ``steering`` method.
+    Unset: ``<home>/experts`` when it holds experts, else none."""
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     contexts: ContextConfig = Field(default_factory=ContextConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
@@ -272,7 +276,7 @@ class Settings(BaseSettings):
     ingestion: IngestionConfig = Field(default_factory=IngestionConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
 
-    @field_validator("home", "cache_dir", "eval_data", mode="before")
+    @field_validator("home", "cache_dir", "eval_data", "experts_dir", mode="before")
     @classmethod
     def _expand(cls, v: Any) -> Any:
         return Path(v).expanduser() if isinstance(v, str | Path) else v

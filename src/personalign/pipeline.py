@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from personalign.backends.models.base import Generation, LanguageModel, find_stop
 from personalign.backends.stores.scoped import ScopedStore
@@ -54,6 +54,7 @@ from personalign.pipeline_parts import (
     prompt_fallback,
     request_scope,
     reward_model_for,
+    signed_style,
     used_preferences,
     with_style,
 )
@@ -67,12 +68,42 @@ if TYPE_CHECKING:
     from personalign.backends.embedders import Embedder
     from personalign.backends.stores.base import MemoryStore
     from personalign.feedback.adapters import AdapterStore
+    from personalign.generation.soups import ExpertSet
     from personalign.memory.extract import TopicTagger
     from personalign.memory.scope import ContextMatcher, Scope
     from personalign.rewards.preference_rm import PreferenceRewardModel
     from personalign.safety.checkers import Checker
 
 log = logging.getLogger(__name__)
+
+
+def attach_experts(
+    model: LanguageModel, settings: Settings, store: AdapterStore | None
+) -> ExpertSet | None:
+    """The dimension experts of ``settings.experts_dir`` (default ``<home>/experts`` when it
+    holds any) attached to a local ``model``: its adapter source resolves ``expert:`` and
+    ``soup:`` names (others go to the users' ``store``), and the ``steering`` folder beside the
+    experts becomes its steering vectors. None (nothing attached) for a model without
+    adapters or when there are no experts."""
+    from personalign.generation.soups import STEERING_FILE, ExpertSet, SoupAdapters
+
+    root = settings.experts_dir or settings.home / "experts"
+    if settings.experts_dir is None and not root.is_dir():
+        return None
+    if not hasattr(model, "adapters") or not getattr(model, "supports_logits", False):
+        return None  # a remote server: its adapters are the users' (vLLM), see the README
+    experts = ExpertSet(root)
+    if not experts.poles:
+        if settings.experts_dir is not None:
+            raise ConfigError(f"experts_dir {root} holds no trained expert")
+        return None
+    model.adapters = SoupAdapters(experts, fallback=store)
+    vectors = root / STEERING_FILE
+    if vectors.is_dir() and hasattr(model, "steering"):
+        from personalign.generation.steering import SteeringVectors
+
+        model.steering = SteeringVectors.load(vectors)
+    return experts
 
 
 class Personalizer:
@@ -86,6 +117,7 @@ class Personalizer:
         checker: Checker | None = None,
         adapters: AdapterStore | None = None,
         reward_model: PreferenceRewardModel | None = None,
+        experts: ExpertSet | None = None,
     ) -> None:
         """``model``: what answers; without one the personalizer serves the memory and the
         feedback path only (:attr:`model` raises :class:`ConfigError`).
@@ -93,8 +125,12 @@ class Personalizer:
         ``adapters``: per-user adapters; a user who has one is answered with it.
         ``reward_model``: what best-of-N and reward-guided decoding rank by; by default the
         shipped one, loaded on first use (e.g. ``load_reward_model(cache, embedder, lm)``
-        adds the opt-in LM probe)."""
+        adds the opt-in LM probe).
+        ``experts``: the dimension experts serving ``soup`` and the expert rows of ``mod``
+        (the model's adapter source must resolve their ``expert:``/``soup:`` names, as
+        :meth:`open` arranges)."""
         self.memory = memory
+        self.experts = experts
         self._model = model
         self.adapters = adapters
         self.checker = checker or getattr(memory.store, "checker", None)
@@ -142,7 +178,8 @@ class Personalizer:
         if adapters is None and hasattr(model, "adapters"):  # ... without an adapter store
             adapters = model.adapters = AdapterStore.for_home(settings.home)
         store = adapters if isinstance(adapters, AdapterStore) else None
-        return cls(memory, model, adapters=store)
+        experts = attach_experts(model, settings, store)
+        return cls(memory, model, adapters=store, experts=experts)
 
     # -- the request path ----------------------------------------------------------------
 
@@ -276,7 +313,7 @@ class Personalizer:
         with self.ingestion.hold(user):  # an erase of the user waits for this reply
             t0 = time.perf_counter()
             plan = self._current(plan, history, user, options)
-            options = self.with_adapter(options, user=user)
+            options = self.with_depth(self.with_adapter(options, user=user), plan)
             refusal = self.screen(history, user=user)
             if refusal is not None:
                 return self._finish(history, plan, REFUSAL, user, options, t0, refusal=refusal)
@@ -300,12 +337,12 @@ class Personalizer:
         with self.ingestion.hold(user):  # an erase of the user waits for this reply
             t0 = time.perf_counter()
             plan = self._current(plan, history, user, options)
-            options = self.with_adapter(options, user=user)
+            options = self.with_depth(self.with_adapter(options, user=user), plan)
             refusal = self.screen(history, user=user)
             if refusal is not None:
                 yield REFUSAL
                 reply = self._finish(history, plan, REFUSAL, user, options, t0, refusal=refusal)
-            elif options.method in ("plain", "prompt") and not (
+            elif options.method in ("plain", "prompt", "soup", "steering") and not (
                 plan.constraints or plan.style.transforms
             ):
                 ended: list[Generation] = []
@@ -406,6 +443,42 @@ class Personalizer:
             return options
         return replace(options, generation=replace(options.generation, adapter=info.name))
 
+    def with_depth(self, options: PersonalizeOptions, plan: RequestPlan) -> PersonalizeOptions:
+        """``options`` set for the ``soup`` and ``steering`` methods from the user's style
+        weights (:func:`~personalign.pipeline_parts.signed_style`): the soup of the experts as
+        the adapter (unless the user's own adapter serves: it was trained on them), or the
+        poles' steering strengths. No leaning dimension: the prompt alone. Raises
+        :class:`ConfigError` when the method's parts are missing."""
+        if options.method not in ("soup", "steering"):
+            return options
+        signed = signed_style(plan.style.weights)
+        gen = options.generation
+        if options.method == "soup":
+            if self.experts is None:
+                raise ConfigError(
+                    "method 'soup' needs dimension experts: run `personalign train experts` "
+                    "(or set experts_dir) and use the local model"
+                )
+            from personalign.generation.soups import soup_name
+
+            usable = {d: w for d, w in signed.items() if d in self.experts.dimensions}
+            if gen.adapter is None and usable:
+                gen = replace(gen, adapter=soup_name(usable))
+        else:
+            vectors = getattr(self._model, "steering", None)
+            if vectors is None:
+                raise ConfigError(
+                    "method 'steering' needs steering vectors on the local model: run "
+                    "`personalign train experts` (it writes steering vectors beside them)"
+                )
+            steer = tuple(
+                (f"{d}{'+' if w > 0 else '-'}", abs(w))
+                for d, w in signed.items()
+                if f"{d}{'+' if w > 0 else '-'}" in vectors.poles
+            )
+            gen = replace(gen, steering=steer)
+        return replace(options, generation=gen)
+
     def _adapter_meta(self, options: PersonalizeOptions, user: str) -> dict[str, object]:
         name = options.generation.adapter
         if name is None:  # the base model serves; say so when the safety check rejected it
@@ -428,7 +501,11 @@ class Personalizer:
         self, history: list[Message], plan: RequestPlan, options: PersonalizeOptions
     ) -> tuple[str, dict[str, Any] | None, Made]:
         from personalign.constraints import decoding_form
-        from personalign.generation.decoding import DecodingConfig, personalized_generate
+        from personalign.generation.decoding import (
+            DecodingConfig,
+            DecodingMethod,
+            personalized_generate,
+        )
 
         messages, hits = plan.messages, plan.hits
         gen_opts = options.generation
@@ -448,12 +525,15 @@ class Personalizer:
         if not personalize:
             gen = self.model.generate(messages, options=gen_opts)
             return gen.text, None, Made(binding and gen.finish_reason == "length", (gen,))
-        if options.method == "plain" or options.method == "prompt":  # plain: request constraints
+        if options.method in ("plain", "prompt", "soup", "steering"):  # plain: request constraints
             gen = self.model.generate(messages, options=gen_opts)
             cut = [gen.finish_reason == "length"]
             done = pick([gen.text], plan.constraints, plan.style, question=question, cut=cut)
             made = Made(binding and cut[0], (gen,))
-            return done.text, how_entry(plan, done, {"method": options.method}), made
+            how: dict[str, Any] = {"method": options.method}
+            if gen_opts.steering:
+                how["steering"] = {p: round(s, 3) for p, s in gen_opts.steering}
+            return done.text, how_entry(plan, done, how), made
         plain = build_messages(history, None)
         safety = build_messages(history, None, system_prompt=SAFETY_PROMPT)
         prefs = [h.record.text for h in hits if h.record.kind != "episode"]
@@ -461,14 +541,21 @@ class Personalizer:
         reward = self._reward() if options.method in ("best_of_n", "reward_guided") else None
         objectives: dict[str, Sequence[Message]] = {"personal": messages, "safety": safety}
         weights: dict[str, float] = {"personal": 1.0}
+        experts: dict[str, str | None] = {}  # MOD over experts: a dimension row runs its pole's
+        poles = set(self.experts.poles) if self.experts is not None else set()
         for dim, line in _dimension_lines(plan.style).items():
             objectives[dim] = build_messages(history, None, system_prompt=f"{SYSTEM_PROMPT} {line}")
             weights[dim] = plan.style.weights[dim]
+            pole = f"{dim}{'+' if plan.style.weights[dim] >= 0.5 else '-'}"
+            if options.method == "mod" and pole in poles:
+                experts[dim] = f"expert:{pole}"
         out = personalized_generate(
             self.model,
             plain,
             messages,
-            config=DecodingConfig(method=options.method, strength=options.strength, n=options.n),
+            config=DecodingConfig(
+                method=cast(DecodingMethod, options.method), strength=options.strength, n=options.n
+            ),
             options=gen_opts,
             preferences=prefs,
             reward=reward,
@@ -476,8 +563,9 @@ class Personalizer:
             weights=weights,
             floors={"safety": SAFETY_FLOOR},
             baseline=options.method == "best_of_n",
+            objective_adapters=experts or None,
         )
-        how: dict[str, Any] = {
+        how = {
             "method": out.method,
             "strength": out.strength,
             "rows": out.rows,

@@ -8,7 +8,7 @@ small helpers the pipeline calls.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -35,10 +35,16 @@ if TYPE_CHECKING:
     from personalign.memory.scope import Scope
     from personalign.safety.checkers import Checker
 
-Method = Literal["plain", "prompt", "contrastive", "mod", "best_of_n", "reward_guided"]
+Method = Literal[
+    "plain", "prompt", "contrastive", "mod", "best_of_n", "reward_guided", "soup", "steering"
+]
 METHODS: tuple[Method, ...] = get_args(Method)
-"""``plain``: no memory. ``prompt``: the memory block in the system prompt. The others are
-decoding-time methods over the prompt (``personalign.generation.decoding``)."""
+"""``plain``: no memory. ``prompt``: the memory block in the system prompt. ``soup``: the
+prompt, answered by the dimension experts merged by the user's style weights into one adapter
+(parameter depth, :mod:`personalign.generation.soups`). ``steering``: the prompt, answered with
+the dimension steering vectors added by the user's style weights (activation depth,
+:mod:`personalign.generation.steering`). The others are decoding-time methods over the prompt
+(:mod:`personalign.generation.decoding`)."""
 
 SAFETY_FLOOR = 0.25
 """The least weight the safety objective keeps in every mixing method, whatever the user's
@@ -278,6 +284,20 @@ _DIMENSION_PROMPTS = {
     "warmth": ("Be warm and friendly.", "Be matter-of-fact."),
     "readability": ("Use short, simple sentences.", "Use precise, technical language."),
 }
+
+
+def signed_style(weights: Mapping[str, float]) -> dict[str, float]:
+    """Style weights in [0, 1] (0.5 neutral) -> signed dimension weights in [-1, 1] for the
+    experts and steering: ``2w - 1`` for each dimension the user leans on (weight >= HIGH or
+    <= LOW, as :func:`_dimension_lines`), the others left out."""
+    from personalign.generation.enforce import HIGH, LOW
+    from personalign.rewards.dimensions import DIMENSION_NAMES
+
+    return {
+        d: round(2.0 * w - 1.0, 2)
+        for d, w in weights.items()
+        if d in DIMENSION_NAMES and (w >= HIGH or w <= LOW)
+    }
 
 
 def _dimension_lines(plan: StylePlan) -> dict[str, str]:

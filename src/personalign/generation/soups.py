@@ -61,6 +61,8 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 RECIPE_FILE = "recipe.json"
 SOUP_FILE = "soup.json"
 SOUPS_DIR = "soups"
+STEERING_FILE = "steering"
+"""The folder of the steering vectors computed from the experts' pairs, beside them."""
 EXPERT_PREFIX = "expert:"
 SOUP_PREFIX = "soup:"
 DECIMALS = 2

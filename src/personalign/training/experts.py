@@ -35,11 +35,11 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from personalign.errors import ConfigError, NotFoundError, ValidationError
 from personalign.feedback.pairs import STYLE_HINTS, PreferencePair, best_vs_worst, data_hash
@@ -55,6 +55,9 @@ from personalign.generation.soups import (
 from personalign.rewards.dimensions import DIMENSION_NAMES, DIMENSIONS
 from personalign.training.recipe import library_versions
 from personalign.types import Message, utcnow
+
+if TYPE_CHECKING:
+    from personalign.backends.models.local import DType
 
 RECIPE_VERSION = 1
 """Bumped when the sampling, the pairing or the training changes meaning: every hash changes."""
@@ -73,6 +76,7 @@ _SAMPLING_FIELDS = (
     "gen_temperature",
     "gen_top_p",
     "gen_batch_size",
+    "gen_dtype",
     "seed",
 )
 _TRAINING_FIELDS = (
@@ -124,7 +128,12 @@ class ExpertsConfig:
     gen_max_new_tokens: int = 96
     gen_temperature: float = 0.9
     gen_top_p: float = 0.95
-    gen_batch_size: int = 8
+    gen_batch_size: int = 16
+    gen_dtype: str = "bfloat16"
+    steering_pairs: int = 32
+    """Steering vectors from each pole's first (largest-margin) pairs; 0: none."""
+    """The sampling model's dtype: ``bfloat16`` (3x faster on CPU than float32, measured:
+    112 vs 9 tokens/s at batch 16/8 on 2 cores) or ``float32``. Training is float32."""
     min_margin: float = 0.05
     min_pairs: int = 4
     max_pairs: int = 64
@@ -157,6 +166,18 @@ class ExpertsConfig:
             "save_steps",
             "threads",
         ]
+        if self.gen_dtype not in ("bfloat16", "float32"):
+            raise ConfigError(
+                f"ExpertsConfig.gen_dtype must be bfloat16 or float32, not {self.gen_dtype!r}"
+            )
+        if (
+            isinstance(self.steering_pairs, bool)
+            or not isinstance(self.steering_pairs, int)
+            or self.steering_pairs < 0
+        ):
+            raise ConfigError(
+                f"ExpertsConfig.steering_pairs must be an int >= 0, got {self.steering_pairs!r}"
+            )
         for name in positive:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -290,6 +311,8 @@ class ExpertsSummary:
     """Whether the samples were drawn in this run (False: reused)."""
     sampling_seconds: float
     experts: list[ExpertResult]
+    steering: str | None = None
+    """The steering vectors' folder (computed from the same pairs), None when not made."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -382,7 +405,9 @@ def sample_all(
     if progress:
         progress("sampling", len(done), batches)
     if len(done) < batches:
-        lm = TransformersLM(base_dir, dtype="float32", name=config.base_model, batching=False)
+        lm = TransformersLM(
+            base_dir, dtype=cast(DType, config.gen_dtype), name=config.base_model, batching=False
+        )
         try:
             with partial.open("a", encoding="utf-8") as fh:
                 for b in range(batches):
@@ -574,6 +599,47 @@ def _train_one(
     return ExpertResult(pole, "trained", len(pairs), "", metrics, seconds, str(folder))
 
 
+def write_steering(
+    config: ExpertsConfig,
+    out: Path,
+    all_pairs: Mapping[str, Sequence[PreferencePair]],
+    *,
+    base_dir: Path,
+    progress: Progress | None = None,
+) -> Path | None:
+    """The steering vectors of every pole with pairs (CAA over the experts' own pairs, at
+    most ``steering_pairs`` each, :func:`~personalign.generation.steering.compute_steering`)
+    in ``out/steering``; kept when its recorded pairs hash matches. None without pairs."""
+    from personalign.backends.models.local import TransformersLM
+    from personalign.generation.soups import STEERING_FILE
+    from personalign.generation.steering import compute_steering
+
+    use = {p: list(v)[: config.steering_pairs] for p, v in all_pairs.items() if v}
+    if not use or config.steering_pairs == 0:
+        return None
+    dest = out / STEERING_FILE
+    h = data_hash(
+        {"pairs": {p: [asdict(x) for x in v] for p, v in use.items()}, "dtype": config.gen_dtype}
+    )
+    stamp = dest / "pairs.hash"
+    if stamp.is_file() and stamp.read_text().strip() == h:
+        return dest
+    if progress is not None:
+        progress("steering", 0, 1)
+    lm = TransformersLM(
+        base_dir, dtype=cast(DType, config.gen_dtype), name=config.base_model, batching=False
+    )
+    try:
+        vectors = compute_steering(lm, use)
+    finally:
+        lm.close()
+    vectors.save(dest)
+    _write_atomic(stamp, h)
+    if progress is not None:
+        progress("steering", 1, 1)
+    return dest
+
+
 def train_experts(
     config: ExpertsConfig,
     out_dir: str | Path,
@@ -613,7 +679,9 @@ def train_experts(
         _train_one(config, out, pole, pairs, base_dir=base_dir, progress=progress)
         for pole, pairs in all_pairs.items()
     ]
+    steering = write_steering(config, out, all_pairs, base_dir=base_dir, progress=progress)
     return ExpertsSummary(
+        steering=None if steering is None else str(steering),
         out_dir=str(out),
         recipe_hash=config.hash,
         prompts=len(prompts),
