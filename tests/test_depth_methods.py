@@ -13,7 +13,7 @@ import pytest
 
 from personalign.backends.models.base import GenerationOptions
 from personalign.config import load_settings
-from personalign.errors import ConfigError
+from personalign.errors import ConfigError, ValidationError
 from personalign.generation.soups import STEERING_FILE, pole_folder
 from personalign.pipeline import PersonalizeOptions, Personalizer
 from personalign.pipeline_parts import signed_style
@@ -138,7 +138,7 @@ def test_soup_without_experts_is_a_clear_error(tiny: Path, tmp_path: Path) -> No
         assert pz.experts is None
         pz.memory.store.set_profile({"conciseness": 1.0}, user="ann")
         for method in ("soup", "steering"):
-            with pytest.raises(ConfigError, match="personalign train experts"):
+            with pytest.raises(ValidationError, match="personalign train experts"):
                 _ask(pz, "ann", method)
 
 

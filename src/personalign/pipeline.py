@@ -25,7 +25,7 @@ from personalign.backends.models.base import Generation, LanguageModel, find_sto
 from personalign.backends.stores.scoped import ScopedStore
 from personalign.config import Settings, load_settings
 from personalign.constraints import ConstraintSet
-from personalign.errors import ConfigError
+from personalign.errors import ConfigError, ValidationError
 from personalign.feedback.coldstart import ColdStart
 from personalign.feedback.learn import FeedbackOutcome, memory_extractor, record_feedback
 from personalign.generation.enforce import StylePlan, pick, requirement_lines, style_plan
@@ -448,14 +448,14 @@ class Personalizer:
         weights (:func:`~personalign.pipeline_parts.signed_style`): the soup of the experts as
         the adapter (unless the user's own adapter serves: it was trained on them), or the
         poles' steering strengths. No leaning dimension: the prompt alone. Raises
-        :class:`ConfigError` when the method's parts are missing."""
+        :class:`ValidationError` (an HTTP 400) when this server lacks the method's parts."""
         if options.method not in ("soup", "steering"):
             return options
         signed = signed_style(plan.style.weights)
         gen = options.generation
         if options.method == "soup":
             if self.experts is None:
-                raise ConfigError(
+                raise ValidationError(
                     "method 'soup' needs dimension experts: run `personalign train experts` "
                     "(or set experts_dir) and use the local model"
                 )
@@ -467,7 +467,7 @@ class Personalizer:
         else:
             vectors = getattr(self._model, "steering", None)
             if vectors is None:
-                raise ConfigError(
+                raise ValidationError(
                     "method 'steering' needs steering vectors on the local model: run "
                     "`personalign train experts` (it writes steering vectors beside them)"
                 )
