@@ -35,7 +35,9 @@ plain's, batch 1, interleaved over ``--cost-cases`` cases in the same run) for m
 mod, soup, steering, adapter; ``adapter_direction_rate`` (the share of the adapter users'
 prompts where the adapter moved the user's strongest dimension's property the chosen way
 compared with plain; a tie fails); ``score_<m>``; ``beats_prompt_<m>`` (1 when m's gain is
-above prompt's). ``--report DIR`` writes ``depths.md`` and ``depths_pareto.png``: for two
+above prompt's); ``degenerate_rate_<m>`` (replies that are no answer at all by the rule-based
+``personalign.rewards.quality.degenerate``: empty, symbol soup, a stub, a few words).
+``--report DIR`` writes ``depths.md`` and ``depths_pareto.png``: for two
 dimensions, a sweep of weight vectors and each method's mean properties (a Pareto front).
 
     python benchmarks/depths.py [--experts DIR] [--train] [--prompts 100] [--json] [--report DIR]
@@ -226,7 +228,6 @@ def train_user_adapter(
     n_pairs: int,
     base_dir: Path,
     out_dir: Path,
-    max_steps: int,
     seed: int,
 ) -> Path:
     """DPO on ``n_pairs`` best-vs-worst pairs of the base model's samples, ranked by the
@@ -258,7 +259,10 @@ def train_user_adapter(
     pairs = pairs[:n_pairs]
     if len(pairs) < n_pairs // 2:
         raise SystemExit(f"error: only {len(pairs)} ranked pairs for a user, need {n_pairs // 2}")
-    cfg = TrainConfig(max_steps=max_steps, seed=seed, min_pairs=1)
+    # the experts' recipe (two epochs at 5e-4, 192 tokens; see ExpertsConfig) on the user's pairs
+    cfg = TrainConfig(
+        epochs=2, learning_rate=5e-4, max_length=192, threads=2, seed=seed, min_pairs=1
+    )
     train_pairs(pairs, base_dir=base_dir, out_dir=out_dir, config=cfg, resume=False)
     return out_dir / "final"
 
@@ -353,7 +357,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--steer-scale", type=float, default=1.0)
     p.add_argument("--adapter-users", type=int, default=4)
     p.add_argument("--adapter-pairs", type=int, default=32)
-    p.add_argument("--adapter-steps", type=int, default=32)
     p.add_argument("--cost-cases", type=int, default=6)
     p.add_argument("--pareto-prompts", type=int, default=10)
     p.add_argument("--pareto-steps", type=int, default=5)
@@ -418,7 +421,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             n_pairs=args.adapter_pairs,
             base_dir=base_dir,
             out_dir=work / f"user{u}",
-            max_steps=args.adapter_steps,
             seed=args.seed + u,
         )
         source.dirs[f"user{u}"] = path
@@ -443,6 +445,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "dimensions": ",".join(dims),
         "max_new_tokens": args.max_new_tokens,
     }
+    from personalign.rewards.quality import degenerate
+
+    for method, got in replies.items():  # a gain made of non-answers is no gain: say how many
+        if got:
+            bad = [degenerate(o.text) is not None for o in got.values()]
+            figs[f"degenerate_rate_{method}"] = round(float(np.mean(bad)), 4)
     plain_scores = {
         i: user_score(o.text, users[cases[i].user]) for i, o in replies["plain"].items()
     }

@@ -181,6 +181,13 @@ def test_train_experts_writes_samples_pairs_and_peft_experts(trained: dict[str, 
     es = ExpertSet(out)
     assert es.poles == list(by_pole) and es.dimensions == ["conciseness", "formality"]
     assert es.recipe("formality-")["dimension"] == "formality"
+    # the steering vectors of the same pairs, beside the experts
+    from personalign.generation.soups import STEERING_FILE
+    from personalign.generation.steering import SteeringVectors
+
+    assert summary.steering == str(out / STEERING_FILE)
+    vectors = SteeringVectors.load(out / STEERING_FILE)
+    assert set(vectors.poles) == {p for p, v in pairs.items() if v}
 
 
 @pytest.mark.slow
@@ -209,9 +216,11 @@ def test_a_rerun_skips_everything_and_sampling_is_reproducible(
 
     out, cfg = trained["out"], trained["cfg"]
     stamps = {f: f.stat().st_mtime_ns for f in out.glob("*/adapter_model.safetensors")}
+    steering = out / "steering" / "vectors.npz"
+    stamps[steering] = steering.stat().st_mtime_ns
     again = train_experts(cfg, out)
     assert not again.sampled and {r.status for r in again.experts} == {"exists"}
-    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps
+    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps  # steering kept too
     # the same seed samples the same texts, in a fresh folder
     first = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()[1:]]
     rows, sampled = sample_all(cfg, tmp_path, base_dir=Path(cfg.base_model))
@@ -351,8 +360,9 @@ def test_train_experts_cli_end_to_end(tiny: Path, tmp_path: Path, monkeypatch: A
     monkeypatch.setenv("PERSONALIGN_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PERSONALIGN_MODEL", "fake")
     monkeypatch.setenv("PERSONALIGN_EMBEDDER", "hashing")
-    args = ["train", "experts", "--base-model", str(tiny), "-d", "conciseness", "--prompts", "3"]
-    args += ["--candidates", "3", "--min-pairs", "1", "--max-steps", "1", "--threads", "1"]
+    args = ["train", "experts", "--base-model", str(tiny), "-d", "conciseness", "--prompts", "4"]
+    args += ["--candidates", "6", "--min-pairs", "1", "--max-steps", "1", "--threads", "1"]
+    args += ["--gen-dtype", "float32"]  # the tiny random model's bfloat16 samples all tie
     r = CliRunner().invoke(app, [*args, "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
@@ -365,3 +375,5 @@ def test_train_experts_cli_end_to_end(tiny: Path, tmp_path: Path, monkeypatch: A
     assert r.stdout.count("exists") == 2 and "reused samples" in r.stdout
     r = CliRunner().invoke(app, [*args[:4], "-d", "kindness", "--json"])
     assert r.exit_code == 1 and "dimensions" in r.output
+    r = CliRunner().invoke(app, [*args, "--gen-dtype", "int4", "--json"])
+    assert r.exit_code == 1 and "gen_dtype must be bfloat16 or float32" in r.output

@@ -66,8 +66,11 @@ def experts(
     candidates: Annotated[int, typer.Option(min=2, help="Samples per prompt.")] = 6,
     min_pairs: Annotated[int, typer.Option(min=1, help="Pairs needed to train an expert.")] = 4,
     max_steps: Annotated[
-        int, typer.Option(help="DPO steps per expert (-1: one epoch over its pairs).")
+        int, typer.Option(help="DPO steps per expert (-1: the recipe's epochs over its pairs).")
     ] = -1,
+    gen_dtype: Annotated[
+        str, typer.Option(help="Sampling dtype: bfloat16 (fast on CPU) or float32.")
+    ] = "bfloat16",
     threads: Annotated[int, typer.Option(min=1, help="Torch threads.")] = 2,
     base_model: Annotated[
         str | None,
@@ -92,7 +95,8 @@ def experts(
             n_prompts=prompts,
             candidates=candidates,
             min_pairs=min_pairs,
-            max_pairs=max(64, min_pairs),
+            max_pairs=max(ExpertsConfig.max_pairs, min_pairs),
+            gen_dtype=gen_dtype,
             max_steps=max_steps,
             threads=threads,
         )
