@@ -147,3 +147,37 @@ def test_an_experts_dir_with_no_expert_is_a_clear_error(tiny: Path, tmp_path: Pa
     empty.mkdir()
     with pytest.raises(ConfigError, match="holds no trained expert"):
         _open(tiny, tmp_path, empty)
+
+
+@pytest.mark.parametrize("remote_root", [None, "/srv/experts"])
+def test_a_vllm_server_serves_the_soup_as_one_lora(
+    experts_dir: Path, tmp_path: Path, remote_root: str | None
+) -> None:
+    """On the OpenAI-compatible backend the soup is merged here and loaded on the server with
+    /load_lora_adapter (from where the server sees the experts), then sent as ``model``."""
+    from personalign.testing import ScriptedOpenAIServer
+
+    def reply(model: str, messages: list[dict[str, str]]) -> str:
+        return f"from {model}"
+
+    with ScriptedOpenAIServer(reply, models=["base"], check_models=True) as server:
+        settings = load_settings(
+            home=tmp_path,
+            embedder="hashing",
+            model="openai:base",
+            openai_base_url=server.base_url,
+            experts_dir=experts_dir,
+            openai_experts_dir=remote_root,
+        )
+        with Personalizer.open(settings, embedder=HashingEmbedder()) as pz:
+            assert pz.experts is not None
+            pz.memory.store.set_profile({"conciseness": 1.0, "structure": 0.75}, user="ann")
+            got = _ask(pz, "ann", "soup")
+            soup = pz.experts.soup({"conciseness": 1.0, "structure": 0.5})
+            assert soup is not None
+        name = "soup:conciseness+0.67,structure+0.33"
+        served = f"{name}@{soup.name}"
+        assert f"from {served}" in got.text and got.exchange.meta["adapter"] == name
+        where = f"{remote_root}/soups/{soup.name}" if remote_root else str(soup)
+        assert server.lora_loads == [{"lora_name": served, "lora_path": where}]
+        assert [m for m, _ in server.requests] == [served]

@@ -261,6 +261,10 @@ class Settings(BaseSettings):
     """Where the OpenAI-compatible (vLLM) server sees the adapter store (``<home>/adapters``):
     users' adapters are loaded from ``<openai_lora_dir>/<name>/<version>``. Unset: the local
     path (the server runs on this machine)."""
+    openai_experts_dir: str | None = None
+    """Where the OpenAI-compatible (vLLM) server sees the experts folder (``experts_dir``):
+    experts and soups are loaded from ``<openai_experts_dir>/<folder>``. Unset: the local
+    path."""
     experts_dir: Path | None = None
     """The dimension experts (``personalign train experts``) that serve the ``soup`` method, the
     expert rows of ``mod`` and (with the ``steering`` folder beside them) the ``steering`` method.

@@ -81,17 +81,18 @@ def attach_experts(
     model: LanguageModel, settings: Settings, store: AdapterStore | None
 ) -> ExpertSet | None:
     """The dimension experts of ``settings.experts_dir`` (default ``<home>/experts`` when it
-    holds any) attached to a local ``model``: its adapter source resolves ``expert:`` and
-    ``soup:`` names (others go to the users' ``store``), and the ``steering`` folder beside the
-    experts becomes its steering vectors. None (nothing attached) for a model without
+    holds any) attached to ``model`` (local, or a vLLM server, which loads soups as LoRAs):
+    its adapter source resolves ``expert:`` and ``soup:`` names (others go to the users'
+    ``store``), and the ``steering`` folder beside the experts becomes the local model's
+    steering vectors. None (nothing attached) for a model without
     adapters or when there are no experts."""
     from personalign.generation.soups import STEERING_FILE, ExpertSet, SoupAdapters
 
     root = settings.experts_dir or settings.home / "experts"
     if settings.experts_dir is None and not root.is_dir():
         return None
-    if not hasattr(model, "adapters") or not getattr(model, "supports_logits", False):
-        return None  # a remote server: its adapters are the users' (vLLM), see the README
+    if not hasattr(model, "adapters"):
+        return None  # a model without adapters (the fake model)
     experts = ExpertSet(root)
     if not experts.poles:
         if settings.experts_dir is not None:

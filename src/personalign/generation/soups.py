@@ -401,6 +401,13 @@ class SoupAdapters:
         self.experts = experts
         self.fallback = fallback
 
+    def experts_relative(self, name: str) -> str | None:
+        """For an ``expert:``/``soup:`` name, its folder relative to the experts root (what a
+        vLLM server that mounts the experts elsewhere is given); None for other names."""
+        if not name.startswith((EXPERT_PREFIX, SOUP_PREFIX)):
+            return None
+        return self.adapter_path(name).relative_to(self.experts.root).as_posix()
+
     def adapter_path(self, name: str) -> Path:
         if name.startswith(EXPERT_PREFIX):
             return self.experts.expert(name[len(EXPERT_PREFIX) :]).path

@@ -76,6 +76,7 @@ def load_model(
             base_url=settings.openai_base_url,
             api_key=settings.openai_api_key,
             lora_dir=settings.openai_lora_dir,
+            experts_dir=settings.openai_experts_dir,
         )
     path = Path(spec).expanduser() if spec else None
     if path is not None and path.is_dir():

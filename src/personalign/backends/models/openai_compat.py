@@ -14,6 +14,10 @@ request fails with a :class:`BackendError` that says so: a user with an adapter 
 silently answered by the base model. Erasing a user unloads their adapters from the server
 (:meth:`OpenAICompatLM.unload_missing_adapters`). Without a store, ``adapter`` is sent as
 the model name as given (an adapter the server already serves under that name).
+Dimension experts and soups (an adapter source with ``experts_relative``, e.g.
+:class:`~personalign.generation.soups.SoupAdapters`) load the same way from
+``<experts_dir>/<folder>`` (setting ``openai_experts_dir``: the experts folder as the server
+sees it; unset: the local path), so a vLLM server serves a user's soup as one adapter.
 
 ``logprobs`` needs a server whose ``/v1/completions`` returns correct prompt log-probabilities
 with ``echo`` (vLLM does); the chat API cannot score a given reply. It is therefore opt-in
@@ -90,6 +94,7 @@ class OpenAICompatLM(LanguageModel):
         prompt_format: PromptFormat = chatml_prompt,
         adapters: AdapterSource | None = None,
         lora_dir: str | None = None,
+        experts_dir: str | None = None,
     ) -> None:
         if not model or not model.strip():
             raise ValidationError("OpenAICompatLM needs a model name")
@@ -103,6 +108,7 @@ class OpenAICompatLM(LanguageModel):
         self.prompt_format = prompt_format
         self.adapters = adapters
         self.lora_dir = lora_dir
+        self.experts_dir = experts_dir
         self._served: dict[str, Path] = {}  # adapters known loaded on the server -> local dir
         self._lora_lock = threading.Lock()
         # the key configured for this server, or $OPENAI_API_KEY for OpenAI's own only
@@ -159,9 +165,15 @@ class OpenAICompatLM(LanguageModel):
             return adapter
         path = self.adapters.adapter_path(adapter)  # NotFoundError: no such adapter
         served = f"{adapter}@{path.name}"
+        relative = getattr(self.adapters, "experts_relative", None)
+        expert = relative(adapter) if callable(relative) else None  # an expert or a soup
         with self._lora_lock:
             if served not in self._served:
-                self._load_lora(served, path.parent.name, path)
+                if expert is not None:
+                    root = self.experts_dir.rstrip("/") if self.experts_dir else None
+                    self._post_lora(served, f"{root}/{expert}" if root else str(path))
+                else:
+                    self._load_lora(served, path.parent.name, path)
                 self._served[served] = path
         return served
 
@@ -184,13 +196,16 @@ class OpenAICompatLM(LanguageModel):
         return len(gone)
 
     def _load_lora(self, served: str, name: str, path: Path) -> None:
+        root = self.lora_dir.rstrip("/") if self.lora_dir else None
+        self._post_lora(served, f"{root}/{name}/{path.name}" if root else str(path))
+
+    def _post_lora(self, served: str, where: str) -> None:
+        """Load the LoRA at ``where`` (as the server sees it) as ``served``, unless served."""
         import httpx
 
         try:
             if served in {m.id for m in self._client.models.list()}:
                 return
-            root = self.lora_dir.rstrip("/") if self.lora_dir else None
-            where = f"{root}/{name}/{path.name}" if root else str(path)
             body = {"lora_name": served, "lora_path": where}
             self._client.post("/load_lora_adapter", body=body, cast_to=httpx.Response)
         except self._openai.NotFoundError as e:
