@@ -60,7 +60,7 @@ def store(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> AdapterStore:
     root = tmp_path_factory.mktemp("adapters")
     st = AdapterStore(root / "store")
     st.save("ann", big_lora(tiny, root / "ann"), {"base": "tiny"})
-    st.save("bob", big_lora(tiny, root / "bob", seed=1), {"base": "tiny"})
+    st.save("zed", big_lora(tiny, root / "zed", seed=1), {"base": "tiny"})
     return st
 
 
@@ -191,7 +191,7 @@ def test_mod_over_experts_runs_each_objective_row_with_its_own_adapter(lm: Any) 
 
     weights = {"a": 0.7, "b": 0.3}
     row_a, _ = lm.forward([lm.encode_chat(PLAIN)], adapter="ann")
-    row_b, _ = lm.forward([lm.encode_chat(PLAIN)], adapter="bob")
+    row_b, _ = lm.forward([lm.encode_chat(PLAIN)], adapter="zed")
     base, _ = lm.forward([lm.encode_chat(PLAIN)])
     mixed = 0.7 * log_softmax(row_a[0]) + 0.3 * log_softmax(row_b[0])
     want = int(np.argmax(mixed))
@@ -203,11 +203,11 @@ def test_mod_over_experts_runs_each_objective_row_with_its_own_adapter(lm: Any) 
         config=DecodingConfig(method="mod", strength=0.0),
         options=options,
         objectives={"a": PLAIN, "b": PLAIN},
-        objective_adapters={"a": "ann", "b": "bob"},
+        objective_adapters={"a": "ann", "b": "zed"},
         weights=weights,
     )
     assert out.rows == 2
-    assert out.details["objective_adapters"] == {"a": "ann", "b": "bob"}
+    assert out.details["objective_adapters"] == {"a": "ann", "b": "zed"}
     got = lm.encode(out.text)
     assert got[:1] == [want] or (not got and want in lm.eos_token_ids)
     # the same mix over the base model picks differently here: the experts decided the token
