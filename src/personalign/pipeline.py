@@ -472,11 +472,8 @@ class Personalizer:
                     "method 'steering' needs steering vectors on the local model: run "
                     "`personalign train experts` (it writes steering vectors beside them)"
                 )
-            steer = tuple(
-                (f"{d}{'+' if w > 0 else '-'}", abs(w))
-                for d, w in signed.items()
-                if f"{d}{'+' if w > 0 else '-'}" in vectors.poles
-            )
+            strengths = {f"{d}{'+' if w > 0 else '-'}": abs(w) for d, w in signed.items()}
+            steer = tuple((p, v) for p, v in strengths.items() if p in vectors.poles)
             gen = replace(gen, steering=steer)
         return replace(options, generation=gen)
 

@@ -175,17 +175,24 @@ def best_vs_worst(
     return PreferencePair(prompt, candidates[hi], candidates[lo], "ranked", round(margin, 6))
 
 
-def sample_candidates(
-    model: LanguageModel, prompts: Sequence[str], *, n: int, options: GenerationOptions
-) -> list[list[str]]:
-    """``n`` sampled replies per prompt; the i-th reply of the k-th prompt has style hint
-    ``STYLE_HINTS[(k * n + i) % len]`` (so the hints rotate over the prompts)."""
+def hinted_conversations(prompts: Sequence[str], n: int) -> list[list[Message]]:
+    """The ``n`` conversations of each prompt: the i-th of the k-th prompt carries the style
+    hint ``STYLE_HINTS[(k * n + i) % len]`` (so the hints rotate over the prompts)."""
     convs: list[list[Message]] = []
     for k, p in enumerate(prompts):
         for i in range(n):
             hint = STYLE_HINTS[(k * n + i) % len(STYLE_HINTS)]
             sys_turn = [Message(role="system", content=hint)] if hint else []
             convs.append([*sys_turn, Message(role="user", content=p)])
+    return convs
+
+
+def sample_candidates(
+    model: LanguageModel, prompts: Sequence[str], *, n: int, options: GenerationOptions
+) -> list[list[str]]:
+    """``n`` sampled replies per prompt; the i-th reply of the k-th prompt has style hint
+    ``STYLE_HINTS[(k * n + i) % len]`` (so the hints rotate over the prompts)."""
+    convs = hinted_conversations(prompts, n)
     texts: list[str] = []
     for start in range(0, len(convs), 16):  # bounded batches
         texts += [

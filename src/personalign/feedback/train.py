@@ -50,6 +50,16 @@ Status = Literal["trained", "rejected", "skipped", "exists", "failed"]
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
+def check_ints(config: object, names: Sequence[str], *, minimum: int) -> None:
+    """Raise :class:`ConfigError` unless each field ``names`` of ``config`` is an int (not a
+    bool) of at least ``minimum``."""
+    for name in names:
+        v = getattr(config, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise ConfigError(f"{type(config).__name__}.{name} must be {what}, got {v!r}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a per-user DPO run depends on (all of it goes into the recipe and hash).
@@ -110,10 +120,7 @@ class TrainConfig:
             "save_steps",
             "threads",
         ]
-        for name in positive:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
+        check_ints(self, positive, minimum=1)
         checks: list[tuple[str, bool, str]] = [
             ("ranked_prompts", self.ranked_prompts >= 0, "an integer >= 0"),
             ("max_steps", self.max_steps == -1 or self.max_steps >= 1, "-1 or >= 1"),

@@ -42,7 +42,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from personalign.errors import ConfigError, NotFoundError, ValidationError
-from personalign.feedback.pairs import STYLE_HINTS, PreferencePair, best_vs_worst, data_hash
+from personalign.feedback.pairs import (
+    STYLE_HINTS,
+    PreferencePair,
+    best_vs_worst,
+    data_hash,
+    hinted_conversations,
+)
 from personalign.generation.soups import (
     ADAPTER_FILES,
     RECIPE_FILE,
@@ -54,7 +60,7 @@ from personalign.generation.soups import (
 )
 from personalign.rewards.dimensions import DIMENSION_NAMES, DIMENSIONS
 from personalign.training.recipe import library_versions
-from personalign.types import Message, utcnow
+from personalign.types import utcnow
 
 if TYPE_CHECKING:
     from personalign.backends.models.local import DType
@@ -174,22 +180,10 @@ class ExpertsConfig:
             raise ConfigError(
                 f"ExpertsConfig.gen_dtype must be bfloat16 or float32, not {self.gen_dtype!r}"
             )
-        if (
-            isinstance(self.steering_pairs, bool)
-            or not isinstance(self.steering_pairs, int)
-            or self.steering_pairs < 0
-        ):
-            raise ConfigError(
-                f"ExpertsConfig.steering_pairs must be an int >= 0, got {self.steering_pairs!r}"
-            )
-        for name in positive:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"ExpertsConfig.{name} must be a positive integer, got {v!r}")
-        for name in ("n_prompts", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"ExpertsConfig.{name} must be an integer >= 0, got {v!r}")
+        from personalign.feedback.train import check_ints
+
+        check_ints(self, positive, minimum=1)
+        check_ints(self, ("n_prompts", "seed", "steering_pairs"), minimum=0)
         unknown = [d for d in self.dimensions if d not in DIMENSION_NAMES]
         checks: list[tuple[str, bool, str]] = [
             ("dimensions", bool(self.dimensions) and not unknown, f"some of {DIMENSION_NAMES}"),
@@ -350,17 +344,6 @@ def _read_jsonl(path: Path) -> list[Any]:
 # -- 1. samples -----------------------------------------------------------------------------
 
 
-def _conversations(prompts: Sequence[str], n: int) -> list[list[Message]]:
-    """The ``n`` conversations of each prompt, with :func:`sample_candidates`'s hint rotation."""
-    convs: list[list[Message]] = []
-    for k, p in enumerate(prompts):
-        for i in range(n):
-            hint = STYLE_HINTS[(k * n + i) % len(STYLE_HINTS)]
-            sys_turn = [Message(role="system", content=hint)] if hint else []
-            convs.append([*sys_turn, Message(role="user", content=p)])
-    return convs
-
-
 def _load_samples(path: Path, key: str, prompts: Sequence[str]) -> list[dict[str, Any]] | None:
     if not path.is_file():
         return None
@@ -395,7 +378,7 @@ def sample_all(
 
     torch.set_num_threads(config.threads)
     n, bs = config.candidates, config.gen_batch_size
-    convs = _conversations(prompts, n)
+    convs = hinted_conversations(prompts, n)
     batches = math.ceil(len(convs) / bs)
     partial = out_dir / f".samples-{key}.partial.jsonl"
     done: dict[int, dict[str, Any]] = {}
