@@ -11,9 +11,10 @@ Two artifacts from the same training data:
 * ``boundary_minilm_lora.safetensors`` (the boundary's classifier): all-MiniLM-L6-v2
   fine-tuned with LoRA (:mod:`personalign.backends.finetuned`) as ONE sequence classifier
   with the labels ``benign``, ``injection`` and the harm categories, so that an admission
-  check needs one run of it (harm verdict and injection score). Its recipe now trains on the
-  broad rows (~39k texts, ~1,220 steps: about 22 minutes on one quiet CPU thread); the shipped
-  file predates that (trained on ~30k texts of the earlier, narrower sources).
+  check needs one run of it (harm verdict and injection score). Trained on the broad rows
+  (~39k texts, ~1,220 steps: about 17 minutes on one CPU thread), after two fold models on
+  half the sources each (~10 minutes each) whose scores on the sources they never saw
+  calibrate each decision's threshold (recorded in the artifact with the hold-out figures).
 * ``boundary_minilm.npz``: ``harm``, the broad embedded harm model
   (:func:`personalign.training.boundary.train_broad_harm`: a softmax regression over frozen
   MiniLM vectors trained on every safety source, weighted by source, each decision's threshold

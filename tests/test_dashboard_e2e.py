@@ -126,6 +126,7 @@ def test_user_sees_and_drops_a_preferences_constraints(browser, tmp_path):
         page.fill("#add-pref input[name=text]", text)
         page.click("#add-pref button")
         item = page.locator("#preferences li[data-id]", has_text=text)
+        item.locator(".constraint .describe").first.wait_for()  # the list re-renders
         shown = item.locator(".constraint .describe").all_inner_texts()
         assert shown == [
             "Write the whole answer in lowercase letters only.",

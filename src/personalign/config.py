@@ -97,6 +97,12 @@ class GuardConfig(BaseModel):
     server's Llama Guard 3 chat template and taxonomy).
     A guard that cannot be reached fails the write or the request with a clear error; nothing
     is stored unchecked.
+
+    ``band`` makes the guard the second look of a two-stage gate: the embedded classifier
+    decides the clear cases alone, and the guard decides, both ways, every text whose
+    classifier harm score lies within ``band`` of the decision's threshold (a refusal by a
+    small margin can be overturned; a policy pattern's refusal never is). Unset: the guard is
+    asked about every text the classifier admitted (one guard call per write and request).
     """
 
     model: str | None = None
@@ -104,6 +110,7 @@ class GuardConfig(BaseModel):
     api_key: str | None = None
     prompt_style: GuardPromptStyle = "policy"
     timeout_s: float = Field(default=10.0, gt=0.0)
+    band: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
 class JudgeConfig(BaseModel):

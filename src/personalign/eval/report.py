@@ -68,11 +68,15 @@ def run_suites(
     all_figures: dict[str, Figures] = {}
     for name, mod in modules.items():
         t0 = time.perf_counter()
-        figures: Figures = mod.run(data_dir, quick=quick)
+        extra = ""
+        if hasattr(mod, "run_report"):
+            figures, extra, images = mod.run_report(data_dir, quick=quick, out_dir=out_dir)
+        else:
+            figures = mod.run(data_dir, quick=quick)
+            plot = getattr(mod, "plot", None)
+            images = plot(figures, out_dir) if plot else default_plots(name, figures, out_dir)
         seconds = time.perf_counter() - t0
         all_figures[name] = figures
-        plot = getattr(mod, "plot", None)
-        images = plot(figures, out_dir) if plot else default_plots(name, figures, out_dir)
         rows = "\n".join(
             f"| `{k}` | {v:.4g} |" if isinstance(v, float) else f"| `{k}` | {v} |"
             for k, v in figures.items()
@@ -81,7 +85,7 @@ def run_suites(
         doc = (mod.__doc__ or "").strip().splitlines()
         sections.append(
             f"## {name}\n\n{doc[0] if doc else ''}\n\n"
-            f"| figure | value |\n|---|---|\n{rows}\n\n{pics}\n\n_{seconds:.1f} s_\n"
+            f"| figure | value |\n|---|---|\n{rows}\n\n{pics}\n\n{extra}\n_{seconds:.1f} s_\n"
         )
     (out_dir / "figures.json").write_text(json.dumps(all_figures, indent=2) + "\n")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -16,7 +16,10 @@ in order). Implementations:
 * :class:`~personalign.safety.guard.OpenAIGuardChecker` — an optional guard model
   (Llama-Guard style) behind an OpenAI-compatible server.
 * :class:`Boundary` — runs several checkers in order (the first refusal wins) and adds the
-  injection flag from an :class:`~personalign.safety.injection.InjectionDetector`.
+  injection flag from an :class:`~personalign.safety.injection.InjectionDetector`. A last
+  checker with a ``band`` (a guard configured with ``[guard] band``) is the second look of a
+  two-stage gate: it decides, both ways, only the texts whose classifier score lies within
+  ``band`` of the threshold it was compared with (:attr:`Verdict.threshold`).
 
 :func:`load_boundary` builds the default: patterns, then the fine-tuned classifier (or the
 embedded one), then (if given) a guard, with injection detection sharing the classifier's run.
@@ -160,7 +163,9 @@ class FinetunedChecker:
     """The fine-tuned boundary classifier (see the module doc).
 
     Harm score = the summed probability of the enabled categories; refused when it reaches the
-    most likely category's policy threshold. :meth:`injection_scores` is p(``injection``), the
+    decision's threshold: the one calibrated on whole-source hold-out scores when the artifact
+    records it (never laxer than an always-on category's policy threshold), else the most
+    likely category's policy threshold. :meth:`injection_scores` is p(``injection``), the
     scorer of the boundary's :class:`InjectionDetector`.
     """
 
@@ -180,6 +185,14 @@ class FinetunedChecker:
             raise ConfigError("the fine-tuned safety classifier has no 'benign' label")
         self._harm_idx = harm_indices(self.classes, self.policy)
         self._inj = self.classes.index(INJECTION_LABEL) if INJECTION_LABEL in self.classes else None
+        meta = getattr(model, "meta", None) or {}
+        #: each decision's threshold as calibrated on whole-source hold-out scores at training
+        #: time (the artifact's ``thresholds``); None: the policy's thresholds
+        self.thresholds: dict[str, float] | None = (
+            {str(k): float(v) for k, v in meta["thresholds"].items()}
+            if isinstance(meta.get("thresholds"), dict)
+            else None
+        )
 
     @property
     def scores_injection(self) -> bool:
@@ -205,6 +218,7 @@ class FinetunedChecker:
             self._harm_idx,
             decision=decision,
             decides=self.decides_harm,
+            calibrated=self.thresholds,
         )
 
     def injection_column(self, probs: np.ndarray) -> np.ndarray:
@@ -283,8 +297,9 @@ class Boundary:
         verdicts: list[Verdict | None] = [None] * len(items)
         best: list[Verdict | None] = [None] * len(items)
         pending = list(range(len(items)))
+        second = self._second_look()
         for checker in self.checkers:
-            if not pending:
+            if not pending or checker is second:
                 break
             if vectors is not None and isinstance(checker, ClassifierChecker):
                 results = checker.check_vectors(vectors[pending], decision=decision)
@@ -304,6 +319,8 @@ class Boundary:
                         best[i] = v
                     still.append(i)
             pending = still
+        if second is not None:
+            pending = self._apply_second_look(second, items, verdicts, best, pending)
         for i in pending:
             top = best[i]
             verdicts[i] = (
@@ -320,6 +337,50 @@ class Boundary:
                         update={"flags": (*current.flags, INJECTION_FLAG)}
                     )
         return [v for v in verdicts if v is not None]
+
+    def _second_look(self) -> Checker | None:
+        """The last checker when it has a ``band`` (a guard model asked about uncertain
+        verdicts only), else None (every checker asked in turn, as before)."""
+        last = self.checkers[-1]
+        return last if len(self.checkers) > 1 and getattr(last, "band", None) is not None else None
+
+    def _apply_second_look(
+        self,
+        second: Checker,
+        items: list[str],
+        verdicts: list[Verdict | None],
+        best: list[Verdict | None],
+        pending: list[int],
+    ) -> list[int]:
+        """The two-stage gate: a text whose classifier verdict lies within ``second.band`` of
+        its threshold (refused or admitted) is decided by ``second``, both ways; the clear
+        cases, and pattern refusals, keep the first stage's verdict. Returns the admitted."""
+        band = float(getattr(second, "band", 0.0))
+        admitted = set(pending)
+        unsure = [
+            i
+            for i in range(len(items))
+            if (v := verdicts[i] if i not in admitted else best[i]) is not None
+            and v.threshold is not None
+            and abs(v.score - v.threshold) < band
+        ]
+        if not unsure:
+            return pending
+        for i, v in zip(unsure, second.check([items[i] for i in unsure]), strict=True):
+            first = verdicts[i] if i not in admitted else best[i]
+            assert first is not None and first.threshold is not None
+            note = (
+                f"; second look ({second.name}) because the classifier's score "
+                f"{first.score:.2f} is within {band:.2f} of its threshold {first.threshold:.2f}"
+            )
+            if v.refused:
+                verdicts[i] = v.model_copy(update={"reason": v.reason + note})
+                admitted.discard(i)
+            else:
+                verdicts[i] = None
+                best[i] = v.model_copy(update={"reason": v.reason + note})
+                admitted.add(i)
+        return sorted(admitted)
 
     def _classifier(self) -> ClassifierChecker | None:
         return next((c for c in self.checkers if isinstance(c, ClassifierChecker)), None)

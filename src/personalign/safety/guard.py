@@ -128,11 +128,19 @@ class OpenAIGuardChecker:
         prompt_style: PromptStyle = "policy",
         client: Any = None,
         timeout_s: float = 10.0,
+        band: float | None = None,
     ) -> None:
-        """Use ``client`` (an ``openai.OpenAI``-like object) or build one for ``base_url``."""
+        """Use ``client`` (an ``openai.OpenAI``-like object) or build one for ``base_url``.
+        ``band``: see :attr:`GuardConfig.band <personalign.config.GuardConfig.band>`."""
         if not model:
             raise ValidationError("OpenAIGuardChecker: model name is empty")
+        if band is not None and not 0.0 < band <= 1.0:
+            raise ValidationError(f"the guard's band must be in (0, 1], got {band}")
         self.model = model
+        #: None: asked about every text the classifier admitted; a number: the second look
+        #: of the boundary's two-stage gate, asked only about verdicts that close to the
+        #: classifier's threshold, and deciding them both ways
+        self.band = band
         self.policy = policy or load_policy()
         self.prompt_style: PromptStyle = prompt_style
         self.codes = (
@@ -218,4 +226,5 @@ def guard_from_settings(
         policy=policy,
         prompt_style=cfg.prompt_style,
         timeout_s=cfg.timeout_s,
+        band=cfg.band,
     )

@@ -31,9 +31,22 @@ def _decide(checker: object, text: str, decision: str) -> Verdict | None:
 
 
 def screen_text(checker: object, text: str) -> Verdict | None:
-    """The refusal verdict of a request, or None when it may be answered."""
+    """The refusal verdict of a request, or None when it may be answered. A refused request
+    that only asks for answer style ("keep answers under 100 words") gets the second look
+    that stored preferences get (:func:`personalign.safety.admission.second_look`): it is
+    answered when what it would add to a reply passes the request screen."""
     v = _decide(checker, text, REQUEST)
-    return v if v is not None and not v.admitted else None
+    if v is None or v.admitted:
+        return None
+    from personalign.constraints import compile_text
+    from personalign.safety.admission import second_look
+
+    parts = second_look(text, compile_text(text))
+    if parts is not None and all(
+        (again := _decide(checker, part, REQUEST)) is None or again.admitted for part in parts
+    ):
+        return None
+    return v
 
 
 def check_reply(checker: object, text: str) -> Verdict | None:

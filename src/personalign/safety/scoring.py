@@ -17,8 +17,10 @@ REQUEST = "request"
 REPLY = "reply"
 
 
-def admit_verdict(checker: str, policy: Policy, score: float = 0.0) -> Verdict:
-    """An admitting verdict of ``checker``."""
+def admit_verdict(
+    checker: str, policy: Policy, score: float = 0.0, threshold: float | None = None
+) -> Verdict:
+    """An admitting verdict of ``checker`` (``threshold``: the one ``score`` stayed under)."""
     return Verdict(
         admitted=True,
         category=NONE,
@@ -26,13 +28,20 @@ def admit_verdict(checker: str, policy: Policy, score: float = 0.0) -> Verdict:
         reason="no policy category applies",
         checker=checker,
         policy_version=policy.version,
+        threshold=threshold,
     )
 
 
 def refuse_verdict(
-    checker: str, policy: Policy, category: str, score: float, reason: str
+    checker: str,
+    policy: Policy,
+    category: str,
+    score: float,
+    reason: str,
+    threshold: float | None = None,
 ) -> Verdict:
-    """A refusing verdict of ``checker`` under ``category``."""
+    """A refusing verdict of ``checker`` under ``category`` (``threshold``: the one ``score``
+    reached)."""
     return Verdict(
         admitted=False,
         category=category,
@@ -41,6 +50,7 @@ def refuse_verdict(
         checker=checker,
         policy_version=policy.version,
         user_message=policy.message_for(category),
+        threshold=threshold,
     )
 
 
@@ -90,8 +100,9 @@ def verdicts_from_probs(
                     cat,
                     score,
                     f"{description} (classifier score {score:.2f} >= {threshold:.2f})",
+                    threshold,
                 )
             )
         else:
-            out.append(admit_verdict(name, policy, score))
+            out.append(admit_verdict(name, policy, score, threshold))
     return out

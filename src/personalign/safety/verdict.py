@@ -28,6 +28,9 @@ class Verdict(BaseModel):
     flags: tuple[str, ...] = ()
     user_message: str | None = None
     """What to tell the user after a refusal (``None`` when admitted)."""
+    threshold: float | None = None
+    """The threshold a classifier compared ``score`` with (``None``: no threshold, e.g. a
+    pattern or a guard model); how close the two are tells an uncertain verdict."""
 
     @property
     def refused(self) -> bool:

@@ -154,25 +154,39 @@ INJECTION = "injection"
 GROUP_WEIGHTS = {D.BENIGN: 0.45, "harm": 0.35, INJECTION: 0.20}
 
 
-def finetune_training_set(
-    data: Path, seed: int
-) -> tuple[list[str], list[str], np.ndarray, list[str]]:
-    """(texts, labels, weights, train keys) of the one fine-tuned boundary classifier.
+#: The fine-tuned classifier's whole-source hold-out: two folds of sources, each holding
+#: harmful and benign sources of every decision (one LoRA per source would cost 17 trainings).
+FINETUNE_FOLDS: tuple[tuple[str, ...], ...] = (
+    (
+        "advbench",
+        "xstest",
+        "prefeval",
+        "conversation",
+        "hh_helpful",
+        "msc_personas",
+        "cyberseceval",
+        "edgy",
+        "locomo_heldout",
+    ),
+    (
+        "donotanswer",
+        "simplesafetytests",
+        "openai_moderation",
+        "phtest",
+        "contrast",
+        "mt-bench-101",
+        "bipia_email",
+    ),
+)
 
-    The broad harm model's rows (:func:`~personalign.training.boundary_sources.training_rows`
-    over every source, weighted by source; CyberSecEval's attacks relabelled ``injection``)
-    plus the texts of :func:`injection_training_set` they lack (positives as ``injection``,
-    negatives as ``benign``). Weights keep each row's source weight and give benign, harmful
-    and injection texts :data:`GROUP_WEIGHTS` of the total each.
-    """
-    from personalign.training import boundary_sources as S
 
-    config = BoundaryConfig(seed=seed)
-    sets = S.harm_sources(data, config.max_per_source, seed)
-    rows = S.training_rows(
-        sets, templates=config.train_templates, source_power=config.source_power, seed=seed
-    )
-    pos, neg, inj_keys = injection_training_set(data)
+def _with_injection(
+    rows: Sequence[Any], pos: Sequence[str], neg: Sequence[str]
+) -> tuple[list[str], list[str], np.ndarray]:
+    """(texts, labels, weights) of the fine-tuned classifier: the broad harm rows
+    (CyberSecEval's attacks relabelled ``injection``) plus the injection texts they lack
+    (``pos`` as ``injection``, ``neg`` as ``benign``). Weights keep each row's source weight
+    and give benign, harmful and injection texts :data:`GROUP_WEIGHTS` of the total each."""
     pos_set = set(pos)
     texts = [r.text for r in rows]
     labels = [
@@ -195,8 +209,52 @@ def finetune_training_set(
         dtype=np.float64,
     )
     weights *= len(texts) / weights.sum()  # mean weight 1
+    return texts, labels, weights
+
+
+def finetune_training_set(
+    data: Path, seed: int
+) -> tuple[list[str], list[str], np.ndarray, list[str]]:
+    """(texts, labels, weights, train keys) of the one fine-tuned boundary classifier: the
+    broad harm model's rows (:func:`~personalign.training.boundary_sources.training_rows`
+    over every source, weighted by source) plus the texts of :func:`injection_training_set`
+    (see :func:`_with_injection`)."""
+    from personalign.training import boundary_sources as S
+
+    config = BoundaryConfig(seed=seed)
+    sets = S.harm_sources(data, config.max_per_source, seed)
+    rows = S.training_rows(
+        sets, templates=config.train_templates, source_power=config.source_power, seed=seed
+    )
+    pos, neg, inj_keys = injection_training_set(data)
+    texts, labels, weights = _with_injection(rows, pos, neg)
     keys = sorted({D.text_key(r.text) for s in sets for r in s.requests + s.texts} | set(inj_keys))
     return texts, labels, weights, keys
+
+
+def calibrate_decisions(
+    heldout: Sequence[Any], config: BoundaryConfig, *, reply_at_false_flags: bool = False
+) -> dict[str, float]:
+    """Each decision's threshold calibrated on held-out scores against ``config``'s targets
+    (the smallest larger relative miss). ``reply_at_false_flags``: the reply check's
+    threshold is instead the lowest whose false flags stay within its target (a benign
+    answer refused is lost to the user; its target is a detection rate *at* that rate)."""
+    from personalign.training import boundary_sources as S
+
+    targets = {
+        S.PREFERENCE: (config.target_harmful_admission, config.target_benign_preference_refusal),
+        S.REQUEST: (config.target_harmful_request_pass, config.target_benign_request_refusal),
+        S.REPLY: (config.target_reply_miss, config.target_reply_false_flag),
+    }
+    out = {
+        decision: S.calibrate(heldout, decision, harm_target=harm, benign_target=benign)
+        for decision, (harm, benign) in targets.items()
+    }
+    if reply_at_false_flags:
+        out[S.REPLY] = S.calibrate_at_false_flags(
+            heldout, S.REPLY, benign_target=config.target_reply_false_flag
+        )
+    return out
 
 
 def fit(
@@ -307,21 +365,19 @@ def fit_embedded(
     return model
 
 
-def train_finetuned(
-    data: Path,
+def _fit_finetuned(
+    texts: list[str],
+    labels: list[str],
+    weights: np.ndarray,
     out: Path,
-    config: FinetuneConfig = FinetuneConfig(),
+    config: FinetuneConfig,
     *,
-    threads: int = 1,
-    extra_meta: Mapping[str, Any] | None = None,
-    log: Callable[[str], None] | None = print,
+    threads: int,
+    log: Callable[[str], None] | None,
+    extra_meta: Mapping[str, Any],
 ) -> TrainReport:
-    """Fine-tune the one MiniLM boundary classifier (LoRA) on :func:`finetune_training_set`
-    and write its artifact to ``out`` (needs torch and PEFT); records the recipe."""
     from personalign.training.finetune import train_classifier
 
-    texts, labels, weights, keys = finetune_training_set(data, config.seed)
-    names = [D.BENIGN, INJECTION, *D.GOLD_CATEGORIES]
     if log is not None:
         log(
             f"fine-tuning MiniLM (LoRA) on {len(texts)} texts {dict(Counter(labels).most_common())}"
@@ -330,7 +386,7 @@ def train_finetuned(
         texts,
         labels,
         out,
-        label_names=names,
+        label_names=[D.BENIGN, INJECTION, *D.GOLD_CATEGORIES],
         sample_weight=weights,
         max_length=config.max_length,
         epochs=config.epochs,
@@ -342,13 +398,203 @@ def train_finetuned(
         threads=threads,
         log=log,
         log_every=100,
+        extra_meta=extra_meta,
+    )
+
+
+def finetuned_harm_scorer(artifact: Path, cache_dir: Path) -> Callable[[list[str]], np.ndarray]:
+    """Texts -> harm score (the summed probability of the harm categories) of a fine-tuned
+    boundary artifact, run as the boundary runs it (int8 ONNX)."""
+    from personalign.backends.finetuned import FinetunedClassifier
+
+    clf = FinetunedClassifier.load(artifact, cache_dir, quantize=True)
+    harm = [clf.labels.index(c) for c in D.GOLD_CATEGORIES if c in clf.labels]
+
+    def score(texts: list[str]) -> np.ndarray:
+        out: np.ndarray = clf.predict_proba(texts)[:, harm].sum(axis=1).astype(np.float64)
+        return out
+
+    return score
+
+
+def finetune_heldout(
+    data: Path,
+    workdir: Path,
+    config: FinetuneConfig = FinetuneConfig(),
+    *,
+    folds: Sequence[Sequence[str]] = FINETUNE_FOLDS,
+    threads: int = 1,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """The fine-tuned classifier's whole-source hold-out: per fold of :data:`FINETUNE_FOLDS`,
+    a classifier trained by the same recipe on the other sources (their injection texts
+    too) scores the fold's evaluation rows; each decision's threshold is calibrated on those
+    scores (the reply check's at its false-flag target). Returns the artifact metadata it
+    adds: ``thresholds``, ``heldout_source_figures``
+    (:func:`~personalign.training.boundary_sources.heldout_figures`, and
+    :func:`heldout_injection`'s) and the folds. The fold models and the scored rows
+    (``heldout_scores.jsonl``) are written under ``workdir``."""
+    from personalign.training import boundary_sources as S
+
+    bconf = BoundaryConfig(seed=config.seed)
+    sets = S.harm_sources(data, bconf.max_per_source, config.seed)
+    pos, neg, _ = injection_training_set(data)
+    done: list[Path] = []
+
+    def fit_rows(rows: list[S.Row]) -> Callable[[list[str]], np.ndarray]:
+        trained = {r.group for r in rows}
+        held = {
+            D.text_key(r.text) for s in sets if s.group not in trained for r in s.requests + s.texts
+        }
+        texts, labels, weights = _with_injection(
+            rows,
+            [t for t in pos if D.text_key(t) not in held],
+            [t for t in neg if D.text_key(t) not in held],
+        )
+        out = workdir / f"fold{len(done)}.safetensors"
+        done.append(out)
+        _fit_finetuned(
+            texts,
+            labels,
+            weights,
+            out,
+            config,
+            threads=threads,
+            log=log,
+            extra_meta={"purpose": "hold-out fold of the boundary classifier"},
+        )
+        return finetuned_harm_scorer(out, workdir / "cache")
+
+    heldout = S.leave_groups_out(
+        sets,
+        fit_rows,
+        folds=folds,
+        templates=bconf.train_templates,
+        eval_templates=bconf.eval_templates,
+        source_power=bconf.source_power,
+        seed=config.seed,
+        log=log,
+    )
+    thresholds = calibrate_decisions(heldout, bconf, reply_at_false_flags=True)
+    with (workdir / "heldout_scores.jsonl").open("w", encoding="utf-8") as f:
+        for row, sc in heldout:
+            f.write(json.dumps({**vars(row), "score": sc}) + "\n")
+    figures = S.heldout_figures(heldout, thresholds)
+    figures.update(heldout_injection(data, sets, done, folds, workdir / "cache"))
+    return {
+        "thresholds": thresholds,
+        "heldout_source_figures": figures,
+        "heldout_folds": [list(f) for f in folds],
+    }
+
+
+def heldout_injection(
+    data: Path,
+    sets: Sequence[Any],
+    fold_models: Sequence[Path],
+    folds: Sequence[Sequence[str]],
+    cache_dir: Path,
+    threshold: float = 0.5,
+) -> dict[str, float | int]:
+    """The fold models' injection flags (p(``injection``) >= ``threshold``, the classifier
+    alone) on text none of them trained on: CyberSecEval's attacks and PrefEval's preferences
+    by the model of the fold holding them, BIPIA's clean emails likewise, BIPIA's held-out
+    attack variants (alone and inside emails) by every fold model. Empty when a side is absent."""
+    from personalign.backends.finetuned import FinetunedClassifier
+    from personalign.training.boundary_sources import wilson
+
+    def fold_of(group: str) -> int | None:
+        return next((i for i, f in enumerate(folds) if group in f), None)
+
+    samples = D.load_injections(data)
+    test = D.injection_test_variants(samples)
+    attacks: dict[int, list[str]] = {i: [] for i in range(len(fold_models))}
+    benign: dict[int, list[str]] = {i: [] for i in range(len(fold_models))}
+    for s in sets:
+        i = fold_of(s.group)
+        if i is None or i >= len(fold_models):
+            continue
+        if s.group == "cyberseceval":
+            attacks[i] += [r.text for r in s.texts]
+        elif s.group in ("prefeval", "bipia_email"):
+            benign[i] += [r.text for r in s.texts]
+    bipia_test = [
+        x.text for x in samples if x.source != "cyberseceval" and D.is_injection_test(x, test)
+    ]
+    for i in attacks:
+        attacks[i] += bipia_test
+    flagged = {"attack": [0, 0], "benign": [0, 0]}
+    for i, path in enumerate(fold_models):
+        clf = FinetunedClassifier.load(path, cache_dir, quantize=True)
+        if D.BENIGN not in clf.labels or INJECTION not in clf.labels:
+            return {}
+        col = clf.labels.index(INJECTION)
+        for side, texts in (("attack", attacks[i]), ("benign", benign[i])):
+            if texts:
+                p = clf.predict_proba(texts)[:, col]
+                flagged[side][0] += int((p >= threshold).sum())
+                flagged[side][1] += len(texts)
+    out: dict[str, float | int] = {}
+    for side, key in (
+        ("attack", "injection_detection_rate"),
+        ("benign", "injection_false_flag_rate"),
+    ):
+        k, n = flagged[side]
+        if n:
+            lo, hi = wilson(k, n)
+            out[key] = round(k / n, 4)
+            out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = round(lo, 4), round(hi, 4)
+            out[f"{key}_n"] = n
+    return out
+
+
+def train_finetuned(
+    data: Path,
+    out: Path,
+    config: FinetuneConfig = FinetuneConfig(),
+    *,
+    threads: int = 1,
+    heldout: bool = True,
+    workdir: Path | None = None,
+    extra_meta: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> TrainReport:
+    """Fine-tune the one MiniLM boundary classifier (LoRA) on :func:`finetune_training_set`
+    and write its artifact to ``out`` (needs torch and PEFT); records the recipe. With
+    ``heldout`` (default) it first runs :func:`finetune_heldout` (two more trainings, on half
+    the sources each, in ``workdir``, default a temporary folder) and records its calibrated
+    thresholds, which the boundary then uses per decision."""
+    import tempfile
+
+    calibration: dict[str, Any] = {}
+    if heldout:
+        with tempfile.TemporaryDirectory(prefix="boundary-folds-") as tmp:
+            calibration = finetune_heldout(
+                data, workdir or Path(tmp), config, threads=threads, log=log
+            )
+    texts, labels, weights, keys = finetune_training_set(data, config.seed)
+    protocol = (
+        f"thresholds calibrated on whole-source hold-out ({len(FINETUNE_FOLDS)} folds of "
+        "sources, each scored by a model trained on the others); the shipped model trains on "
+        "every source"
+        if heldout
+        else "trained on every source (no source held out)"
+    )
+    return _fit_finetuned(
+        texts,
+        labels,
+        weights,
+        out,
+        config,
+        threads=threads,
+        log=log,
         extra_meta={
             "purpose": "personalign safety boundary: harm categories + prompt injection",
-            "heldout_protocol": "trained on every source (no source held out); "
-            + D.HELDOUT_PROTOCOL,
+            "heldout_protocol": f"{protocol}; {D.HELDOUT_PROTOCOL}",
             "train_keys": " ".join(keys),
             "group_weights": GROUP_WEIGHTS,
             "recipe": recipe_meta(train_finetuned, config),
+            **calibration,
             **dict(extra_meta or {}),
         },
     )
@@ -443,26 +689,7 @@ def train_broad_harm(
         seed=config.seed,
         log=log,
     )
-    thresholds = {
-        S.PREFERENCE: S.calibrate(
-            heldout,
-            S.PREFERENCE,
-            harm_target=config.target_harmful_admission,
-            benign_target=config.target_benign_preference_refusal,
-        ),
-        S.REQUEST: S.calibrate(
-            heldout,
-            S.REQUEST,
-            harm_target=config.target_harmful_request_pass,
-            benign_target=config.target_benign_request_refusal,
-        ),
-        S.REPLY: S.calibrate(
-            heldout,
-            S.REPLY,
-            harm_target=config.target_reply_miss,
-            benign_target=config.target_reply_false_flag,
-        ),
-    }
+    thresholds = calibrate_decisions(heldout, config)
     rows = S.training_rows(
         sets, templates=config.train_templates, source_power=config.source_power, seed=config.seed
     )

@@ -213,11 +213,39 @@ def leave_source_out(
     log: Callable[[str], None] | None = None,
 ) -> list[tuple[Row, float]]:
     """Each source's evaluation rows scored by a model trained on all the other sources."""
-    groups = sorted({s.group for s in sets})
+    return leave_groups_out(
+        sets,
+        fit,
+        folds=[(g,) for g in sorted({s.group for s in sets})],
+        templates=templates,
+        eval_templates=eval_templates,
+        source_power=source_power,
+        seed=seed,
+        log=log,
+    )
+
+
+def leave_groups_out(
+    sets: Sequence[SourceSet],
+    fit: Fit,
+    *,
+    folds: Sequence[Sequence[str]],
+    templates: int,
+    eval_templates: int,
+    source_power: float,
+    seed: int,
+    log: Callable[[str], None] | None = None,
+) -> list[tuple[Row, float]]:
+    """Each fold's sources' evaluation rows scored by a model trained on the sources of no
+    fold of it (whole sources held out; a source named by no fold is always trained on)."""
+    known = {s.group for s in sets}
     out: list[tuple[Row, float]] = []
-    for g in groups:
+    for fold in folds:
+        g = set(fold) & known
+        if not g:
+            continue
         train = training_rows(
-            [s for s in sets if s.group != g],
+            [s for s in sets if s.group not in g],
             templates=templates,
             source_power=source_power,
             seed=seed,
@@ -225,7 +253,7 @@ def leave_source_out(
         held = [
             r
             for s in sets
-            if s.group == g
+            if s.group in g
             for r in eval_rows(s, templates=eval_templates, seed=seed)
         ]
         scorer = fit(train)
@@ -235,7 +263,7 @@ def leave_source_out(
             harm = [sc for r, sc in zip(held, scores, strict=True) if r.label != D.BENIGN]
             ok = [sc for r, sc in zip(held, scores, strict=True) if r.label == D.BENIGN]
             log(
-                f"held out {g}: {len(held)} rows, mean harm score harmful "
+                f"held out {', '.join(sorted(g))}: {len(held)} rows, mean harm score harmful "
                 f"{np.mean(harm) if harm else float('nan'):.3f} benign "
                 f"{np.mean(ok) if ok else float('nan'):.3f}"
             )
@@ -285,6 +313,19 @@ def calibrate(
         if cost < best:
             best, best_t = cost, float(t)
     return best_t
+
+
+def calibrate_at_false_flags(
+    scored: Sequence[tuple[Row, float]], decision: str, *, benign_target: float
+) -> float:
+    """The lowest threshold whose macro benign refusal on the held-out scores is at most
+    ``benign_target`` (a detection rate *at* a false-flag rate; the highest grid threshold
+    when none is that low)."""
+    grid = np.round(np.arange(0.05, 0.96, 0.01), 2)
+    for t in grid:
+        if macro_rates(scored, decision, float(t))[1] <= benign_target:
+            return float(t)
+    return float(grid[-1])
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
