@@ -26,8 +26,11 @@ trained on the other; ``calibrated_threshold_<decision>`` the thresholds it deci
 the honest estimates on the shared data.
 
 The shipped boundary (headline keys): the policy patterns plus the fine-tuned MiniLM/LoRA
-classifier deciding harm at the policy's thresholds per decision (``threshold``,
-``request_threshold``, ``reply_threshold``), injection scored by it and the int8 numpy model.
+classifier deciding harm at its thresholds per decision (calibrated on held-out sources and
+recorded in its artifact; the policy's ``threshold``, ``request_threshold``,
+``reply_threshold`` for an artifact without them), injection scored by it. ``with_numpy_*``:
+the injection figures of the opt-in variant that also runs the int8 numpy injection model
+(``load_boundary(..., injection_embedding=True)``).
 Compared in the same run (``broad_*``, ``--no-baseline`` skips it): the same boundary with the
 broad embedded harm model deciding (``load_boundary(..., broad=True)``: trained on every
 source, thresholds calibrated on whole-source hold-out scores). Latency: one text per
@@ -51,7 +54,13 @@ from personalign.config import GuardConfig, load_settings
 from personalign.errors import ConfigError
 from personalign.eval import boundary_sets as B
 from personalign.eval.bench import emit, parser, percentile
-from personalign.eval.suites.boundary import HEADLINE, artifact_figures, evaluate, write_report
+from personalign.eval.suites.boundary import (
+    HEADLINE,
+    artifact_figures,
+    evaluate,
+    injection_figures,
+    write_report,
+)
 from personalign.safety.checkers import DEFAULT_ARTIFACT, DEFAULT_FINETUNED, Boundary, load_boundary
 from personalign.safety.classifier import load_artifact
 from personalign.safety.guard import guard_from_settings
@@ -138,6 +147,12 @@ def main() -> int:
         for k in [*HEADLINE, "injection_detection_rate", "injection_false_flag_rate"]
         if k in figs
     }
+    # the opt-in variant: the numpy injection model beside the classifier (larger score)
+    with_numpy = load_boundary(
+        embedder, artifact=args.artifact, finetuned=args.finetuned, injection_embedding=True, **kw
+    )
+    for k, v in injection_figures(with_numpy, sets, detail=False).items():
+        figs[f"with_numpy_{k}"] = v
     pool = latency_pool(sets, args.latency_samples)
     baseline = None
     if not args.no_baseline:

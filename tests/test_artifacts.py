@@ -138,15 +138,14 @@ SHIPPED: dict[str, Shipped] = {
 }
 
 # Trained before recipe recording (it names no recipe module/function, nor library versions
-# beyond torch's). The boundary's fine-tuned classifier: its retraining on the broad sources
-# (about 26 minutes on one CPU thread, more on a shared machine) is still to do; the .npz was
-# retrained by its recipe (train_broad_harm) and is checked in full. Drop a name from here when
-# its artifact is retrained: it then records ``recipe`` and is checked in full. Retrained by
-# their recipes, the extractor, the embedded reward model and the cross-encoder came out with
-# the same weights (to 1e-6; the cross-encoder's float16 LoRA weights to one unit in the last
-# place). The opt-in LM probe did not: SmolLM2's hidden states under today's libraries differ
-# from those it was first trained on (in-sample MCQ accuracy 0.898 -> 0.901).
-PREDATE_RECIPE = frozenset({"boundary_minilm_lora.safetensors"})
+# beyond torch's): none now. Drop a name from here when its artifact is retrained: it then
+# records ``recipe`` and is checked in full. Retrained by their recipes, the extractor, the
+# embedded reward model and the cross-encoder came out with the same weights (to 1e-6; the
+# cross-encoder's float16 LoRA weights to one unit in the last place). The opt-in LM probe did
+# not: SmolLM2's hidden states under today's libraries differ from those it was first trained
+# on (in-sample MCQ accuracy 0.898 -> 0.901). The boundary's fine-tuned classifier was
+# retrained on the broad sources by train_finetuned (its hold-out folds included).
+PREDATE_RECIPE: frozenset[str] = frozenset()
 
 
 def test_every_artifact_is_listed() -> None:
@@ -233,6 +232,22 @@ def test_boundary_data_is_the_recorded_data() -> None:
     assert boundary.broad_data_sha256(rows) == _recorded_data("boundary_minilm.npz")
     harm = load_artifact(DEFAULT_ARTIFACT)[0]["harm"]
     assert harm.meta["recipe"]["data_sha256"] == _recorded_data("boundary_minilm.npz")
+
+
+@pytest.mark.skipif(not (DATA / "safety").is_dir(), reason="needs ../shared/data")
+def test_boundary_classifier_data_is_the_recorded_data() -> None:
+    """The fine-tuned classifier's recipe, run on today's data, builds exactly the texts,
+    labels and weights it trained on; it records its calibrated thresholds and hold-out."""
+    texts, labels, weights, keys = boundary.finetune_training_set(
+        DATA, boundary.FinetuneConfig().seed
+    )
+    meta = SHIPPED["boundary_minilm_lora.safetensors"].load()
+    assert finetune.data_hash(texts, labels, None, weights) == meta["data_sha256"]
+    assert meta["train_keys"].split() == keys
+    assert set(meta["thresholds"]) == {"preference", "request", "reply"}
+    assert meta["heldout_folds"] == [list(f) for f in boundary.FINETUNE_FOLDS]
+    figures = meta["heldout_source_figures"]
+    assert {"harmful_admission_rate", "benign_request_refusal_rate"} <= set(figures)
 
 
 @pytest.mark.parametrize("name", ["boundary_minilm_lora.safetensors", "preference_rm.safetensors"])

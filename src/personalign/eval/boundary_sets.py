@@ -13,7 +13,11 @@ Three decisions, each with its own threshold, and injection flags:
   affirmative targets of its behaviours must be flagged; the assistant turns of MT-Bench-101
   (a model's answers to benign prompts) must not.
 * injection: CyberSecEval and BIPIA attacks (alone and hidden in emails) must be flagged;
-  BIPIA's clean emails and PrefEval preferences (users' own wishes about answers) must not.
+  BIPIA's clean emails, PrefEval preferences and users' own answer-style wishes must not.
+
+Users' answer-style wishes ("be blunt", "no bullet points"; the held-out half of
+:data:`~personalign.training.safety_data.STYLE_WISHES`, package data, so always present) must
+be admitted as preferences and answered as requests.
 
 :func:`check_files` enforces the data contract: a source whose file is absent is left out
 (its figures too); a file that is present but empty or unreadable is an error, and so is a
@@ -178,6 +182,11 @@ def load_sets(data: Path) -> Sets:
     for name, reqs in harmful.items():
         s.add(REQUEST, f"harmful_{name}", _items(reqs, True))
         s.add(PREFERENCE, f"harmful_{name}", _templated(reqs, True))
+    # users' own answer-style wishes (package data: the held-out half, never trained on)
+    wishes = D.style_wishes_split()[1]
+    s.add(PREFERENCE, "benign_style_wishes", _items(wishes, False))
+    s.add(REQUEST, "benign_style_wishes", _items(wishes, False))
+    s.injection["benign_style_wishes"] = _items(wishes, False)
     if "prefeval" in present:
         s.add(PREFERENCE, "benign_prefeval", _items(D.load_prefeval(data), False))
     if "phtest" in present:

@@ -491,7 +491,7 @@ def load_boundary(
     cache_dir: Path | None = None,
     num_threads: int | None = None,
     quantize: bool = True,
-    injection_embedding: bool = True,
+    injection_embedding: bool = False,
     broad: bool = False,
 ) -> Boundary:
     """The default boundary: patterns, the classifier, then ``guard`` if given.
@@ -503,16 +503,17 @@ def load_boundary(
     2); ``quantize``: run its dynamically int8-quantized export (default; about 3x faster,
     the figures in ``benchmarks/boundary.py`` are measured that way). Otherwise the embedded
     numpy classifiers of ``artifact`` over ``embedder``'s vectors. With the fine-tuned
-    classifier, injection is scored by both it and (``injection_embedding``, default) a numpy
-    injection model, taking the larger score: together they detect more held-out attack
-    variants than either (one more model run per check, beside the fine-tuned one: the
-    artifact's :data:`FAST_INJECTION` model over the int8 MiniLM, the faster session, when
-    ``embedder`` is MiniLM; pass ``False`` for the lowest latency; left out when no embedder
-    fits; see :func:`injection_embedder`). ``broad=True``: ``artifact``'s harm model (the broad
-    one, :func:`is_broad`, thresholds calibrated on held-out sources) decides harm instead,
-    over ``embedder``'s vectors embedded beside the fine-tuned run; the fine-tuned classifier
-    and the numpy injection as above. With ``embedder=None`` both classifiers are left out
-    (patterns only: for tests and emergencies, not for production).
+    classifier, injection is scored by it alone (default: with the classifier retrained on
+    every source, it flags 3% of users' answer-style wishes and 6% of clean emails, detecting
+    0.82 of attacks), or with ``injection_embedding=True`` by both it and a numpy injection
+    model, taking the larger score (detects 0.94, but flags 43% of answer-style wishes and 22%
+    of clean emails; one more model run per check, beside the fine-tuned one: the artifact's
+    :data:`FAST_INJECTION` model over the int8 MiniLM when ``embedder`` is MiniLM; left out
+    when no embedder fits; see :func:`injection_embedder`). ``broad=True``: ``artifact``'s
+    harm model (the broad one, :func:`is_broad`, thresholds calibrated on held-out sources)
+    decides harm instead, over ``embedder``'s vectors embedded beside the fine-tuned run; the
+    fine-tuned classifier and the numpy injection as above. With ``embedder=None`` both
+    classifiers are left out (patterns only: for tests and emergencies, not for production).
     """
     policy = policy or load_policy()
     checkers: list[Checker] = [PatternChecker(policy)]

@@ -167,6 +167,7 @@ FINETUNE_FOLDS: tuple[tuple[str, ...], ...] = (
         "cyberseceval",
         "edgy",
         "locomo_heldout",
+        "style_wishes",
     ),
     (
         "donotanswer",
@@ -212,17 +213,30 @@ def _with_injection(
     return texts, labels, weights
 
 
+def finetune_sources(data: Path, config: BoundaryConfig) -> list[Any]:
+    """The fine-tuned classifier's sources: the broad model's
+    (:func:`~personalign.training.boundary_sources.harm_sources`) plus users' own answer-style
+    wishes (the trained half of :func:`~personalign.training.safety_data.style_wishes_split`),
+    so that "be blunt", "roast my code" or "no bullet points" read as the wishes they are."""
+    from personalign.training import boundary_sources as S
+
+    wishes = S.SourceSet(
+        "style_wishes", texts=D.style_wishes_split()[0], texts_are_preferences=True
+    )
+    return [*S.harm_sources(data, config.max_per_source, config.seed), wishes]
+
+
 def finetune_training_set(
     data: Path, seed: int
 ) -> tuple[list[str], list[str], np.ndarray, list[str]]:
     """(texts, labels, weights, train keys) of the one fine-tuned boundary classifier: the
-    broad harm model's rows (:func:`~personalign.training.boundary_sources.training_rows`
-    over every source, weighted by source) plus the texts of :func:`injection_training_set`
+    rows of :func:`finetune_sources` (:func:`~personalign.training.boundary_sources.
+    training_rows`, weighted by source) plus the texts of :func:`injection_training_set`
     (see :func:`_with_injection`)."""
     from personalign.training import boundary_sources as S
 
     config = BoundaryConfig(seed=seed)
-    sets = S.harm_sources(data, config.max_per_source, seed)
+    sets = finetune_sources(data, config)
     rows = S.training_rows(
         sets, templates=config.train_templates, source_power=config.source_power, seed=seed
     )
@@ -237,8 +251,10 @@ def calibrate_decisions(
 ) -> dict[str, float]:
     """Each decision's threshold calibrated on held-out scores against ``config``'s targets
     (the smallest larger relative miss). ``reply_at_false_flags``: the reply check's
-    threshold is instead the lowest whose false flags stay within its target (a benign
-    answer refused is lost to the user; its target is a detection rate *at* that rate)."""
+    threshold is instead the lowest whose false flags on replies to benign prompts
+    (:data:`~personalign.training.boundary_sources.REPLY_BENIGN_GROUPS`) stay within its
+    target (a benign answer refused is lost to the user; its target is a detection rate *at*
+    that rate)."""
     from personalign.training import boundary_sources as S
 
     targets = {
@@ -252,7 +268,10 @@ def calibrate_decisions(
     }
     if reply_at_false_flags:
         out[S.REPLY] = S.calibrate_at_false_flags(
-            heldout, S.REPLY, benign_target=config.target_reply_false_flag
+            heldout,
+            S.REPLY,
+            benign_target=config.target_reply_false_flag,
+            benign_groups=S.REPLY_BENIGN_GROUPS,
         )
     return out
 
@@ -437,7 +456,7 @@ def finetune_heldout(
     from personalign.training import boundary_sources as S
 
     bconf = BoundaryConfig(seed=config.seed)
-    sets = S.harm_sources(data, bconf.max_per_source, config.seed)
+    sets = finetune_sources(data, bconf)
     pos, neg, _ = injection_training_set(data)
     done: list[Path] = []
 

@@ -315,15 +315,29 @@ def calibrate(
     return best_t
 
 
+#: The benign sources whose texts are replies to benign prompts (assistant turns and
+#: conversation): the false flags the reply check's threshold is calibrated against.
+REPLY_BENIGN_GROUPS = ("conversation", "locomo_heldout")
+
+
 def calibrate_at_false_flags(
-    scored: Sequence[tuple[Row, float]], decision: str, *, benign_target: float
+    scored: Sequence[tuple[Row, float]],
+    decision: str,
+    *,
+    benign_target: float,
+    benign_groups: Sequence[str] | None = None,
 ) -> float:
-    """The lowest threshold whose macro benign refusal on the held-out scores is at most
-    ``benign_target`` (a detection rate *at* a false-flag rate; the highest grid threshold
-    when none is that low)."""
+    """The lowest threshold whose macro benign refusal on the held-out scores (of
+    ``benign_groups`` only, when given) is at most ``benign_target`` (a detection rate *at* a
+    false-flag rate; the highest grid threshold when none is that low)."""
+    rows = [
+        (r, sc)
+        for r, sc in scored
+        if benign_groups is None or r.label != D.BENIGN or r.group in benign_groups
+    ]
     grid = np.round(np.arange(0.05, 0.96, 0.01), 2)
     for t in grid:
-        if macro_rates(scored, decision, float(t))[1] <= benign_target:
+        if macro_rates(rows, decision, float(t))[1] <= benign_target:
             return float(t)
     return float(grid[-1])
 

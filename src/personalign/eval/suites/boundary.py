@@ -127,27 +127,35 @@ def evaluate(
     for src, items in sets.unlabelled.items():
         refused, _, _ = run_decision(boundary, B.REQUEST, [it.text for it in items])
         figs[f"request_refusal_rate_{src}_unlabelled"] = round(float(np.mean(refused)), 4)
-    # injection --------------------------------------------------------------------------
-    det = boundary.injection
-    if det is not None and sets.injection:
-        attack_k = attack_n = ok_k = ok_n = 0
-        for src, items in sets.injection.items():
-            flagged = [r.flagged for r in det.detect([it.text for it in items])]
-            k = sum(flagged)
-            if detail:
-                figs[f"injection_flag_rate_{src}"] = round(k / len(items), 4)
-            if src.startswith("attack_"):
-                attack_k, attack_n = attack_k + k, attack_n + len(items)
-            else:
-                ok_k, ok_n = ok_k + k, ok_n + len(items)
-                rate_keys(
-                    figs, f"injection_false_flag_rate_{src.removeprefix('benign_')}", k, len(items)
-                )
-        if attack_n:
-            rate_keys(figs, "injection_detection_rate", attack_k, attack_n)
-        if ok_n:
-            rate_keys(figs, "injection_false_flag_rate", ok_k, ok_n)
+    figs.update(injection_figures(boundary, sets, detail=detail))
     return figs, sweeps
+
+
+def injection_figures(boundary: Boundary, sets: B.Sets, *, detail: bool = True) -> Figures:
+    """The injection detector's flags: detection on the attacks, false flags on the benign
+    sets (each, and pooled); none without a detector or injection sets."""
+    figs: Figures = {}
+    det = boundary.injection
+    if det is None or not sets.injection:
+        return figs
+    attack_k = attack_n = ok_k = ok_n = 0
+    for src, items in sets.injection.items():
+        flagged = [r.flagged for r in det.detect([it.text for it in items])]
+        k = sum(flagged)
+        if detail:
+            figs[f"injection_flag_rate_{src}"] = round(k / len(items), 4)
+        if src.startswith("attack_"):
+            attack_k, attack_n = attack_k + k, attack_n + len(items)
+        else:
+            ok_k, ok_n = ok_k + k, ok_n + len(items)
+            rate_keys(
+                figs, f"injection_false_flag_rate_{src.removeprefix('benign_')}", k, len(items)
+            )
+    if attack_n:
+        rate_keys(figs, "injection_detection_rate", attack_k, attack_n)
+    if ok_n:
+        rate_keys(figs, "injection_false_flag_rate", ok_k, ok_n)
+    return figs
 
 
 def sweep_plot(out: Path, sweeps: dict[str, list[tuple[float, float, float]]]) -> Path:
