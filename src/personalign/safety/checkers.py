@@ -40,6 +40,7 @@ from personalign.backends.embedders import Embedder, MiniLMEmbedder
 from personalign.backends.finetuned import FinetunedClassifier, TextClassifier
 from personalign.errors import ConfigError, RefusedError
 from personalign.safety.classifier import EmbeddingClassifier, load_artifact
+from personalign.safety.gate import apply_second_look, second_look_of
 from personalign.safety.injection import INJECTION_FLAG, InjectionDetector
 from personalign.safety.policy import Policy, load_policy
 from personalign.safety.scoring import (
@@ -297,7 +298,7 @@ class Boundary:
         verdicts: list[Verdict | None] = [None] * len(items)
         best: list[Verdict | None] = [None] * len(items)
         pending = list(range(len(items)))
-        second = self._second_look()
+        second = second_look_of(self.checkers)
         for checker in self.checkers:
             if not pending or checker is second:
                 break
@@ -320,7 +321,7 @@ class Boundary:
                     still.append(i)
             pending = still
         if second is not None:
-            pending = self._apply_second_look(second, items, verdicts, best, pending)
+            pending = apply_second_look(second, items, verdicts, best, pending)
         for i in pending:
             top = best[i]
             verdicts[i] = (
@@ -337,50 +338,6 @@ class Boundary:
                         update={"flags": (*current.flags, INJECTION_FLAG)}
                     )
         return [v for v in verdicts if v is not None]
-
-    def _second_look(self) -> Checker | None:
-        """The last checker when it has a ``band`` (a guard model asked about uncertain
-        verdicts only), else None (every checker asked in turn, as before)."""
-        last = self.checkers[-1]
-        return last if len(self.checkers) > 1 and getattr(last, "band", None) is not None else None
-
-    def _apply_second_look(
-        self,
-        second: Checker,
-        items: list[str],
-        verdicts: list[Verdict | None],
-        best: list[Verdict | None],
-        pending: list[int],
-    ) -> list[int]:
-        """The two-stage gate: a text whose classifier verdict lies within ``second.band`` of
-        its threshold (refused or admitted) is decided by ``second``, both ways; the clear
-        cases, and pattern refusals, keep the first stage's verdict. Returns the admitted."""
-        band = float(getattr(second, "band", 0.0))
-        admitted = set(pending)
-        unsure = [
-            i
-            for i in range(len(items))
-            if (v := verdicts[i] if i not in admitted else best[i]) is not None
-            and v.threshold is not None
-            and abs(v.score - v.threshold) < band
-        ]
-        if not unsure:
-            return pending
-        for i, v in zip(unsure, second.check([items[i] for i in unsure]), strict=True):
-            first = verdicts[i] if i not in admitted else best[i]
-            assert first is not None and first.threshold is not None
-            note = (
-                f"; second look ({second.name}) because the classifier's score "
-                f"{first.score:.2f} is within {band:.2f} of its threshold {first.threshold:.2f}"
-            )
-            if v.refused:
-                verdicts[i] = v.model_copy(update={"reason": v.reason + note})
-                admitted.discard(i)
-            else:
-                verdicts[i] = None
-                best[i] = v.model_copy(update={"reason": v.reason + note})
-                admitted.add(i)
-        return sorted(admitted)
 
     def _classifier(self) -> ClassifierChecker | None:
         return next((c for c in self.checkers if isinstance(c, ClassifierChecker)), None)
