@@ -17,8 +17,8 @@ so is a folder that holds none of the files.
 
 In-sample vs held-out: on ``../shared/data`` the shipped boundary trained on nearly every
 request (the preference figures use EVAL templates, wordings it never saw, on requests it did
-see). ``*_unseen`` counts only items whose request is not among the artifact's training keys
-(on a folder of sets never seen: every item; left out when none). ``loso_*`` are the
+see). ``*_unseen`` counts only items whose request is not among the deciding classifier's
+training keys (on a folder of sets never seen: every item; left out when none). ``loso_*`` are the
 whole-source hold-out figures of the broad model recorded at training time (each source
 scored by a model trained without it, thresholds as calibrated on those scores);
 ``heldout_*`` the fine-tuned classifier's (two folds of sources, each scored by a model
@@ -59,6 +59,7 @@ from personalign.eval.suites.boundary import (
     artifact_figures,
     evaluate,
     injection_figures,
+    train_keys,
     write_report,
 )
 from personalign.safety.checkers import DEFAULT_ARTIFACT, DEFAULT_FINETUNED, Boundary, load_boundary
@@ -140,8 +141,7 @@ def main() -> int:
         embedder, artifact=args.artifact, finetuned=args.finetuned, guard=guard, **kw
     )
     models, meta = load_artifact(args.artifact)
-    train_keys = set(str(meta.get("train_keys", "")).split())
-    figs, sweeps = evaluate(boundary, sets, train_keys)
+    figs, sweeps = evaluate(boundary, sets, train_keys(boundary))  # the deciding classifier's
     head = {
         k: figs[k]
         for k in [*HEADLINE, "injection_detection_rate", "injection_false_flag_rate"]

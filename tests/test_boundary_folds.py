@@ -107,14 +107,13 @@ def test_finetune_heldout_trains_no_text_of_a_held_out_source(
         assert len(texts) == len(labels) == len(weights)
         assert weights.mean() == pytest.approx(1.0)
 
-    def fake_scorer(artifact: Path, cache: Path) -> Callable[[list[str]], np.ndarray]:
+    def fake_scores(model: Any, texts: list[str]) -> np.ndarray:
         # harmful rows score high, benign low: the calibrated thresholds separate them
-        return lambda texts: np.array(
-            [0.9 if ("hurt" in t or "steal" in t) else 0.1 for t in texts]
-        )
+        return np.array([0.9 if ("hurt" in t or "steal" in t) else 0.1 for t in texts])
 
     monkeypatch.setattr(TB, "_fit_finetuned", fake_fit)
-    monkeypatch.setattr(TB, "finetuned_harm_scorer", fake_scorer)
+    monkeypatch.setattr(TB, "load_fold_model", lambda artifact, cache: artifact.name)
+    monkeypatch.setattr(TB, "harm_scores", fake_scores)
     monkeypatch.setattr(TB, "heldout_injection", lambda *a, **k: {"injection_detection_rate": 1})
     meta = TB.finetune_heldout(tmp_path, tmp_path, folds=[("a", "b"), ("c", "d")], log=None)
     assert [out.name for _, out in calls] == ["fold0.safetensors", "fold1.safetensors"]

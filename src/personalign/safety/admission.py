@@ -18,7 +18,7 @@ through the same door.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from personalign.backends.stores.base import MemoryStore, Records
 from personalign.backends.stores.delegating import DelegatingStore
@@ -68,6 +68,19 @@ def second_look(text: str, constraints: Sequence[Constraint]) -> list[str] | Non
     return [residue(text, constraints) or ".", *phrases]
 
 
+def recheck_style_wish(
+    text: str, constraints: Sequence[Constraint], check: Callable[[list[str]], list[Verdict]]
+) -> Verdict | None:
+    """The second look of a refused ``text``: when it only asks for answer style and ``check``
+    admits everything it would add to a reply (:func:`second_look`), the first of those
+    admitting verdicts; else None (the refusal stands)."""
+    parts = second_look(text, constraints)
+    if parts is None:
+        return None
+    again = check(parts)
+    return again[0] if all(a.admitted for a in again) else None
+
+
 def _pin(item: PreferenceIn | str) -> PreferenceIn:
     return PreferenceIn(text=item) if isinstance(item, str) else item
 
@@ -90,13 +103,12 @@ class GuardedStore(DelegatingStore):
         for i, (p, v) in enumerate(zip(pins, verdicts, strict=True)):
             if v.admitted:
                 continue
-            parts = second_look(p.text, from_meta(p.meta, text=p.text) or compile_text(p.text))
-            if parts is not None:
-                again = self.checker.check(parts)
-                if all(a.admitted for a in again):
-                    # the wording of a style wish ("sign off every message with ...") read
-                    # as harm; what it would put in a reply is harmless
-                    verdicts[i] = again[0]
+            compiled = from_meta(p.meta, text=p.text) or compile_text(p.text)
+            again = recheck_style_wish(p.text, compiled, self.checker.check)
+            if again is not None:
+                # the wording of a style wish ("sign off every message with ...") read as
+                # harm; what it would put in a reply is harmless
+                verdicts[i] = again
         refused = [(p, v) for p, v in zip(pins, verdicts, strict=True) if not v.admitted]
         for p, v in refused:
             self.inner.record_event(

@@ -33,20 +33,18 @@ def _decide(checker: object, text: str, decision: str) -> Verdict | None:
 def screen_text(checker: object, text: str) -> Verdict | None:
     """The refusal verdict of a request, or None when it may be answered. A refused request
     that only asks for answer style ("keep answers under 100 words") gets the second look
-    that stored preferences get (:func:`personalign.safety.admission.second_look`): it is
-    answered when what it would add to a reply passes the request screen."""
+    that stored preferences get (:func:`personalign.safety.admission.recheck_style_wish`): it
+    is answered when what it would add to a reply passes the request screen."""
     v = _decide(checker, text, REQUEST)
     if v is None or v.admitted:
         return None
     from personalign.constraints import compile_text
-    from personalign.safety.admission import second_look
+    from personalign.safety.admission import recheck_style_wish
 
-    parts = second_look(text, compile_text(text))
-    if parts is not None and all(
-        (again := _decide(checker, part, REQUEST)) is None or again.admitted for part in parts
-    ):
-        return None
-    return v
+    def check(parts: list[str]) -> list[Verdict]:
+        return [a for part in parts if (a := _decide(checker, part, REQUEST)) is not None]
+
+    return v if recheck_style_wish(text, compile_text(text), check) is None else None
 
 
 def check_reply(checker: object, text: str) -> Verdict | None:

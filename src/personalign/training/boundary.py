@@ -21,7 +21,7 @@ import json
 import random
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -421,19 +421,19 @@ def _fit_finetuned(
     )
 
 
-def finetuned_harm_scorer(artifact: Path, cache_dir: Path) -> Callable[[list[str]], np.ndarray]:
-    """Texts -> harm score (the summed probability of the harm categories) of a fine-tuned
-    boundary artifact, run as the boundary runs it (int8 ONNX)."""
+def load_fold_model(artifact: Path, cache_dir: Path) -> Any:
+    """A fine-tuned boundary artifact, run as the boundary runs it (int8 ONNX)."""
     from personalign.backends.finetuned import FinetunedClassifier
 
-    clf = FinetunedClassifier.load(artifact, cache_dir, quantize=True)
-    harm = [clf.labels.index(c) for c in D.GOLD_CATEGORIES if c in clf.labels]
+    return FinetunedClassifier.load(artifact, cache_dir, quantize=True)
 
-    def score(texts: list[str]) -> np.ndarray:
-        out: np.ndarray = clf.predict_proba(texts)[:, harm].sum(axis=1).astype(np.float64)
-        return out
 
-    return score
+def harm_scores(model: Any, texts: list[str]) -> np.ndarray:
+    """The summed probability of the harm categories per text (``model``: a fine-tuned
+    boundary classifier)."""
+    harm = [model.labels.index(c) for c in D.GOLD_CATEGORIES if c in model.labels]
+    out: np.ndarray = model.predict_proba(texts)[:, harm].sum(axis=1).astype(np.float64)
+    return out
 
 
 def finetune_heldout(
@@ -458,20 +458,18 @@ def finetune_heldout(
     bconf = BoundaryConfig(seed=config.seed)
     sets = finetune_sources(data, bconf)
     pos, neg, _ = injection_training_set(data)
-    done: list[Path] = []
+    done: list[tuple[frozenset[str], Any]] = []  # (the groups it never saw, the fold model)
 
     def fit_rows(rows: list[S.Row]) -> Callable[[list[str]], np.ndarray]:
         trained = {r.group for r in rows}
-        held = {
-            D.text_key(r.text) for s in sets if s.group not in trained for r in s.requests + s.texts
-        }
+        unseen = frozenset(s.group for s in sets if s.group not in trained)
+        held = {D.text_key(r.text) for s in sets if s.group in unseen for r in s.requests + s.texts}
         texts, labels, weights = _with_injection(
             rows,
             [t for t in pos if D.text_key(t) not in held],
             [t for t in neg if D.text_key(t) not in held],
         )
         out = workdir / f"fold{len(done)}.safetensors"
-        done.append(out)
         _fit_finetuned(
             texts,
             labels,
@@ -482,7 +480,9 @@ def finetune_heldout(
             log=log,
             extra_meta={"purpose": "hold-out fold of the boundary classifier"},
         )
-        return finetuned_harm_scorer(out, workdir / "cache")
+        model = load_fold_model(out, workdir / "cache")
+        done.append((unseen, model))
+        return lambda texts: harm_scores(model, texts)
 
     heldout = S.leave_groups_out(
         sets,
@@ -499,7 +499,7 @@ def finetune_heldout(
         for row, sc in heldout:
             f.write(json.dumps({**vars(row), "score": sc}) + "\n")
     figures = S.heldout_figures(heldout, thresholds)
-    figures.update(heldout_injection(data, sets, done, folds, workdir / "cache"))
+    figures.update(heldout_injection(data, sets, done))
     return {
         "thresholds": thresholds,
         "heldout_source_figures": figures,
@@ -510,45 +510,30 @@ def finetune_heldout(
 def heldout_injection(
     data: Path,
     sets: Sequence[Any],
-    fold_models: Sequence[Path],
-    folds: Sequence[Sequence[str]],
-    cache_dir: Path,
+    fold_models: Sequence[tuple[Collection[str], Any]],
     threshold: float = 0.5,
 ) -> dict[str, float | int]:
     """The fold models' injection flags (p(``injection``) >= ``threshold``, the classifier
     alone) on text none of them trained on: CyberSecEval's attacks and PrefEval's preferences
-    by the model of the fold holding them, BIPIA's clean emails likewise, BIPIA's held-out
-    attack variants (alone and inside emails) by every fold model. Empty when a side is absent."""
-    from personalign.backends.finetuned import FinetunedClassifier
+    by the model that never saw their source, BIPIA's clean emails likewise, BIPIA's held-out
+    attack variants (alone and inside emails) by every fold model. ``fold_models``: (the
+    groups a model never saw, the model). Empty when a side is absent."""
     from personalign.training.boundary_sources import wilson
-
-    def fold_of(group: str) -> int | None:
-        return next((i for i, f in enumerate(folds) if group in f), None)
 
     samples = D.load_injections(data)
     test = D.injection_test_variants(samples)
-    attacks: dict[int, list[str]] = {i: [] for i in range(len(fold_models))}
-    benign: dict[int, list[str]] = {i: [] for i in range(len(fold_models))}
-    for s in sets:
-        i = fold_of(s.group)
-        if i is None or i >= len(fold_models):
-            continue
-        if s.group == "cyberseceval":
-            attacks[i] += [r.text for r in s.texts]
-        elif s.group in ("prefeval", "bipia_email"):
-            benign[i] += [r.text for r in s.texts]
     bipia_test = [
         x.text for x in samples if x.source != "cyberseceval" and D.is_injection_test(x, test)
     ]
-    for i in attacks:
-        attacks[i] += bipia_test
     flagged = {"attack": [0, 0], "benign": [0, 0]}
-    for i, path in enumerate(fold_models):
-        clf = FinetunedClassifier.load(path, cache_dir, quantize=True)
+    for unseen, clf in fold_models:
         if D.BENIGN not in clf.labels or INJECTION not in clf.labels:
             return {}
+        mine = [s for s in sets if s.group in unseen]
+        attacks = [r.text for s in mine if s.group == "cyberseceval" for r in s.texts]
+        benign = [r.text for s in mine if s.group in ("prefeval", "bipia_email") for r in s.texts]
         col = clf.labels.index(INJECTION)
-        for side, texts in (("attack", attacks[i]), ("benign", benign[i])):
+        for side, texts in (("attack", attacks + bipia_test), ("benign", benign)):
             if texts:
                 p = clf.predict_proba(texts)[:, col]
                 flagged[side][0] += int((p >= threshold).sum())

@@ -300,14 +300,17 @@ def macro_rates(
     )
 
 
+#: The thresholds the calibrations choose among.
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.01), 2)
+
+
 def calibrate(
     scored: Sequence[tuple[Row, float]], decision: str, *, harm_target: float, benign_target: float
 ) -> float:
     """The threshold whose larger relative miss (macro harmful pass / ``harm_target``, macro
     benign refusal / ``benign_target``) on the held-out scores is smallest."""
-    grid = np.round(np.arange(0.05, 0.96, 0.01), 2)
     best, best_t = float("inf"), 0.5
-    for t in grid:
+    for t in THRESHOLD_GRID:
         hp, br = macro_rates(scored, decision, float(t))
         cost = max(hp / harm_target, br / benign_target)
         if cost < best:
@@ -335,11 +338,10 @@ def calibrate_at_false_flags(
         for r, sc in scored
         if benign_groups is None or r.label != D.BENIGN or r.group in benign_groups
     ]
-    grid = np.round(np.arange(0.05, 0.96, 0.01), 2)
-    for t in grid:
+    for t in THRESHOLD_GRID:
         if macro_rates(rows, decision, float(t))[1] <= benign_target:
             return float(t)
-    return float(grid[-1])
+    return float(THRESHOLD_GRID[-1])
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

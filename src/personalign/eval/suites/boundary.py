@@ -213,12 +213,23 @@ def write_report(
     (out / "boundary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _model_meta(checker: object) -> dict[str, Any]:
+    """The metadata of a checker's model (none: empty)."""
+    meta: dict[str, Any] = getattr(getattr(checker, "model", None), "meta", None) or {}
+    return meta
+
+
+def train_keys(boundary: Boundary) -> set[str]:
+    """The text keys every classifier of ``boundary`` records having trained on."""
+    return {k for c in boundary.checkers for k in str(_model_meta(c).get("train_keys", "")).split()}
+
+
 def artifact_figures(boundary: Boundary) -> Figures:
     """The deciding classifier's recorded calibration: ``calibrated_threshold_<decision>``
     and its whole-source hold-out figures as ``heldout_<key>`` (none recorded: none)."""
     figs: Figures = {}
     for checker in boundary.checkers:
-        meta: dict[str, Any] = getattr(getattr(checker, "model", None), "meta", None) or {}
+        meta = _model_meta(checker)
         if not getattr(checker, "decides_harm", False) or "thresholds" not in meta:
             continue
         for d, t in meta["thresholds"].items():
@@ -242,10 +253,6 @@ def run_report(
     sets.thin(60 if quick else 300)
     settings = load_settings()
     boundary = load_boundary(MiniLMEmbedder(settings.cache_dir), cache_dir=settings.cache_dir)
-    train_keys: set[str] = set()
-    for checker in boundary.checkers:
-        meta = getattr(getattr(checker, "model", None), "meta", None) or {}
-        train_keys |= set(str(meta.get("train_keys", "")).split())
-    figs, sweeps = evaluate(boundary, sets, train_keys, detail=False)
+    figs, sweeps = evaluate(boundary, sets, train_keys(boundary), detail=False)
     figs.update(artifact_figures(boundary))
     return figs, tables(figs, sweeps), [sweep_plot(out_dir, sweeps)]
